@@ -1,0 +1,66 @@
+"""What an adapter consists of: which parts of SAM are tuned, and how."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+ENCODER_MODES = ("lora", "full", "frozen")
+DECODER_MODES = ("lora", "train", "frozen")
+
+
+@dataclass
+class AdapterConfig:
+    """Which SAM parts an adapter tunes.
+
+    encoder: ``lora`` (peft LoRA on ``lora_targets``, base weights frozen), ``full`` (every encoder
+        weight trained and BatchNorm statistics updated; the artifact then carries the whole
+        encoder) or ``frozen``.
+    decoder: ``lora`` (peft LoRA on the decoder's attention projections), ``train`` (all decoder
+        weights; ~16 MB artifact) or ``frozen``.
+    prompt_tokens: learned sparse prompt tokens per class (always trained).
+    """
+
+    encoder: str = "lora"
+    decoder: str = "lora"
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: list[str] = field(default_factory=lambda: ["qkv"])
+    decoder_lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"])
+    prompt_tokens: int = 2
+
+    def __post_init__(self) -> None:
+        if self.encoder not in ENCODER_MODES:
+            raise ValueError(f"encoder mode {self.encoder!r} is not one of {', '.join(ENCODER_MODES)}")
+        if self.decoder not in DECODER_MODES:
+            raise ValueError(f"decoder mode {self.decoder!r} is not one of {', '.join(DECODER_MODES)}")
+        if not isinstance(self.lora_rank, int) or self.lora_rank < 1:
+            raise ValueError(f"lora_rank must be a positive integer, got {self.lora_rank!r}")
+        if self.lora_alpha <= 0:
+            raise ValueError(f"lora_alpha must be positive, got {self.lora_alpha!r}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        if self.encoder == "lora" and not self.lora_targets:
+            raise ValueError("encoder mode 'lora' needs at least one module name in lora_targets")
+        if self.decoder == "lora" and not self.decoder_lora_targets:
+            raise ValueError("decoder mode 'lora' needs at least one module name in decoder_lora_targets")
+        if not isinstance(self.prompt_tokens, int) or not 1 <= self.prompt_tokens <= 16:
+            raise ValueError(f"prompt_tokens must be an integer in 1..16, got {self.prompt_tokens!r}")
+        self.lora_targets = list(self.lora_targets)
+        self.decoder_lora_targets = list(self.decoder_lora_targets)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> AdapterConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown adapter option(s): {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+    @property
+    def updates_norm_statistics(self) -> bool:
+        # Only a full fine-tune may move BatchNorm statistics: with LoRA the base stays the base.
+        return self.encoder == "full"
