@@ -1,0 +1,75 @@
+"""Fixtures for end-to-end tests against a real Label Studio 1.23.2.
+
+- ``label_studio`` (session): a running server (``LabelStudioServer``), installed into ``.venv-ls`` on first use.
+- ``ls_client``: an ``httpx.Client`` on that server with the legacy token, for ``tests.e2e.ls_api``.
+- ``stub_backend``: a recording stand-in ML backend on a free loopback port.
+- ``browser`` (session): headless Debian Chromium through Playwright; see ``browser.screenshot_ls_page``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+import pytest
+
+from tests.e2e.label_studio import LabelStudioError, LabelStudioServer, start_label_studio, stop_label_studio
+from tests.e2e.stub_backend import StubMLBackend
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
+
+E2E_DIR = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Everything under tests/e2e needs the server, so mark it e2e even if a test forgets to.
+    for item in items:
+        if E2E_DIR in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudioServer]:
+    data_dir = tmp_path_factory.mktemp("label-studio")
+    try:
+        server = start_label_studio(data_dir)
+    except LabelStudioError as exc:
+        pytest.fail(f"Label Studio did not start: {exc}", pytrace=False)
+    try:
+        yield server
+    finally:
+        stop_label_studio(server)
+
+
+@pytest.fixture
+def ls_client(label_studio: LabelStudioServer) -> Iterator[httpx.Client]:
+    with label_studio.client() as client:
+        yield client
+
+
+@pytest.fixture
+def stub_backend() -> Iterator[StubMLBackend]:
+    stub = StubMLBackend().start()
+    try:
+        yield stub
+    finally:
+        stub.stop()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    from tests.e2e.browser import CHROMIUM_ARGS, ensure_chromium, ensure_playwright
+
+    chromium = ensure_chromium()
+    ensure_playwright()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        launched = pw.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield launched
+        finally:
+            launched.close()
