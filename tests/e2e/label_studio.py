@@ -77,12 +77,14 @@ def ensure_label_studio(venv: Path | None = None) -> Path:
     marker = venv / f".samloop-label-studio-{LS_VERSION}"
     if marker.exists() and exe.exists():
         return exe
-    with _file_lock(venv.parent / f".{venv.name}.lock"):
+    # Lock and log live inside the venv folder, which is gitignored.
+    with _file_lock(venv / ".samloop-install.lock"):
         if marker.exists() and exe.exists():
             return exe
-        log = venv.parent / f".{venv.name}-install.log"
+        log = venv / ".samloop-install.log"
         with log.open("w") as out:
             steps = []
+            # `python -m venv` fills a folder that already holds the lock file.
             if not (venv / "bin" / "python").exists():
                 steps.append([sys.executable, "-m", "venv", str(venv)])
             steps.append([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", f"label-studio=={LS_VERSION}"])
