@@ -88,6 +88,7 @@ def load_image(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS)
 def _decode(stream: io.BufferedIOBase | io.BytesIO, name: str, max_pixels: int) -> np.ndarray:
     # PIL warns above its own pixel limit; a test run with -W error (or an app that escalates
     # warnings) would turn that into an exception, and our own max_pixels check is the policy.
+    # (catch_warnings is process-global; concurrent threads can at worst see this filter briefly.)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:

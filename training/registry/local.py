@@ -223,7 +223,10 @@ class LocalRegistry(AdapterRegistry):
     def active_version(self, project: str) -> int | None:
         return self._read_active(self._project_dir(project))
 
-    def _read_version(self, project: str, version: int, with_weights: bool) -> tuple[VersionInfo, bytes]:
+    def _read_version(
+        self, project: str, version: int, with_weights: bool, active: int | None = -1
+    ) -> tuple[VersionInfo, bytes]:
+        """`active` = the active version if the caller already read it (-1: read it here)."""
         version_dir = self._project_dir(project) / _version_dir_name(version)
         try:
             raw = (version_dir / INFO_FILE).read_bytes()
@@ -235,14 +238,16 @@ class LocalRegistry(AdapterRegistry):
             created, metadata = float(info["created"]), dict(info["metadata"])
         except (ValueError, KeyError, TypeError) as exc:
             raise RegistryError(f"corrupt version info {version_dir / INFO_FILE}: {exc}") from exc
-        active = self.active_version(project) == version
-        return VersionInfo(project, version, created, metadata, active), weights
+        if active == -1:
+            active = self.active_version(project)
+        return VersionInfo(project, version, created, metadata, active == version), weights
 
     def versions(self, project: str) -> list[VersionInfo]:
         found = []
+        active = self.active_version(project)
         for version in self._stored_numbers(self._project_dir(project)):
             try:
-                found.append(self._read_version(project, version, with_weights=False)[0])
+                found.append(self._read_version(project, version, with_weights=False, active=active)[0])
             except LookupError:
                 continue  # removed by retention while we listed
         return found
