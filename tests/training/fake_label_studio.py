@@ -1,0 +1,394 @@
+"""A small stand-in for Label Studio's HTTP API, served for real on a free local port.
+
+It answers the calls samloop's export makes, shaped like Label Studio 1.23:
+``GET /api/projects/{id}/``, ``GET /api/projects/{id}/export`` (JSON, labeled tasks),
+``POST /api/token/refresh/`` (personal access tokens), ``GET /api/version``, and image files at
+``/data/upload/{project}/{name}`` and ``/storage-data/uploaded/?filepath=upload/{project}/{name}``.
+Auth is ``Authorization: Token <legacy>`` or ``Bearer <access>``. Faults can be injected per path
+prefix, and every request is logged (method, path, headers) for assertions.
+
+Also builders for annotation results the way the Label Studio frontend writes them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import jwt
+import numpy as np
+from label_studio_sdk.converter.brush import mask2rle
+from PIL import Image
+
+LEGACY_TOKEN = "fake-legacy-token-0123456789"
+_JWT_SECRET = "fake-label-studio-signing-key-0123456789"
+
+
+def make_jwt(token_type: str, lifetime: float) -> str:
+    now = int(time.time())
+    return jwt.encode({"token_type": token_type, "exp": now + int(lifetime), "iat": now, "jti": uuid.uuid4().hex},
+                      _JWT_SECRET, algorithm="HS256")
+
+
+@dataclass
+class Fault:
+    prefix: str
+    status: int
+    times: int  # how many more requests fail; -1 = forever
+
+
+@dataclass
+class LoggedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+    status: int = 0
+
+
+@dataclass
+class _State:
+    projects: dict[int, dict] = field(default_factory=dict)
+    tasks: dict[int, list[dict]] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)  # "upload/<project>/<name>" -> bytes
+    faults: list[Fault] = field(default_factory=list)
+    log: list[LoggedRequest] = field(default_factory=list)
+    access_tokens: set[str] = field(default_factory=set)
+    next_task: int = 1
+    next_annotation: int = 1
+
+
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients that hang up (keep-alive sockets closed at exit) are normal here, not test failures.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
+class FakeLabelStudio:
+    """Start with ``with FakeLabelStudio() as ls:``; ``ls.url`` is its base URL."""
+
+    def __init__(self, legacy_token: str = LEGACY_TOKEN, require_auth_for_files: bool = True) -> None:
+        self.legacy_token = legacy_token
+        self.refresh_token = make_jwt("refresh", 3600)
+        self.require_auth_for_files = require_auth_for_files
+        self.state = _State()
+        self._lock = threading.Lock()
+        self._server = _QuietServer(("127.0.0.1", 0), _make_handler(self))
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="fake-label-studio", daemon=True)
+
+    # ----- lifecycle -----
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> FakeLabelStudio:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    # ----- content -----
+    def add_project(self, project_id: int, label_config: str, title: str = "fake") -> None:
+        with self._lock:
+            self.state.projects[project_id] = {"id": project_id, "title": title, "label_config": label_config}
+            self.state.tasks.setdefault(project_id, [])
+
+    def add_image(self, project_id: int, name: str, data: bytes) -> str:
+        """Store an uploaded file; returns the URL Label Studio puts in task data."""
+        with self._lock:
+            self.state.files[f"upload/{project_id}/{name}"] = data
+        return f"/data/upload/{project_id}/{name}"
+
+    def add_task(self, project_id: int, data: dict, annotations: list[dict] | None = None) -> int:
+        """Add a task; each annotation dict needs ``result`` and may set was_cancelled, ground_truth, ..."""
+        with self._lock:
+            task_id = self.state.next_task
+            self.state.next_task += 1
+            stored = []
+            for extra in annotations or []:
+                annotation = {
+                    "id": self.state.next_annotation,
+                    "completed_by": 1,
+                    "result": [],
+                    "was_cancelled": False,
+                    "ground_truth": False,
+                    "created_at": "2026-01-01T10:00:00.000000Z",
+                    "updated_at": "2026-01-01T10:00:00.000000Z",
+                    "lead_time": 3.2,
+                    "task": task_id,
+                    "project": project_id,
+                    **extra,
+                }
+                self.state.next_annotation += 1
+                stored.append(annotation)
+            self.state.tasks[project_id].append({
+                "id": task_id, "data": data, "annotations": stored, "predictions": [], "drafts": [], "meta": {},
+                "created_at": "2026-01-01T09:00:00.000000Z", "updated_at": "2026-01-01T10:00:00.000000Z",
+                "inner_id": task_id, "total_annotations": len(stored), "cancelled_annotations": 0,
+                "total_predictions": 0, "project": project_id,
+            })
+            return task_id
+
+    def fail(self, prefix: str, status: int, times: int = -1) -> None:
+        """Answer ``status`` to the next ``times`` requests whose path starts with ``prefix`` (-1: always)."""
+        with self._lock:
+            self.state.faults.append(Fault(prefix, status, times))
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self.state.faults.clear()
+
+    def requests_to(self, prefix: str) -> list[LoggedRequest]:
+        with self._lock:
+            return [r for r in self.state.log if r.path.startswith(prefix)]
+
+    # ----- request handling (called from server threads) -----
+    def _take_fault(self, path: str) -> int | None:
+        with self._lock:
+            for fault in self.state.faults:
+                if path.startswith(fault.prefix) and fault.times != 0:
+                    if fault.times > 0:
+                        fault.times -= 1
+                    return fault.status
+        return None
+
+    def _authorised(self, header: str | None) -> bool:
+        if not header:
+            return False
+        scheme, _, token = header.partition(" ")
+        if scheme == "Token":
+            return token == self.legacy_token
+        if scheme == "Bearer":
+            with self._lock:
+                return token in self.state.access_tokens
+        return False
+
+    def _issue_access(self, refresh: str) -> str | None:
+        if refresh != self.refresh_token:
+            return None
+        access = make_jwt("access", 300)
+        with self._lock:
+            self.state.access_tokens.add(access)
+        return access
+
+
+def _make_handler(ls: FakeLabelStudio) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep pytest output quiet
+            pass
+
+        def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+            ls.state.log[-1].status = status
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _json(self, status: int, payload: Any) -> None:
+            self._send(status, json.dumps(payload).encode())
+
+        def _begin(self) -> tuple[str, dict[str, list[str]]] | None:
+            parsed = urlparse(self.path)
+            with ls._lock:
+                ls.state.log.append(LoggedRequest(self.command, self.path, dict(self.headers.items())))
+            status = ls._take_fault(parsed.path)
+            if status is not None:
+                self._json(status, {"detail": f"injected fault {status}"})
+                return None
+            return parsed.path, parse_qs(parsed.query)
+
+        def do_POST(self) -> None:  # noqa: N802 - http.server API
+            begun = self._begin()
+            if begun is None:
+                return
+            path, _ = begun
+            length = int(self.headers.get("Content-Length") or 0)
+            body = json.loads(self.rfile.read(length) or b"{}")
+            if path == "/api/token/refresh/":
+                access = ls._issue_access(body.get("refresh", ""))
+                if access is None:
+                    self._json(401, {"detail": "Token is invalid or expired"})
+                else:
+                    self._json(200, {"access": access})
+                return
+            self._json(404, {"detail": "not found"})
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server API
+            begun = self._begin()
+            if begun is None:
+                return
+            path, query = begun
+            if path in ("/api/version", "/api/version/"):
+                self._json(200, {"release": "1.23.2", "edition": "Community"})
+                return
+            is_file = path.startswith(("/data/upload/", "/storage-data/uploaded"))
+            if (not is_file or ls.require_auth_for_files) and not ls._authorised(self.headers.get("Authorization")):
+                self._json(401, {"detail": "Authentication credentials were not provided."})
+                return
+            if is_file:
+                self._file(path, query)
+                return
+            parts = [p for p in path.split("/") if p]
+            if len(parts) >= 3 and parts[:2] == ["api", "projects"] and parts[2].isdigit():
+                self._project(int(parts[2]), parts[3:], query)
+                return
+            self._json(404, {"detail": "not found"})
+
+        def _file(self, path: str, query: dict[str, list[str]]) -> None:
+            key = query.get("filepath", [""])[0] if path.startswith("/storage-data") else path[len("/data/"):]
+            with ls._lock:
+                data = ls.state.files.get(key)
+            if data is None:
+                self._json(404, {"detail": f"file {key} not found"})
+            else:
+                self._send(200, data, "application/octet-stream")
+
+        def _project(self, project_id: int, rest: list[str], query: dict[str, list[str]]) -> None:
+            with ls._lock:
+                project = ls.state.projects.get(project_id)
+                tasks = json.loads(json.dumps(ls.state.tasks.get(project_id, [])))
+            if project is None:
+                self._json(404, {"detail": "Not found."})
+            elif not rest:
+                self._json(200, {**project, "task_number": len(tasks),
+                                 "num_tasks_with_annotations": sum(1 for t in tasks if t["annotations"])})
+            elif rest == ["export"]:
+                if query.get("export_type", ["JSON"])[0] != "JSON":
+                    self._json(400, {"detail": "only JSON in the fake"})
+                    return
+                if query.get("download_all_tasks", ["false"])[0].lower() != "true":
+                    tasks = [t for t in tasks if t["annotations"]]
+                self._json(200, tasks)
+            else:
+                self._json(404, {"detail": "not found"})
+
+    return Handler
+
+
+@contextmanager
+def plain_file_server(files: dict[str, bytes]) -> Iterator[tuple[str, list[LoggedRequest]]]:
+    """A second HTTP host serving ``files`` by path, logging headers: for 'token stays home' checks."""
+    log: list[LoggedRequest] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802
+            log.append(LoggedRequest("GET", self.path, dict(self.headers.items())))
+            data = files.get(urlparse(self.path).path)
+            self.send_response(200 if data is not None else 404)
+            self.send_header("Content-Length", str(len(data or b"")))
+            self.end_headers()
+            self.wfile.write(data or b"")
+
+    server = _QuietServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", log
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# ----- annotation builders (what the Label Studio frontend stores) -------------------------------------
+
+
+def brush_region(mask: np.ndarray, label: str, from_name: str = "tag", to_name: str = "image") -> dict:
+    """A BrushLabels region: RLE of the mask's alpha plane at full image resolution."""
+    height, width = mask.shape
+    return {
+        "id": uuid.uuid4().hex[:10], "type": "brushlabels", "from_name": from_name, "to_name": to_name,
+        "original_width": width, "original_height": height, "image_rotation": 0, "origin": "manual",
+        "value": {"format": "rle", "rle": mask2rle((mask > 0).astype(np.uint8) * 255), "brushlabels": [label]},
+    }
+
+
+def polygon_region(points_px: list[tuple[float, float]], size: tuple[int, int], label: str,
+                   from_name: str = "poly", to_name: str = "image") -> dict:
+    """A PolygonLabels region from pixel (x, y) vertices on an image of ``size`` = (H, W)."""
+    height, width = size
+    points = [[x * 100.0 / width, y * 100.0 / height] for x, y in points_px]
+    return {
+        "id": uuid.uuid4().hex[:10], "type": "polygonlabels", "from_name": from_name, "to_name": to_name,
+        "original_width": width, "original_height": height, "image_rotation": 0, "origin": "manual",
+        "value": {"points": points, "closed": True, "polygonlabels": [label]},
+    }
+
+
+def rectangle_region(x: float, y: float, w: float, h: float, size: tuple[int, int], label: str,
+                     rotation: float = 0.0, from_name: str = "rect", to_name: str = "image") -> dict:
+    """A RectangleLabels region from a pixel box (top-left x, y, width, height) on an image of (H, W)."""
+    height, width = size
+    return {
+        "id": uuid.uuid4().hex[:10], "type": "rectanglelabels", "from_name": from_name, "to_name": to_name,
+        "original_width": width, "original_height": height, "image_rotation": 0, "origin": "manual",
+        "value": {"x": x * 100.0 / width, "y": y * 100.0 / height, "width": w * 100.0 / width,
+                  "height": h * 100.0 / height, "rotation": rotation, "rectanglelabels": [label]},
+    }
+
+
+def png_bytes(image: np.ndarray, exif_orientation: int | None = None, fmt: str = "PNG") -> bytes:
+    pil = Image.fromarray(image)
+    buffer = io.BytesIO()
+    if exif_orientation is not None:
+        exif = Image.Exif()
+        exif[0x0112] = exif_orientation
+        pil.save(buffer, format=fmt, exif=exif)
+    else:
+        pil.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+BRUSH_POLYGON_CONFIG = """<View>
+  <Image name="image" value="$image" zoom="true"/>
+  <BrushLabels name="tag" toName="image">
+    <Label value="disc" background="#ff0000"/>
+    <Label value="box" background="#0000ff"/>
+  </BrushLabels>
+  <PolygonLabels name="poly" toName="image">
+    <Label value="disc"/>
+    <Label value="box"/>
+  </PolygonLabels>
+  <KeyPointLabels name="kp" toName="image" smart="true"><Label value="disc"/><Label value="box"/></KeyPointLabels>
+  <RectangleLabels name="rect" toName="image" smart="true"><Label value="disc"/><Label value="box"/></RectangleLabels>
+</View>"""
+
+
+def synthetic_scene(seed: int, size: tuple[int, int] = (96, 128)) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """An image with a bright disc and a dark box on textured ground, and their true masks."""
+    rng = np.random.default_rng(seed)
+    height, width = size
+    yy, xx = np.mgrid[0:height, 0:width]
+    image = rng.integers(90, 150, size=(height, width, 3)).astype(np.uint8)
+    radius = int(rng.integers(min(size) // 8, min(size) // 4))
+    cy, cx = int(rng.integers(radius, height - radius)), int(rng.integers(radius, width // 2))
+    disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
+    bh, bw = int(rng.integers(height // 6, height // 3)), int(rng.integers(width // 8, width // 4))
+    by, bx = int(rng.integers(0, height - bh)), int(rng.integers(width // 2, width - bw))
+    box = np.zeros((height, width), dtype=bool)
+    box[by:by + bh, bx:bx + bw] = True
+    image[disc] = (230, 60, 50)
+    image[box] = (30, 40, 160)
+    return image, {"disc": disc, "box": box & ~disc}
