@@ -1,0 +1,304 @@
+"""The FastAPI application: Label Studio's ML backend protocol plus a small admin API.
+
+Protocol: GET / and /health, POST /setup, POST /predict, POST /webhook, GET /versions.
+Admin: GET/PATCH /projects/{project}/settings, POST /projects/{project}/activate,
+GET /projects/{project}/events.
+
+Model work runs in FastAPI's threadpool (the endpoints are plain ``def``), so the event loop stays
+free for /health, which Label Studio polls with a one-second timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from fastapi import Body, Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+
+from backend.errors import install_error_handlers
+from backend.image_source import ImageSource
+from backend.label_config import LabelConfigError, parse_label_config
+from backend.model_service import REGISTRY_OUTAGE, ModelService
+from backend.predict import PredictionService
+from backend.project_settings import (
+    ProjectSettingsStore,
+    SettingsError,
+    StoreUnavailable,
+    parse_extra_params,
+    validate_changes,
+)
+from backend.prompts import PromptError
+from backend.redis_conn import RedisHandle, open_redis
+from backend.schemas import ActivateRequest, PredictRequest, SetupRequest, WebhookRequest, project_id
+from backend.security import PayloadLimitMiddleware, require_basic_auth, require_webhook_auth
+from backend.settings import Settings
+from backend.versioning import model_version
+from backend.webhook import (
+    QueueUnavailable,
+    RecordingScheduler,
+    TrainingScheduler,
+    WebhookError,
+    WebhookHandler,
+    event_project,
+)
+from training.registry import AdapterRegistry, LocalRegistry, RedisRegistry, VersionNotFound
+
+log = logging.getLogger(__name__)
+
+SchedulerFactory = Callable[[RedisHandle, Settings], TrainingScheduler]
+
+
+@dataclass
+class Services:
+    """Everything the endpoints use, built once in the app's lifespan."""
+
+    settings: Settings
+    redis: RedisHandle
+    registry: AdapterRegistry
+    models: ModelService
+    images: ImageSource
+    store: ProjectSettingsStore
+    predictions: PredictionService
+    webhook: WebhookHandler
+    scheduler: TrainingScheduler
+
+
+def open_adapter_registry(settings: Settings, handle: RedisHandle) -> AdapterRegistry:
+    """The registry chosen by SAMLOOP_ADAPTER_STORE (auto: local with embedded Redis, else Redis)."""
+    if settings.adapter_store == "local":
+        return LocalRegistry(settings.adapter_dir, keep_last=settings.SAMLOOP_KEEP_VERSIONS)
+    return RedisRegistry(handle.client, prefix=settings.SAMLOOP_REDIS_PREFIX, keep_last=settings.SAMLOOP_KEEP_VERSIONS,
+                         cache_dir=settings.SAMLOOP_DATA_DIR / "adapter-cache")
+
+
+def recording_scheduler(handle: RedisHandle, settings: Settings) -> TrainingScheduler:
+    log.warning("no training scheduler connected: webhook events are validated and counted, not trained on")
+    return RecordingScheduler()
+
+
+class _LocalhostWarningFilter(logging.Filter):
+    """The SDK warns about 'localhost' in LABEL_STUDIO_URL on every download; once is enough."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "`localhost` is not accessible inside of docker" not in record.getMessage():
+            return True
+        first, self.seen = not self.seen, True
+        return first
+
+
+def build_services(settings: Settings, registry: AdapterRegistry | None = None,
+                   scheduler: TrainingScheduler | None = None,
+                   scheduler_factory: SchedulerFactory = recording_scheduler) -> Services:
+    handle = open_redis(settings)
+    try:
+        registry = registry if registry is not None else open_adapter_registry(settings, handle)
+        models = ModelService(settings, registry)
+        images = ImageSource(settings)
+        store = ProjectSettingsStore(handle.client, settings.SAMLOOP_REDIS_PREFIX)
+        predictions = PredictionService(models, images, store)
+        scheduler = scheduler if scheduler is not None else scheduler_factory(handle, settings)
+        webhook = WebhookHandler(handle.client, settings.SAMLOOP_REDIS_PREFIX, scheduler, store)
+    except BaseException:
+        handle.close()
+        raise
+    return Services(settings, handle, registry, models, images, store, predictions, webhook, scheduler)
+
+
+def create_app(settings: Settings, *, registry: AdapterRegistry | None = None,
+               scheduler: TrainingScheduler | None = None,
+               scheduler_factory: SchedulerFactory = recording_scheduler) -> FastAPI:
+    """The ASGI app. Models load in the lifespan (on startup), not here.
+
+    Args:
+        settings: the environment (``Settings()`` reads it).
+        registry: adapter registry to use instead of the one SAMLOOP_ADAPTER_STORE names.
+        scheduler: training scheduler for webhook events; else ``scheduler_factory(redis, settings)``.
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        logging.getLogger("backend").setLevel(settings.LOG_LEVEL)
+        sdk_io_log = logging.getLogger("label_studio_sdk._extensions.label_studio_tools.core.utils.io")
+        localhost_filter = _LocalhostWarningFilter()
+        sdk_io_log.addFilter(localhost_filter)
+        services = build_services(settings, registry, scheduler, scheduler_factory)
+        app.state.services = services
+        log.info("samloop backend ready: %s", services.models.describe())
+        try:
+            yield
+        finally:
+            services.predictions.close()
+            services.redis.close()
+            sdk_io_log.removeFilter(localhost_filter)
+
+    app = FastAPI(title="samloop", summary="Label Studio ML backend: SAM masks with per-project LoRA adapters",
+                  lifespan=lifespan)
+    app.state.settings = settings
+    app.add_middleware(PayloadLimitMiddleware, max_bytes=settings.max_payload_bytes)
+    install_error_handlers(app)
+    _add_protocol_routes(app)
+    _add_admin_routes(app)
+    return app
+
+
+def services_of(request: Request) -> Services:
+    return request.app.state.services
+
+
+def _project_param(project: str) -> str:
+    try:
+        return project_id(project)
+    except ValueError as exc:
+        raise HTTPException(422, detail=str(exc)) from exc
+
+
+def _add_protocol_routes(app: FastAPI) -> None:
+    protected = [Depends(require_basic_auth)]
+
+    @app.get("/health")
+    @app.get("/")
+    async def health(request: Request) -> dict:
+        services = services_of(request)
+        return {"status": "UP", "model_class": "samloop", **services.models.describe(),
+                "embedding_cache": services.models.cache.stats(),
+                "encoded_images": services.models.encoded_images}
+
+    @app.post("/setup", dependencies=protected)
+    def setup(request: Request, body: SetupRequest) -> dict:
+        services = services_of(request)
+        try:
+            parse_label_config(body.label_config)
+            changes = parse_extra_params(body.extra_params)
+        except (LabelConfigError, SettingsError) as exc:
+            raise HTTPException(422, detail=str(exc)) from exc
+        project = body.project
+        pinned = changes.get("pinned_version")
+        if pinned is not None:
+            _check_version_exists(services, project, pinned)
+        try:
+            current = services.store.update(project, changes)
+        except StoreUnavailable as exc:
+            raise HTTPException(503, detail=str(exc)) from exc
+        services.store.remember_project(project, body.label_config)
+        services.images.remember_setup(project, body.hostname, body.access_token)
+        prepared = services.models.prepare(services.models.choose(project, current.pinned_version))
+        log.info("setup project %s: model_version %s, settings %s", project, prepared.choice.model_version,
+                 current.model_dump())
+        return {"model_version": prepared.choice.model_version}
+
+    @app.post("/predict", dependencies=protected)
+    def predict(request: Request, body: PredictRequest) -> dict:
+        try:
+            return services_of(request).predictions.predict(body)
+        except PromptError as exc:
+            raise HTTPException(422, detail=str(exc)) from exc
+
+    @app.post("/webhook", dependencies=[Depends(require_webhook_auth)])
+    def webhook(request: Request, body: WebhookRequest) -> JSONResponse:
+        services = services_of(request)
+        event = body.model_dump()
+        try:
+            project = event_project(event)
+            outcome = services.webhook.handle(body.action, project)
+        except (WebhookError, ValueError) as exc:
+            raise HTTPException(422, detail=str(exc)) from exc
+        except QueueUnavailable as exc:
+            raise HTTPException(503, detail=str(exc)) from exc
+        return JSONResponse(outcome, status_code=201 if outcome["status"] == "accepted" else 200)
+
+    @app.get("/versions", dependencies=protected)
+    def versions(request: Request, project: str | None = None) -> dict:
+        services = services_of(request)
+        projects = [_project_param(project)] if project is not None else _all_projects(services)
+        base = services.models.base
+        listed, details, active = [], [], {}
+        try:
+            for name in projects:
+                for info in services.registry.versions(name):
+                    version = model_version(base, name, info.version)
+                    listed.append(version)
+                    details.append({"model_version": version, **info.to_dict()})
+                    if info.active:
+                        active[name] = version
+        except REGISTRY_OUTAGE as exc:
+            raise HTTPException(503, detail=f"adapter registry unreachable: {exc}") from exc
+        untrained = model_version(base, None, None)
+        return {"versions": [untrained, *listed], "active": active, "details": details}
+
+
+def _all_projects(services: Services) -> list[str]:
+    try:
+        known = set(services.registry.projects())
+    except REGISTRY_OUTAGE as exc:
+        raise HTTPException(503, detail=f"adapter registry unreachable: {exc}") from exc
+    known |= set(services.store.projects())
+    return sorted(known, key=lambda p: (len(p), p))
+
+
+def _check_version_exists(services: Services, project: str, version: int) -> None:
+    try:
+        stored = [info.version for info in services.registry.versions(project)]
+    except REGISTRY_OUTAGE as exc:
+        raise HTTPException(503, detail=f"adapter registry unreachable: {exc}") from exc
+    if version not in stored:
+        raise HTTPException(422, detail=f"pinned_version {version} does not exist for project {project}; "
+                                        f"stored versions: {stored or 'none'}")
+
+
+def _add_admin_routes(app: FastAPI) -> None:
+    protected = [Depends(require_basic_auth)]
+
+    @app.get("/projects/{project}/settings", dependencies=protected)
+    def get_settings(request: Request, project: str) -> dict:
+        project = _project_param(project)
+        services = services_of(request)
+        settings = services.store.get(project)
+        choice = services.models.choose(project, settings.pinned_version)
+        return {"project": project, "settings": settings.model_dump(), "model_version": choice.model_version}
+
+    @app.patch("/projects/{project}/settings", dependencies=protected)
+    def patch_settings(request: Request, project: str, changes: dict[str, Any] = Body(...)) -> dict:  # noqa: B008
+        project = _project_param(project)
+        services = services_of(request)
+        try:
+            checked = validate_changes(changes)
+            if checked.get("pinned_version") is not None:
+                _check_version_exists(services, project, checked["pinned_version"])
+            settings = services.store.update(project, checked)
+        except SettingsError as exc:
+            raise HTTPException(422, detail=str(exc)) from exc
+        except StoreUnavailable as exc:
+            raise HTTPException(503, detail=str(exc)) from exc
+        choice = services.models.choose(project, settings.pinned_version)
+        return {"project": project, "settings": settings.model_dump(), "model_version": choice.model_version}
+
+    @app.post("/projects/{project}/activate", dependencies=protected)
+    def activate(request: Request, project: str, body: ActivateRequest) -> dict:
+        project = _project_param(project)
+        services = services_of(request)
+        try:
+            info = services.registry.activate(project, body.version)
+        except VersionNotFound as exc:
+            raise HTTPException(404, detail=str(exc)) from exc
+        except REGISTRY_OUTAGE as exc:
+            raise HTTPException(503, detail=f"adapter registry unreachable: {exc}") from exc
+        log.info("project %s: version %s activated through the admin API", project, body.version)
+        return {"project": project, "active": model_version(services.models.base, project, info.version)}
+
+    @app.get("/projects/{project}/events", dependencies=protected)
+    def events(request: Request, project: str) -> dict:
+        project = _project_param(project)
+        try:
+            counts = services_of(request).webhook.counts(project)
+        except redis.RedisError as exc:
+            raise HTTPException(503, detail=f"Redis unreachable: {exc}") from exc
+        return {"project": project, "events": counts}

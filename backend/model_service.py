@@ -1,0 +1,269 @@
+"""The model, loaded once per process, with each project's active adapter swapped on as needed.
+
+One SAM base model per adapter configuration lives in memory. A request names a project; the
+service finds the project's adapter version (pinned, else the registry's active one), applies
+that adapter's tensors onto the live model when another one is on it (milliseconds, no base
+reload), and runs the encoder/decoder under a lock. The lock is taken per operation (one encoder
+batch, one decode), so a long batch prediction lets interactive clicks through between batches.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import redis
+import torch
+
+from backend.embedding_cache import EmbeddingCache
+from backend.settings import Settings
+from backend.versioning import model_version
+from training.adapter import AdapterMismatchError, SamAdapter, check_base, read_artifact
+from training.adapter_config import AdapterConfig
+from training.checkpoints import load_base_model, resolve_checkpoint
+from training.models import base_identity, model_label
+from training.predictor import ClassPrediction, ImageEmbedding, Predictor, PromptPrediction
+from training.registry import AdapterRegistry, RegistryError, VersionNotFound
+
+log = logging.getLogger(__name__)
+
+MB = 1024 * 1024
+# Parsed adapter artifacts kept in memory (LoRA adapters are ~1 MB; full-encoder ones ~25 MB for vit_t).
+ARTIFACT_CACHE_ENTRIES = 8
+# Base models kept in memory at once (one per adapter configuration in use; the default one stays).
+MAX_LIVE_MODELS = 2
+BASE_ENCODER = "base"
+# Errors that mean "the registry cannot be asked right now" (Redis down, disk trouble).
+REGISTRY_OUTAGE = (RegistryError, redis.RedisError, OSError)
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ValueError("DEVICE=cuda but torch sees no CUDA device (torch.cuda.is_available() is False)")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def _config_key(config: AdapterConfig) -> str:
+    return json.dumps(config.to_dict(), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class AdapterChoice:
+    """Which adapter a request predicts with (version None: none trained, the base model)."""
+
+    project: str | None
+    version: int | None
+    model_version: str
+    pinned: bool = False
+
+    @property
+    def trained(self) -> bool:
+        return self.version is not None
+
+
+@dataclass
+class PreparedAdapter:
+    """An AdapterChoice with its artifact read and checked, ready to be applied to a live model."""
+
+    choice: AdapterChoice
+    class_names: list[str]
+    config: AdapterConfig
+    header: dict | None = None
+    tensors: dict[str, torch.Tensor] | None = None
+
+    @property
+    def target(self) -> tuple[str, int] | None:
+        return (self.choice.project, self.choice.version) if self.choice.trained else None
+
+    @property
+    def encoder_key(self) -> str:
+        """Identity of the image encoder: embeddings are shared by everything with the same key."""
+        if not self.choice.trained or self.config.encoder == "frozen":
+            return BASE_ENCODER
+        return f"p{self.choice.project}-v{self.choice.version}"
+
+
+@dataclass
+class _LiveModel:
+    model: SamAdapter
+    predictor: Predictor
+    applied: tuple[str, int] | None = None  # the adapter on it now; None = behaves as the base model
+
+
+class ModelService:
+    """The loaded base model(s), the adapter switch, the embedding cache and the model lock."""
+
+    def __init__(self, settings: Settings, registry: AdapterRegistry) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.device = pick_device(settings.DEVICE)
+        self.weights = resolve_checkpoint(settings.SAM_MODEL, settings.SAM_CHECKPOINT, settings.SAMLOOP_MODEL_CACHE)
+        self.base = base_identity(self.weights, settings.SAM_IMAGE_SIZE)
+        self.cache = EmbeddingCache(settings.EMBEDDING_CACHE_MB * MB)
+        self._lock = threading.RLock()
+        self._artifact_lock = threading.Lock()
+        self._live: OrderedDict[str, _LiveModel] = OrderedDict()
+        self._artifacts: OrderedDict[tuple[str, int], tuple[dict, dict[str, torch.Tensor]]] = OrderedDict()
+        self._last_active: dict[str, int | None] = {}
+        self._default_key = _config_key(AdapterConfig())
+        # Counters for tests, benchmarks and /health: a rebuilt base or a re-encoded image is visible.
+        self.base_builds = 0
+        self.encoded_images = 0
+        with self._lock:
+            self._live_model(AdapterConfig())
+
+    # ----- identity ------------------------------------------------------------------------------
+    @property
+    def label(self) -> str:
+        return model_label(self.base)
+
+    @property
+    def untrained(self) -> AdapterChoice:
+        return AdapterChoice(None, None, model_version(self.base, None, None))
+
+    def describe(self) -> dict:
+        return {"model": self.label, "model_type": self.base.model_type, "image_size": self.base.image_size,
+                "device": str(self.device), "random_weights": self.weights.is_random,
+                "precision": self.settings.PRECISION}
+
+    # ----- which adapter ---------------------------------------------------------------------------
+    def choose(self, project: str | None, pinned: int | None = None) -> AdapterChoice:
+        """The adapter version for ``project``: ``pinned`` if given, else the registry's active one.
+
+        When the registry cannot be reached, the last version seen for the project is used, so
+        predictions keep working through a Redis outage.
+        """
+        if project is None:
+            return self.untrained
+        if pinned is not None:
+            return AdapterChoice(project, pinned, model_version(self.base, project, pinned), pinned=True)
+        try:
+            version = self.registry.active_version(project)
+            self._last_active[project] = version
+        except REGISTRY_OUTAGE as exc:
+            version = self._last_active.get(project)
+            log.warning("project %s: registry unreachable (%s); using last known adapter version %s",
+                        project, exc, version)
+        return AdapterChoice(project, version, model_version(self.base, project, version))
+
+    def prepare(self, choice: AdapterChoice) -> PreparedAdapter:
+        """Read and check the chosen adapter; an unusable one falls back (pinned -> active -> base)."""
+        if not choice.trained:
+            return PreparedAdapter(choice, [], AdapterConfig())
+        try:
+            header, tensors = self._artifact(choice.project, choice.version)
+            check_base(header, self.base)
+            config = AdapterConfig.from_dict(header.get("adapter_config", {}))
+        except VersionNotFound as exc:
+            if choice.pinned:
+                log.error("project %s: pinned adapter version %s is gone (%s); using the active version",
+                          choice.project, choice.version, exc)
+                return self.prepare(self.choose(choice.project))
+            log.error("project %s: adapter version %s not found (%s); predicting without adapter",
+                      choice.project, choice.version, exc)
+            return self.prepare(self.untrained)
+        except (*REGISTRY_OUTAGE, AdapterMismatchError, ValueError, KeyError) as exc:
+            log.error("project %s: adapter version %s is not usable here (%s); predicting without adapter",
+                      choice.project, choice.version, exc)
+            return self.prepare(self.untrained)
+        return PreparedAdapter(choice, list(header["class_names"]), config, header, tensors)
+
+    def _artifact(self, project: str, version: int) -> tuple[dict, dict[str, torch.Tensor]]:
+        key = (project, version)
+        with self._artifact_lock:
+            if key in self._artifacts:
+                self._artifacts.move_to_end(key)
+                return self._artifacts[key]
+        _, data = self.registry.load(project, version)
+        parsed = read_artifact(data)
+        with self._artifact_lock:
+            self._artifacts[key] = parsed
+            while len(self._artifacts) > ARTIFACT_CACHE_ENTRIES:
+                self._artifacts.popitem(last=False)
+        log.info("project %s: loaded adapter version %s (%d tensors)", project, version, len(parsed[1]))
+        return parsed
+
+    # ----- live models ---------------------------------------------------------------------------
+    def _live_model(self, config: AdapterConfig) -> _LiveModel:
+        key = _config_key(config)
+        live = self._live.get(key)
+        if live is not None:
+            self._live.move_to_end(key)
+            return live
+        log.info("building %s base model for adapter config %s", self.label, key)
+        sam = load_base_model(self.weights, self.base.image_size)
+        self.base_builds += 1
+        # The placeholder class is never used: class prompts come with each applied adapter.
+        model = SamAdapter(sam, self.base, ["object"], config).to(self.device).eval()
+        live = _LiveModel(model, Predictor(model, precision=self.settings.PRECISION))
+        self._live[key] = live
+        while len(self._live) > MAX_LIVE_MODELS:
+            victim = next(k for k in self._live if k != self._default_key and k != key)
+            log.info("releasing the base model for adapter config %s", victim)
+            del self._live[victim]
+        return live
+
+    def _ensure(self, prepared: PreparedAdapter) -> _LiveModel:
+        """The live model with ``prepared`` applied (caller holds the lock)."""
+        live = self._live_model(prepared.config)
+        if live.applied != prepared.target:
+            if prepared.target is None:
+                live.model.reset_to_base()
+            else:
+                live.model.apply_artifact(prepared.header, prepared.tensors)
+                log.info("applied adapter %s", prepared.choice.model_version)
+            live.applied = prepared.target
+        return live
+
+    # ----- inference -------------------------------------------------------------------------------
+    def embed(self, prepared: PreparedAdapter, images: list[tuple[str, np.ndarray]]) -> list[ImageEmbedding]:
+        """Embeddings for (content digest, H x W x 3 uint8 image) pairs, from the cache or the encoder.
+
+        Missing images are encoded ``ENCODER_BATCH_SIZE`` at a time; duplicates are encoded once.
+        """
+        keys = [(digest, prepared.encoder_key) for digest, _ in images]
+        found: dict[tuple[str, str], ImageEmbedding] = {}
+        todo: dict[tuple[str, str], np.ndarray] = {}
+        for key, (_, image) in zip(keys, images, strict=True):
+            if key in found or key in todo:
+                continue
+            cached = self.cache.get(key)
+            if cached is not None:
+                found[key] = cached
+            else:
+                todo[key] = image
+        pending = list(todo.items())
+        batch_size = self.settings.ENCODER_BATCH_SIZE
+        for start in range(0, len(pending), batch_size):
+            chunk = pending[start : start + batch_size]
+            with self._lock:
+                live = self._ensure(prepared)
+                embeddings = live.predictor.embed([image for _, image in chunk], batch_size=len(chunk))
+                self.encoded_images += len(chunk)
+            for (key, _), embedding in zip(chunk, embeddings, strict=True):
+                self.cache.put(key, embedding)
+                found[key] = embedding
+        return [found[key] for key in keys]
+
+    def predict_classes(self, prepared: PreparedAdapter, embedding: ImageEmbedding,
+                        class_names: list[str]) -> ClassPrediction:
+        """Promptless class masks (``class_names`` must be among the adapter's classes)."""
+        with self._lock:
+            live = self._ensure(prepared)
+            return live.predictor.predict_classes(embedding, class_names)
+
+    def predict_prompt(self, prepared: PreparedAdapter, embedding: ImageEmbedding, points: np.ndarray | None,
+                       point_labels: np.ndarray | None, box: np.ndarray | None,
+                       class_name: str | None) -> PromptPrediction:
+        """One mask for points/box; conditioned on ``class_name``'s prompt when the adapter knows it."""
+        if class_name not in prepared.class_names:
+            class_name = None
+        with self._lock:
+            live = self._ensure(prepared)
+            return live.predictor.predict_prompt(embedding, points, point_labels, box, class_name)

@@ -1,0 +1,202 @@
+"""/predict: batch pre-annotation and interactive (smart tool) masks for Label Studio tasks.
+
+Batch: every class the project's adapter knows and the config has, one region per class (or per
+instance), tasks downloaded a chunk ahead of the encoder and encoded in batches. Interactive: one
+mask from the clicked points and box. A task whose image fails gets an empty result and an
+``error`` field; the other tasks are still predicted.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from backend.image_source import ImageFetchError, ImageSource
+from backend.label_config import LabelConfigError, LabelSetup, parse_label_config
+from backend.model_service import ModelService, PreparedAdapter
+from backend.project_settings import ProjectSettings, ProjectSettingsStore
+from backend.prompts import Prompt, parse_context
+from backend.regions import mask_regions, task_score
+from backend.schemas import PredictRequest, TaskModel
+from training.images import image_digest
+from training.predictor import ImageEmbedding
+
+log = logging.getLogger(__name__)
+
+DOWNLOAD_WORKERS = 4
+# Image URL -> content digest, so a repeated click finds its cached embedding without re-decoding.
+URL_INDEX_ENTRIES = 4096
+
+
+@dataclass
+class _Fetched:
+    digest: str | None = None
+    image: np.ndarray | None = None
+    error: str | None = None
+
+
+class PredictionService:
+    """Turns a PredictRequest into Label Studio's ``{"results": [...]}``, one item per task."""
+
+    def __init__(self, models: ModelService, images: ImageSource, store: ProjectSettingsStore) -> None:
+        self.models = models
+        self.images = images
+        self.store = store
+        self._pool = ThreadPoolExecutor(max_workers=DOWNLOAD_WORKERS, thread_name_prefix="image-fetch")
+        self._url_index: OrderedDict[tuple[str | None, str], str] = OrderedDict()
+        self._index_lock = threading.Lock()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # ----- entry point -----------------------------------------------------------------------------
+    def predict(self, request: PredictRequest) -> dict:
+        """Raises PromptError (a malformed interactive context); everything else is a per-task outcome."""
+        project = request.project_id()
+        prompt = parse_context(request.context)
+        if project is not None:
+            self.store.remember_project(project, request.label_config)
+        settings = self.store.get(project) if project is not None else ProjectSettings()
+        choice = self.models.choose(project, settings.pinned_version)
+        config_text = request.label_config or (self.store.label_config(project) if project is not None else None)
+        if not config_text:
+            return self._empty(request.tasks, choice.model_version,
+                               f"no label_config in the request and none stored for project {project}: "
+                               "connect the backend again (Label Studio then calls /setup)")
+        try:
+            setup = parse_label_config(config_text)
+        except LabelConfigError as exc:
+            return self._empty(request.tasks, choice.model_version, f"project {project}: {exc}")
+        if not settings.predictions:
+            log.info("project %s: predictions are switched off (extra_params predictions=false); "
+                     "answering %d task(s) without regions", project, len(request.tasks))
+            return self._empty(request.tasks, choice.model_version)
+        prepared = self.models.prepare(choice)
+        if prompt is not None and request.tasks:
+            first = self._interactive(request.tasks[0], prompt, setup, prepared, project)
+            rest = self._empty(request.tasks[1:], prepared.choice.model_version)["results"]
+            return {"results": [first, *rest]}
+        return {"results": self._batch(request.tasks, setup, prepared, project, settings.split_instances)}
+
+    # ----- interactive -------------------------------------------------------------------------------
+    def _interactive(self, task: TaskModel, prompt: Prompt, setup: LabelSetup, prepared: PreparedAdapter,
+                     project: str | None) -> dict:
+        version = prepared.choice.model_version
+        url = task.data.get(setup.image_key)
+        try:
+            embedding = self._embedding_for(prepared, url, task.id, project)
+        except ImageFetchError as exc:
+            log.error("project %s: %s", project, exc)
+            return _result([], 0.0, version, str(exc))
+        height, width = embedding.original_size
+        label = setup.output_label_for(prompt.label)
+        prediction = self.models.predict_prompt(
+            prepared, embedding, prompt.points_px(width, height), prompt.labels_array(),
+            prompt.box_px(width, height), class_name=label,
+        )
+        regions = mask_regions(prediction.mask, label, prediction.score, setup) if label else []
+        return _result(regions, prediction.score if regions else 0.0, version)
+
+    def _embedding_for(self, prepared: PreparedAdapter, url: object, task_id: int | None,
+                       project: str | None) -> ImageEmbedding:
+        key = (project, url) if isinstance(url, str) else None
+        if key is not None:
+            with self._index_lock:
+                digest = self._url_index.get(key)
+            if digest is not None:
+                cached = self.models.cache.get((digest, prepared.encoder_key))
+                if cached is not None:
+                    return cached
+        fetched = self._fetch(url, task_id, project)
+        if fetched.error is not None:
+            raise ImageFetchError(fetched.error)
+        return self.models.embed(prepared, [(fetched.digest, fetched.image)])[0]
+
+    # ----- batch ------------------------------------------------------------------------------------
+    def _batch(self, tasks: list[TaskModel], setup: LabelSetup, prepared: PreparedAdapter, project: str | None,
+               split: bool) -> list[dict]:
+        version = prepared.choice.model_version
+        if not prepared.choice.trained:
+            if len(tasks) == 1:
+                # One task = Label Studio opened it in the editor: encode it now so the first click is warm.
+                self._warm(tasks[0], setup, prepared, project)
+            return self._empty(tasks, version)["results"]
+        names = [name for name in setup.labels if name in prepared.class_names]
+        if not names:
+            log.warning("project %s: adapter %s knows %s, the label config has %s: nothing to predict",
+                        project, version, prepared.class_names, list(setup.labels))
+            return self._empty(tasks, version)["results"]
+        results: list[dict] = []
+        size = self.models.settings.ENCODER_BATCH_SIZE
+        chunks = [tasks[i : i + size] for i in range(0, len(tasks), size)]
+        upcoming = self._submit(chunks[0], setup, project) if chunks else []
+        for index in range(len(chunks)):
+            fetched = [future.result() for future in upcoming]
+            # Download the next chunk while this one is on the encoder.
+            upcoming = self._submit(chunks[index + 1], setup, project) if index + 1 < len(chunks) else []
+            results += self._predict_chunk(fetched, names, setup, prepared, project, split)
+        return results
+
+    def _predict_chunk(self, fetched: list[_Fetched], names: list[str], setup: LabelSetup,
+                       prepared: PreparedAdapter, project: str | None, split: bool) -> list[dict]:
+        version = prepared.choice.model_version
+        good = [item for item in fetched if item.error is None]
+        embeddings = iter(self.models.embed(prepared, [(item.digest, item.image) for item in good]))
+        results = []
+        for item in fetched:
+            if item.error is not None:
+                log.error("project %s: %s", project, item.error)
+                results.append(_result([], 0.0, version, item.error))
+                continue
+            prediction = self.models.predict_classes(prepared, next(embeddings), names)
+            regions, scores = [], []
+            for name in names:
+                if name not in prediction.scores:
+                    continue
+                made = mask_regions(prediction.mask(name), name, prediction.scores[name], setup, split=split)
+                regions += made
+                scores += [prediction.scores[name]] if made else []
+            results.append(_result(regions, task_score(scores), version))
+        return results
+
+    def _warm(self, task: TaskModel, setup: LabelSetup, prepared: PreparedAdapter, project: str | None) -> None:
+        try:
+            self._embedding_for(prepared, task.data.get(setup.image_key), task.id, project)
+        except ImageFetchError as exc:
+            log.warning("project %s: could not pre-encode task %s: %s", project, task.id, exc)
+
+    # ----- images -----------------------------------------------------------------------------------
+    def _submit(self, tasks: list[TaskModel], setup: LabelSetup, project: str | None) -> list[Future]:
+        return [self._pool.submit(self._fetch, t.data.get(setup.image_key), t.id, project) for t in tasks]
+
+    def _fetch(self, url: object, task_id: int | None, project: str | None) -> _Fetched:
+        try:
+            image = self.images.fetch(url, task_id=task_id, project=project)
+        except ImageFetchError as exc:
+            return _Fetched(error=str(exc))
+        digest = image_digest(image)
+        if isinstance(url, str):
+            with self._index_lock:
+                self._url_index[(project, url)] = digest
+                self._url_index.move_to_end((project, url))
+                while len(self._url_index) > URL_INDEX_ENTRIES:
+                    self._url_index.popitem(last=False)
+        return _Fetched(digest, image)
+
+    @staticmethod
+    def _empty(tasks: list[TaskModel], version: str, error: str | None = None) -> dict:
+        if error:
+            log.error(error)
+        return {"results": [_result([], 0.0, version, error) for _ in tasks]}
+
+
+def _result(regions: list[dict], score: float, version: str, error: str | None = None) -> dict:
+    item = {"result": regions, "score": float(score), "model_version": version}
+    if error:
+        item["error"] = error
+    return item

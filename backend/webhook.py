@@ -1,0 +1,147 @@
+"""Label Studio webhook events: validate, record, and hand training triggers to a TrainingScheduler.
+
+Label Studio sends every action to the webhook it creates for an ML backend, and waits at most
+one second: the handler only counts the event in Redis and calls ``TrainingScheduler.schedule``,
+which must enqueue (debounced, coalesced) and return at once. Training never runs here.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Protocol, runtime_checkable
+
+import redis
+
+from backend.project_settings import ProjectSettingsStore
+from backend.schemas import project_id
+
+log = logging.getLogger(__name__)
+
+# Actions that may change what the adapter should learn; START_TRAINING is the "Start Training" button.
+TRAINING_ACTIONS = frozenset(
+    {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED", "ANNOTATIONS_DELETED", "START_TRAINING"}
+)
+FORCED_ACTIONS = frozenset({"START_TRAINING"})
+# Every other action Label Studio (community and enterprise) emits: acknowledged and ignored.
+OTHER_LS_ACTIONS = frozenset({
+    "PROJECT_CREATED", "PROJECT_UPDATED", "PROJECT_DELETED",
+    "TASKS_CREATED", "TASKS_DELETED",
+    "LABEL_LINK_CREATED", "LABEL_LINK_UPDATED", "LABEL_LINK_DELETED",
+    "REVIEW_CREATED", "REVIEW_UPDATED", "REVIEWS_DELETED",
+})
+KNOWN_ACTIONS = TRAINING_ACTIONS | OTHER_LS_ACTIONS
+
+
+@runtime_checkable
+class TrainingScheduler(Protocol):
+    """Receives training triggers; implemented by ``training/scheduler.py`` (rq, debounced).
+
+    ``schedule`` is called from the web request: it must return within milliseconds (enqueue,
+    never train) and may raise ``redis.RedisError`` when the queue is unreachable (the webhook
+    then answers 503 so Label Studio's delivery is visibly failed, not silently lost).
+
+    Args:
+        project: Label Studio project id, e.g. "3".
+        action: the webhook action, one of TRAINING_ACTIONS.
+        force: True for START_TRAINING (train even when auto-training is off).
+    Returns:
+        A JSON-safe dict describing what happened (e.g. {"status": "queued", "job_id": ...}),
+        returned to Label Studio in the webhook answer.
+    """
+
+    def schedule(self, project: str, action: str, force: bool) -> dict: ...
+
+
+class RecordingScheduler:
+    """A TrainingScheduler that only remembers its calls (until the rq scheduler is plugged in)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, bool]] = []
+        self._lock = threading.Lock()
+
+    def schedule(self, project: str, action: str, force: bool) -> dict:
+        with self._lock:
+            self.calls.append((project, action, force))
+        return {"status": "recorded", "note": "no training pipeline is connected to this backend"}
+
+
+class WebhookError(ValueError):
+    """The event is not a Label Studio event we can handle; the message says why."""
+
+
+class QueueUnavailable(RuntimeError):
+    """Redis (event counters or the training queue) cannot be reached."""
+
+
+def event_project(event: dict[str, Any]) -> str | None:
+    """The project id of an event: ``project`` as an object with ``id``, a number, or "<id>.<ts>";
+    else the project of its task or annotation."""
+    candidates = [event.get("project")]
+    for key in ("task", "annotation"):
+        item = event.get(key)
+        items = item if isinstance(item, list) else [item]
+        candidates += [i.get("project") for i in items if isinstance(i, dict)]
+    for candidate in candidates:
+        if isinstance(candidate, dict):
+            candidate = candidate.get("id")
+        if candidate is None:
+            continue
+        return project_id(candidate)
+    return None
+
+
+class WebhookHandler:
+    """Counts events per project and action in Redis and forwards training triggers."""
+
+    def __init__(self, client: redis.Redis, prefix: str, scheduler: TrainingScheduler,
+                 settings_store: ProjectSettingsStore) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.scheduler = scheduler
+        self.settings_store = settings_store
+
+    def counter_key(self, project: str) -> str:
+        return f"{self.prefix}:backend:project:{project}:events"
+
+    def handle(self, action: str, project: str | None) -> dict:
+        if action not in KNOWN_ACTIONS:
+            raise WebhookError(f"unknown webhook action {action!r}; Label Studio actions are: "
+                               f"{', '.join(sorted(KNOWN_ACTIONS))}")
+        if action in TRAINING_ACTIONS and project is None:
+            raise WebhookError(f"{action} event without a project id (expected 'project': {{'id': ...}})")
+        log.info("webhook %s for project %s", action, project)
+        if project is not None:
+            self._count(project, action)
+        if action not in TRAINING_ACTIONS:
+            return {"status": "ignored", "action": action, "project": project}
+        force = action in FORCED_ACTIONS
+        settings = self.settings_store.get(project)
+        if not force and not settings.auto_training:
+            log.info("project %s: %s not scheduled: auto-training is off", project, action)
+            return {"status": "ignored", "action": action, "project": project, "reason": "auto-training is off"}
+        try:
+            outcome = self.scheduler.schedule(project, action, force)
+        except redis.RedisError as exc:
+            raise QueueUnavailable(f"cannot queue training for project {project}: Redis unreachable ({exc})") from exc
+        return {"status": "accepted", "action": action, "project": project, "training": outcome}
+
+    def _count(self, project: str, action: str) -> None:
+        try:
+            pipe = self.client.pipeline()
+            pipe.hincrby(self.counter_key(project), action, 1)
+            pipe.hset(self.counter_key(project), "last_event_at", f"{time.time():.3f}")
+            pipe.execute()
+        except redis.RedisError as exc:
+            raise QueueUnavailable(f"cannot record the {action} event of project {project}: "
+                                   f"Redis unreachable ({exc})") from exc
+
+    def counts(self, project: str) -> dict[str, int | float]:
+        raw = self.client.hgetall(self.counter_key(project))
+        out: dict[str, int | float] = {}
+        for key, value in raw.items():
+            name = key.decode() if isinstance(key, bytes) else key
+            text = value.decode() if isinstance(value, bytes) else value
+            out[name] = float(text) if name == "last_event_at" else int(text)
+        return out
