@@ -17,8 +17,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
+
+if TYPE_CHECKING:
+    from label_studio_sdk import LabelStudio
 
 LS_VERSION = "1.23.2"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -138,7 +142,7 @@ class LabelStudioServer:
             raise LabelStudioError(f"POST /api/token/refresh/ -> {resp.status_code}: {resp.text[:500]}")
         return str(resp.json()["access"])
 
-    def sdk(self, use_pat: bool = False):  # noqa: ANN201 - keeps label_studio_sdk import lazy
+    def sdk(self, use_pat: bool = False) -> LabelStudio:
         """A ``label_studio_sdk.LabelStudio`` client with the legacy token, or the PAT (SDK refreshes it)."""
         from label_studio_sdk import LabelStudio
 
