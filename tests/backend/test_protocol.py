@@ -1,0 +1,264 @@
+"""The Label Studio protocol end to end through FastAPI's TestClient, with payloads shaped as LS sends them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from label_studio_sdk.converter.brush import decode_rle
+
+from tests.backend.conftest import (
+    BRUSH_CONFIG,
+    CHOICES_CONFIG,
+    POLYGON_CONFIG,
+    brush_task,
+    encode,
+    keypoint,
+    noise_image,
+    predict_body,
+    rectangle,
+)
+
+UNTRAINED = "samloop-vit_t-256-RANDOM-WEIGHTS-untrained"
+
+
+def setup_body(project: str, config: str = BRUSH_CONFIG, extra_params=None) -> dict:
+    """/setup as Label Studio 1.20+ sends it."""
+    return {"project": f"{project}.1712345678", "schema": config, "hostname": "http://localhost:8080",
+            "access_token": "0123456789abcdef", "model_version": None, "extra_params": extra_params}
+
+
+def decoded(region: dict) -> np.ndarray:
+    h, w = region["original_height"], region["original_width"]
+    return decode_rle(region["value"]["rle"]).reshape(h, w, 4)[:, :, 3] > 0
+
+
+@pytest.mark.parametrize("path", ["/", "/health"])
+def test_health_says_up_with_model_and_device(backend, path):
+    body = backend.client.get(path).json()
+    assert body["status"] == "UP"
+    assert body["model"] == "samloop-vit_t-256-RANDOM-WEIGHTS"
+    assert body["device"] == "cpu" and body["random_weights"] is True
+
+
+def test_setup_returns_untrained_version_before_any_adapter(backend, project):
+    response = backend.client.post("/setup", json=setup_body(project))
+    assert response.status_code == 200
+    assert response.json() == {"model_version": UNTRAINED}
+
+
+def test_setup_extra_params_as_string_and_as_object(backend, project):
+    client = backend.client
+    assert client.post("/setup", json=setup_body(project, extra_params='{"split_instances": true}')).status_code == 200
+    assert client.get(f"/projects/{project}/settings").json()["settings"]["split_instances"] is True
+    assert client.post("/setup", json=setup_body(project, extra_params={"auto_training": False})).status_code == 200
+    settings = client.get(f"/projects/{project}/settings").json()["settings"]
+    assert settings == {"predictions": True, "auto_training": False, "pinned_version": None, "split_instances": True}
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [("{bad json", "not valid JSON"), ({"colour": 1}, "'colour'"), ({"pinned_version": 99}, "pinned_version 99")],
+)
+def test_setup_refuses_bad_extra_params_by_name(backend, project, extra, words):
+    response = backend.client.post("/setup", json=setup_body(project, extra_params=extra))
+    assert response.status_code == 422
+    assert words in response.json()["detail"]
+
+
+def test_setup_refuses_a_config_without_brush_or_polygon(backend, project):
+    response = backend.client.post("/setup", json=setup_body(project, config=CHOICES_CONFIG))
+    assert response.status_code == 422
+    assert "BrushLabels" in response.json()["detail"]
+
+
+def test_predict_with_a_config_without_masks_answers_an_error_result(backend, project, shared_server):
+    url = shared_server.add(f"/{project}.png", encode(noise_image(40, 50)))
+    body = predict_body(project, [brush_task(1, url), brush_task(2, url)], config=CHOICES_CONFIG)
+    response = backend.client.post("/predict", json=body)
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert len(results) == 2
+    assert all(r["result"] == [] and "BrushLabels" in r["error"] for r in results)
+
+
+def test_batch_without_adapter_is_empty_and_says_untrained(backend, project, shared_server):
+    tasks = [brush_task(i, shared_server.add(f"/{project}-{i}.png", encode(noise_image(30, 40, i))), int(project))
+             for i in range(3)]
+    results = backend.client.post("/predict", json=predict_body(project, tasks)).json()["results"]
+    assert [r["model_version"] for r in results] == [UNTRAINED] * 3
+    assert all(r["result"] == [] and r["score"] == 0.0 for r in results)
+
+
+def test_batch_with_adapter_predicts_known_classes_only(backend, project, shared_server):
+    # The adapter knows "cat", "dog" and "bird"; the config has "cat", "dog" and "tree".
+    version = backend.publish(project, ["bird", "cat", "dog"], seed=1)
+    sizes = [(217, 333), (333, 217), (64, 64)]
+    tasks = [brush_task(i, shared_server.add(f"/{project}-b{i}.png", encode(noise_image(h, w, i))), int(project))
+             for i, (h, w) in enumerate(sizes)]
+    response = backend.client.post("/predict", json=predict_body(project, tasks))
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert len(results) == 3
+    expected = f"samloop-vit_t-256-RANDOM-WEIGHTS-p{project}-v{version}"
+    labels = set()
+    for (h, w), result in zip(sizes, results, strict=True):
+        assert result["model_version"] == expected
+        assert result["result"], "a random adapter still predicts some regions"
+        masks = []
+        for region in result["result"]:
+            assert region["type"] == "brushlabels" and region["from_name"] == "tag" and region["to_name"] == "image"
+            assert (region["original_height"], region["original_width"]) == (h, w)
+            assert 0.0 <= region["score"] <= 1.0
+            labels.update(region["value"]["brushlabels"])
+            masks.append(decoded(region))
+        # Classes are resolved per pixel: regions of one task never overlap.
+        assert sum(m.astype(int) for m in masks).max() == 1
+        scores = [r["score"] for r in result["result"]]
+        assert result["score"] == pytest.approx(float(np.mean(scores)))
+    assert labels <= {"cat", "dog"}
+
+
+def test_polygon_config_gets_polygons(backend, project, shared_server):
+    backend.publish(project, ["cat", "dog"], seed=2)
+    url = shared_server.add(f"/{project}-poly.png", encode(noise_image(217, 333, 5)))
+    body = predict_body(project, [brush_task(1, url, key="picture")], config=POLYGON_CONFIG)
+    (result,) = backend.client.post("/predict", json=body).json()["results"]
+    assert result["result"]
+    for region in result["result"]:
+        assert region["type"] == "polygonlabels" and region["from_name"] == "poly" and region["to_name"] == "img"
+        assert region["value"]["polygonlabels"][0] in {"cat", "dog"}
+        points = np.array(region["value"]["points"])
+        assert points.shape[1] == 2 and len(points) >= 3 and ((points >= 0) & (points <= 100)).all()
+
+
+def test_split_instances_switch(backend, project, shared_server):
+    backend.publish(project, ["cat", "dog"], seed=1)
+    url = shared_server.add(f"/{project}-split.png", encode(noise_image(217, 333, 9)))
+    body = predict_body(project, [brush_task(1, url)])
+    whole = backend.client.post("/predict", json=body).json()["results"][0]["result"]
+    backend.client.patch(f"/projects/{project}/settings", json={"split_instances": True})
+    split = backend.client.post("/predict", json=body).json()["results"][0]["result"]
+    assert len({r["value"]["brushlabels"][0] for r in whole}) == len(whole)  # one region per class
+    assert len(split) >= len(whole)
+    union = {}
+    for region in split:
+        name = region["value"]["brushlabels"][0]
+        union[name] = union.get(name, 0) | decoded(region)
+    for region in whole:  # the instances of a class never add pixels, they only drop speckle
+        name = region["value"]["brushlabels"][0]
+        assert not (union[name] & ~decoded(region)).any()
+
+
+def test_corrupt_and_missing_images_fail_alone(backend, project, shared_server):
+    backend.publish(project, ["cat", "dog"], seed=3)
+    good = shared_server.add(f"/{project}-good.png", encode(noise_image(50, 70)))
+    corrupt = shared_server.add(f"/{project}-corrupt.png", encode(noise_image(50, 70))[:200])
+    missing = shared_server.url + f"/{project}-missing.png"
+    tasks = [brush_task(1, corrupt), brush_task(2, good), brush_task(3, missing),
+             {"id": 4, "data": {"text": "no image field"}}, brush_task(5, good)]
+    response = backend.client.post("/predict", json=predict_body(project, tasks))
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert len(results) == 5
+    assert results[0]["result"] == [] and "task 1" in results[0]["error"]
+    assert results[2]["result"] == [] and "404" in results[2]["error"]
+    assert results[3]["result"] == [] and "not a URL" in results[3]["error"]
+    assert results[1]["result"] and results[4]["result"]
+    assert "error" not in results[1]
+
+
+def test_predictions_switched_off_gives_no_regions(backend, project, shared_server):
+    backend.publish(project, ["cat"], seed=4)
+    backend.client.post("/setup", json=setup_body(project, extra_params={"predictions": False}))
+    url = shared_server.add(f"/{project}-off.png", encode(noise_image(40, 40)))
+    results = backend.client.post("/predict", json=predict_body(project, [brush_task(1, url)])).json()["results"]
+    assert results[0]["result"] == [] and results[0]["model_version"].endswith("-v1")
+    ctx = {"result": [keypoint(50, 50)]}
+    results = backend.client.post("/predict", json=predict_body(project, [brush_task(1, url)], context=ctx)).json()
+    assert results["results"][0]["result"] == []
+
+
+def test_predict_works_without_setup_and_reuses_the_stored_config(backend, project, shared_server):
+    backend.publish(project, ["cat", "dog"], seed=5)
+    url = shared_server.add(f"/{project}-nosetup.png", encode(noise_image(60, 60)))
+    body = predict_body(project, [brush_task(1, url, int(project))])
+    assert backend.client.post("/predict", json=body).json()["results"][0]["result"]
+    # A later request without label_config (and no /setup ever) uses the config seen before.
+    body.pop("label_config")
+    body.pop("project")
+    assert backend.client.post("/predict", json=body).json()["results"][0]["result"]
+
+
+def test_interactive_keypoints_give_one_mask_with_the_chosen_label(backend, project, shared_server):
+    url = shared_server.add(f"/{project}-click.png", encode(noise_image(217, 333, 7)))
+    context = {"result": [keypoint(30, 40, label="dog"), keypoint(60, 50, label="dog", positive=None),
+                          keypoint(80, 80, label="dog", positive=False)]}
+    response = backend.client.post("/predict", json=predict_body(project, [brush_task(1, url)], context=context))
+    assert response.status_code == 200
+    (result,) = response.json()["results"]
+    assert result["model_version"] == UNTRAINED
+    assert len(result["result"]) == 1
+    (region,) = result["result"]
+    assert region["value"]["brushlabels"] == ["dog"] and region["from_name"] == "tag"
+    assert decoded(region).shape == (217, 333)
+    assert 0.0 <= region["score"] <= 1.0
+
+
+def test_interactive_rectangle_label_without_brush_twin_falls_back_to_first_label(backend, project, shared_server):
+    backend.publish(project, ["cat", "dog"], seed=6)
+    url = shared_server.add(f"/{project}-box.png", encode(noise_image(217, 333, 8)))
+    context = {"result": [rectangle(10, 10, 50, 60, label="horse")]}
+    (result,) = backend.client.post("/predict", json=predict_body(project, [brush_task(1, url)], context=context)
+                                    ).json()["results"]
+    assert result["model_version"].endswith("-v1")
+    assert [r["value"]["brushlabels"] for r in result["result"]] == [["cat"]]
+
+
+def test_repeated_clicks_encode_the_image_once(backend, project, shared_server):
+    url = shared_server.add(f"/{project}-repeat.png", encode(noise_image(120, 90, 11)))
+    models = backend.services.models
+    before = models.encoded_images
+    requests_before = len(shared_server.requests)
+    points = []
+    for k in range(5):
+        points.append(keypoint(10 + 15 * k, 20 + 10 * k))
+        body = predict_body(project, [brush_task(1, url)], context={"result": list(points)})
+        assert backend.client.post("/predict", json=body).status_code == 200
+    assert models.encoded_images - before == 1
+    # Later clicks need neither the download nor the decode: the URL maps to the cached embedding.
+    assert len(shared_server.requests) - requests_before == 1
+
+
+def test_opening_a_task_warms_the_cache_for_the_first_click(backend, project, shared_server):
+    url = shared_server.add(f"/{project}-open.png", encode(noise_image(80, 80, 12)))
+    models = backend.services.models
+    before = models.encoded_images
+    backend.client.post("/predict", json=predict_body(project, [brush_task(1, url)]))
+    assert models.encoded_images - before == 1
+    backend.client.post("/predict", json=predict_body(project, [brush_task(1, url)],
+                                                      context={"result": [keypoint(50, 50)]}))
+    assert models.encoded_images - before == 1
+
+
+def test_same_image_under_two_urls_is_encoded_once(backend, project, shared_server):
+    backend.publish(project, ["cat"], seed=7)
+    data = encode(noise_image(70, 70, 13))
+    tasks = [brush_task(i, shared_server.add(f"/{project}-dup{i}.png", data)) for i in range(3)]
+    before = backend.services.models.encoded_images
+    results = backend.client.post("/predict", json=predict_body(project, tasks)).json()["results"]
+    assert backend.services.models.encoded_images - before == 1
+    assert len(results) == 3
+
+
+def test_versions_lists_per_project_and_union(backend, project):
+    other = str(int(project) + 100000)
+    backend.publish(project, ["cat"], seed=1)
+    backend.publish(project, ["cat"], seed=2)
+    backend.publish(other, ["dog"], seed=3)
+    own = backend.client.get("/versions", params={"project": project}).json()
+    prefix = "samloop-vit_t-256-RANDOM-WEIGHTS"
+    assert own["versions"] == [UNTRAINED, f"{prefix}-p{project}-v1", f"{prefix}-p{project}-v2"]
+    assert own["active"] == {project: f"{prefix}-p{project}-v2"}
+    union = backend.client.get("/versions").json()["versions"]
+    assert {f"{prefix}-p{project}-v2", f"{prefix}-p{other}-v1"} <= set(union)
+    assert backend.client.get("/versions", params={"project": "x y"}).status_code == 422

@@ -1,0 +1,52 @@
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from backend.settings import Settings
+from backend.versioning import model_version
+from training.adapter import BaseIdentity
+
+
+def test_defaults(monkeypatch):
+    for name in ("REDIS_URL", "SAM_IMAGE_SIZE", "SAMLOOP_DATA_DIR", "LABEL_STUDIO_URL", "BASIC_AUTH_USER",
+                 "BASIC_AUTH_PASS", "SAMLOOP_ADAPTER_STORE"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings()
+    assert settings.SAM_MODEL == "vit_t" and settings.SAM_IMAGE_SIZE == 1024
+    assert settings.EMBEDDING_CACHE_MB == 512
+    assert settings.embedded_redis and settings.adapter_store == "local"
+    assert settings.adapter_dir == Path("data/adapters")
+
+
+def test_environment_is_read_and_redis_url_selects_the_redis_store(monkeypatch):
+    monkeypatch.setenv("REDIS_URL", "redis://example:6379/2")
+    monkeypatch.setenv("SAM_IMAGE_SIZE", "512")
+    monkeypatch.setenv("LABEL_STUDIO_URL", "http://ls:8080/")
+    settings = Settings()
+    assert settings.adapter_store == "redis" and settings.SAM_IMAGE_SIZE == 512
+    assert settings.LABEL_STUDIO_URL == "http://ls:8080"
+
+
+@pytest.mark.parametrize(
+    ("values", "words"),
+    [
+        ({"SAM_IMAGE_SIZE": 1000}, "multiple of 16"),
+        ({"LABEL_STUDIO_URL": "ls:8080"}, "http:// or https://"),
+        ({"BASIC_AUTH_USER": "admin"}, "both BASIC_AUTH_USER and BASIC_AUTH_PASS"),
+        ({"LOG_LEVEL": "chatty"}, "LOG_LEVEL"),
+        ({"SAMLOOP_ADAPTER_STORE": "s3"}, "SAMLOOP_ADAPTER_STORE"),
+    ],
+)
+def test_bad_values_are_named(values, words):
+    with pytest.raises(ValidationError, match=words):
+        Settings(**values)
+
+
+def test_model_version_spelling():
+    base = BaseIdentity("vit_t", "random", 256)
+    assert model_version(base, None, None) == "samloop-vit_t-256-RANDOM-WEIGHTS-untrained"
+    assert model_version(base, "3", 2) == "samloop-vit_t-256-RANDOM-WEIGHTS-p3-v2"
+    assert model_version(BaseIdentity("vit_b", "abc", 1024), "7", 1) == "samloop-vit_b-1024-p7-v1"
+    with pytest.raises(ValueError, match="project"):
+        model_version(base, None, 3)
