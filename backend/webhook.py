@@ -45,13 +45,16 @@ class TrainingScheduler(Protocol):
     Args:
         project: Label Studio project id, e.g. "3".
         action: the webhook action, one of TRAINING_ACTIONS.
-        force: True for START_TRAINING (train even when auto-training is off).
+        force: True for START_TRAINING (train even when auto-training is off; the backend has
+            already dropped non-forced events of projects whose auto-training is off).
+        labeled_tasks: the project's labeled task count when the event carries it (LS's
+            ``num_tasks_with_annotations``), else None; lets the scheduler skip a run cheaply.
     Returns:
         A JSON-safe dict describing what happened (e.g. {"status": "queued", "job_id": ...}),
         returned to Label Studio in the webhook answer.
     """
 
-    def schedule(self, project: str, action: str, force: bool) -> dict: ...
+    def schedule(self, project: str, action: str, force: bool, labeled_tasks: int | None = None) -> dict: ...
 
 
 class RecordingScheduler:
@@ -59,11 +62,13 @@ class RecordingScheduler:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, bool]] = []
+        self.labeled_tasks: list[int | None] = []
         self._lock = threading.Lock()
 
-    def schedule(self, project: str, action: str, force: bool) -> dict:
+    def schedule(self, project: str, action: str, force: bool, labeled_tasks: int | None = None) -> dict:
         with self._lock:
             self.calls.append((project, action, force))
+            self.labeled_tasks.append(labeled_tasks)
         return {"status": "recorded", "note": "no training pipeline is connected to this backend"}
 
 
@@ -92,6 +97,13 @@ def event_project(event: dict[str, Any]) -> str | None:
     return None
 
 
+def labeled_tasks(event: dict[str, Any]) -> int | None:
+    """Label Studio's count of labeled tasks, when the event's project object carries it."""
+    project = event.get("project")
+    count = project.get("num_tasks_with_annotations") if isinstance(project, dict) else None
+    return count if isinstance(count, int) and not isinstance(count, bool) and count >= 0 else None
+
+
 class WebhookHandler:
     """Counts events per project and action in Redis and forwards training triggers."""
 
@@ -105,7 +117,7 @@ class WebhookHandler:
     def counter_key(self, project: str) -> str:
         return f"{self.prefix}:backend:project:{project}:events"
 
-    def handle(self, action: str, project: str | None) -> dict:
+    def handle(self, action: str, project: str | None, labeled_tasks: int | None = None) -> dict:
         if action not in KNOWN_ACTIONS:
             raise WebhookError(f"unknown webhook action {action!r}; Label Studio actions are: "
                                f"{', '.join(sorted(KNOWN_ACTIONS))}")
@@ -122,7 +134,7 @@ class WebhookHandler:
             log.info("project %s: %s not scheduled: auto-training is off", project, action)
             return {"status": "ignored", "action": action, "project": project, "reason": "auto-training is off"}
         try:
-            outcome = self.scheduler.schedule(project, action, force)
+            outcome = self.scheduler.schedule(project, action, force, labeled_tasks=labeled_tasks)
         except redis.RedisError as exc:
             raise QueueUnavailable(f"cannot queue training for project {project}: Redis unreachable ({exc})") from exc
         return {"status": "accepted", "action": action, "project": project, "training": outcome}

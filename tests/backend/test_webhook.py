@@ -116,10 +116,19 @@ def test_redis_down_answers_503(backend, project):
 
 
 def test_scheduler_queue_down_answers_503(backend, project, monkeypatch):
-    def unreachable(project, action, force):
+    def unreachable(project, action, force, labeled_tasks=None):
         raise redis.ConnectionError("Connection refused")
 
     monkeypatch.setattr(backend.scheduler, "schedule", unreachable)
     response = backend.client.post("/webhook", json=event("START_TRAINING", project))
     assert response.status_code == 503
     assert "cannot queue training" in response.json()["detail"]
+
+
+def test_labeled_task_count_from_the_project_is_passed_on(backend, project):
+    body = event("ANNOTATION_CREATED", project)
+    body["project"]["num_tasks_with_annotations"] = 7
+    backend.client.post("/webhook", json=body)
+    assert backend.scheduler.labeled_tasks[-1] == 7
+    backend.client.post("/webhook", json=event("START_TRAINING", project))
+    assert backend.scheduler.labeled_tasks[-1] is None

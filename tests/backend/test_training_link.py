@@ -1,0 +1,68 @@
+"""The webhook drives the real rq TrainingScheduler; embedded Redis runs its own worker process."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from rq import Queue, Worker
+
+from backend.app import create_app
+from backend.training_link import job_settings
+from tests.backend.conftest import make_settings
+from training.scheduler import TrainingScheduler
+
+
+def test_job_settings_are_valid_training_job_settings(tmp_path):
+    jobs = pytest.importorskip("training.jobs")
+    settings = make_settings(tmp_path, "prefix-x", LABEL_STUDIO_URL="http://ls:8080", LABEL_STUDIO_API_KEY="key")
+    values = job_settings(settings)
+    assert values["label_studio_api_key"] == ""  # secrets stay out of Redis job arguments
+    parsed = jobs.JobSettings.from_dict(values)
+    assert parsed.image_size == 256 and parsed.registry == "" and parsed.redis_prefix == "prefix-x"
+    assert job_settings(make_settings(tmp_path, "p", SAMLOOP_ADAPTER_STORE="redis"))["registry"] == "redis"
+
+
+def test_burst_of_webhooks_queues_one_rq_job(tmp_path, redis_prefix, redis_client):
+    settings = make_settings(tmp_path, redis_prefix)
+    queue_name = f"{redis_prefix}-training"
+    scheduler = TrainingScheduler(redis_client, {"image_size": 256}, queue_name=queue_name, prefix=redis_prefix,
+                                  job_func="tests.backend.test_training_link.never_run")
+    try:
+        with TestClient(create_app(settings, scheduler=scheduler)) as client:
+            answers = [client.post("/webhook", json={"action": "ANNOTATION_CREATED", "project": {"id": 12},
+                                                     "annotation": {"id": k}, "task": {"id": k}}).json()
+                       for k in range(6)]
+        statuses = [a["training"]["status"] for a in answers]
+        assert statuses == ["queued"] + ["coalesced"] * 5
+        assert len({a["training"]["job_id"] for a in answers}) == 1
+        assert Queue(queue_name, connection=redis_client).count == 1
+    finally:
+        queue = Queue(queue_name, connection=redis_client)
+        queue.empty()
+        queue.delete(delete_jobs=True)
+
+
+def never_run(project, settings):  # pragma: no cover - the job is only queued
+    raise AssertionError("not meant to run")
+
+
+def test_embedded_redis_starts_and_stops_a_worker(tmp_path, monkeypatch):
+    settings = make_settings(tmp_path, "samloop", REDIS_URL="")
+    with TestClient(create_app(settings)) as client:
+        services = client.app.state.services
+        assert services.redis.embedded and services.redis.url.startswith("unix://")
+        assert services.worker is not None
+        deadline = time.monotonic() + 60
+        workers = []
+        while time.monotonic() < deadline and not workers:
+            workers = Worker.all(connection=services.redis.client)
+            time.sleep(0.2)
+        assert workers, "the training worker registered with the embedded Redis"
+        assert client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 3}}).status_code == 201
+        process = services.worker.process
+    assert process.poll() is not None  # stopped with the app
+    with pytest.raises(redis.RedisError):
+        redis.Redis.from_url(services.redis.url, socket_connect_timeout=0.5).ping()
