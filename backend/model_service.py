@@ -111,6 +111,7 @@ class ModelService:
         self._live: OrderedDict[str, _LiveModel] = OrderedDict()
         self._artifacts: OrderedDict[tuple[str, int], tuple[dict, dict[str, torch.Tensor]]] = OrderedDict()
         self._last_active: dict[str, int | None] = {}
+        self._refused: set[tuple[str | None, int | None]] = set()
         self._default_key = _config_key(AdapterConfig())
         # Counters for tests, benchmarks and /health: a rebuilt base or a re-encoded image is visible.
         self.base_builds = 0
@@ -169,8 +170,11 @@ class ModelService:
                       choice.project, choice.version, exc)
             return self.prepare(self.untrained)
         except (*REGISTRY_OUTAGE, AdapterMismatchError, ValueError, KeyError) as exc:
-            log.error("project %s: adapter version %s is not usable here (%s); predicting without adapter",
-                      choice.project, choice.version, exc)
+            # Said loudly once per version, then quietly: every request would repeat it.
+            level = logging.DEBUG if (choice.project, choice.version) in self._refused else logging.ERROR
+            self._refused.add((choice.project, choice.version))
+            log.log(level, "project %s: adapter version %s is not usable here (%s); predicting without adapter",
+                    choice.project, choice.version, exc)
             return self.prepare(self.untrained)
         return PreparedAdapter(choice, list(header["class_names"]), config, header, tensors)
 
