@@ -108,12 +108,15 @@ class ProjectKeys:
         return self.key("last_run")
 
 
-# KEYS: events, last_event, queued, queued_at   ARGV: now, new job id, rq job key prefix, grace, count(0/1)
+# KEYS: events, last_event, queued, queued_at   ARGV: (unused), new job id, rq job key prefix, grace, count(0/1)
 # Returns {1, id} when the caller must enqueue job `id`, {0, id} when the event joined queued job `id`.
+# Times come from Redis' clock, which backend and workers on other machines share.
 _SCHEDULE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 if ARGV[5] == '1' then
   redis.call('INCR', KEYS[1])
-  redis.call('SET', KEYS[2], ARGV[1])
+  redis.call('SET', KEYS[2], string.format('%.6f', now))
 end
 local queued = redis.call('GET', KEYS[3])
 if queued then
@@ -123,13 +126,13 @@ if queued then
   end
   if not status then
     local at = tonumber(redis.call('GET', KEYS[4]) or '0')
-    if tonumber(ARGV[1]) - at < tonumber(ARGV[4]) then
+    if now - at < tonumber(ARGV[4]) then
       return {0, queued}
     end
   end
 end
 redis.call('SET', KEYS[3], ARGV[2])
-redis.call('SET', KEYS[4], ARGV[1])
+redis.call('SET', KEYS[4], string.format('%.6f', now))
 return {1, ARGV[2]}
 """
 
@@ -256,7 +259,13 @@ class TrainingScheduler:
         if action not in TRAINING_ACTIONS and not force:
             return {"status": "ignored", "project": project, "action": action,
                     "reason": f"{action} does not change the training data"}
-        if not forced and self.auto_training_enabled is not None and not self.auto_training_enabled(project):
+        try:
+            enabled = forced or self.auto_training_enabled is None or self.auto_training_enabled(project)
+        except redis.RedisError as exc:
+            raise SchedulerUnavailable(
+                f"cannot read the settings of project {project}: Redis is unreachable ({exc})"
+            ) from exc
+        if not enabled:
             log.info("project %s: %s ignored, auto-training is off", project, action)
             return {"status": "ignored", "project": project, "action": action, "reason": "auto-training is off"}
         if labeled_tasks is not None and labeled_tasks < self.min_annotations:
@@ -266,7 +275,7 @@ class TrainingScheduler:
         try:
             created, named = self._schedule_script(
                 keys=[keys.events, keys.last_event, keys.queued, keys.queued_at],
-                args=[f"{time.time():.6f}", job_id, Job.redis_job_namespace_prefix, _ENQUEUE_GRACE_SECONDS, 1],
+                args=[0, job_id, Job.redis_job_namespace_prefix, _ENQUEUE_GRACE_SECONDS, 1],
             )
             named = named.decode() if isinstance(named, bytes) else str(named)
             if created:
@@ -302,7 +311,7 @@ class TrainingScheduler:
         job_id = f"samloop-train-{project}-{uuid.uuid4().hex[:12]}"
         created, named = self._schedule_script(
             keys=[keys.events, keys.last_event, keys.queued, keys.queued_at],
-            args=[f"{time.time():.6f}", job_id, Job.redis_job_namespace_prefix, _ENQUEUE_GRACE_SECONDS, 0],
+            args=[0, job_id, Job.redis_job_namespace_prefix, _ENQUEUE_GRACE_SECONDS, 0],
         )
         if not created:
             return None
@@ -381,7 +390,8 @@ class ProjectRun:
         start = time.monotonic()
         while True:
             last = float(_text(self.connection.get(self.keys.last_event)) or 0.0)
-            quiet = time.time() - last
+            seconds, micros = self.connection.time()  # the clock the events were stamped with
+            quiet = seconds + micros / 1e6 - last
             waited = time.monotonic() - start
             if quiet >= self.debounce_seconds or waited >= self.max_debounce_seconds:
                 return waited

@@ -69,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     level = args.log_level.upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Our own log lines say what happens; the SDK and httpx would add one line per HTTP request.
+    for noisy in ("label_studio_sdk", "httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
     if not args.url:
         print("error: REDIS_URL is not set. Set it to the Redis the backend uses, or run `make run`, which "
               "starts an embedded Redis together with a worker.", file=sys.stderr)
