@@ -201,7 +201,8 @@ def _add_protocol_routes(app: FastAPI) -> None:
         if pinned is not None:
             _check_version_exists(services, project, pinned)
         try:
-            current = services.store.update(project, changes)
+            # Without switches there is nothing to write: a Redis outage must not fail LS's connect.
+            current = services.store.update(project, changes) if changes else services.store.get(project)
         except StoreUnavailable as exc:
             raise HTTPException(503, detail=str(exc)) from exc
         services.store.remember_project(project, body.label_config)

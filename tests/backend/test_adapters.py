@@ -134,3 +134,17 @@ def test_redis_store_and_redis_outage_keep_serving_the_last_adapter(tmp_path, re
         assert during.json()["results"][0]["model_version"] == f"{PREFIX}-p{project}-v1"
         assert during.json()["results"][0]["result"]
         assert client.get("/versions").status_code == 503
+
+
+def test_setup_without_switches_works_through_a_redis_outage(backend, project):
+    store = backend.services.store
+    alive = store.client
+    store.client = redis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
+    try:
+        plain = backend.client.post("/setup", json={"project": project, "schema": BRUSH_CONFIG})
+        with_switch = backend.client.post("/setup", json={"project": project, "schema": BRUSH_CONFIG,
+                                                          "extra_params": {"predictions": False}})
+    finally:
+        store.client = alive
+    assert plain.status_code == 200 and plain.json()["model_version"].endswith("-untrained")
+    assert with_switch.status_code == 503 and "Redis unreachable" in with_switch.json()["detail"]
