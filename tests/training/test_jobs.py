@@ -127,6 +127,7 @@ def test_job_trains_publishes_and_keeps_a_better_active_version(conn, ls, tmp_pa
     job = Job.fetch(queued["job_id"], connection=conn)
     outcome = job.return_value()
     assert job.get_status() == "finished" and outcome["status"] == "promoted"
+    assert job.timeout == JobSettings.from_dict(sched.job_settings).job_timeout() > settings["train_max_seconds"]
     assert outcome["version"] == 1 and outcome["active_version"] == 1
     assert {s["task"] for s in outcome["export"]["skipped"]} == {bad, missing}
     assert job.get_meta()["stage"] == "done"
@@ -210,3 +211,19 @@ def test_killed_worker_leaves_the_active_version_and_the_job_is_retried(conn, ls
     StartedJobRegistry(QUEUE, connection=conn).cleanup(timestamp=time.time() + 3600)
     job = Job.fetch(queued["job_id"], connection=conn)
     assert job.get_status() == "scheduled" and job.retries_left == 0
+
+
+def test_timed_out_job_publishes_nothing_and_frees_the_project(conn, ls, tmp_path):
+    store = registry(tmp_path)
+    base = resolve_checkpoint("vit_t", "random")
+    store.publish(PROJECT, new_adapter_model(base, 64, ["disc", "box"]).to_bytes(), {"note": "before"})
+    settings = settings_for(ls, tmp_path, max_steps=5000, min_steps=5000, train_max_seconds=600)
+    sched = make_scheduler(conn, settings, job_timeout=6, retry_intervals=())
+    queued = sched.schedule(PROJECT, "ANNOTATION_CREATED", False)
+    run_queue(conn)
+    job = Job.fetch(queued["job_id"], connection=conn)
+    assert job.get_status() == "failed" and "JobTimeoutException" in job.latest_result().exc_string
+    assert [v.version for v in store.versions(PROJECT)] == [1] and store.active_version(PROJECT) == 1
+    status = sched.status(PROJECT)
+    assert status["running_job"] is None and status["last_run"]["status"] == "failed"
+    assert "JobTimeoutException" in status["last_run"]["error"]
