@@ -46,7 +46,8 @@ class Settings(BaseSettings):
     BASIC_AUTH_PASS: str = ""
     WEBHOOK_SECRET: str = ""
 
-    MAX_PAYLOAD_MB: float = Field(32.0, gt=0)
+    # LS batches carry each task's annotations and predictions (brush RLE): allow room.
+    MAX_PAYLOAD_MB: float = Field(64.0, gt=0)
     MAX_IMAGE_PIXELS: int = Field(100_000_000, gt=0)
     IMAGE_DOWNLOAD_TIMEOUT: float = Field(30.0, gt=0)
     # Downloaded task images are cached on disk; the oldest are removed above this size.
