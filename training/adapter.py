@@ -100,10 +100,13 @@ class SamAdapter(nn.Module):
     # ----- modes -------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> SamAdapter:
         super().train(mode)
-        # A LoRA or frozen encoder keeps the base BatchNorm statistics; only a full fine-tune moves them.
-        if mode and not self.config.updates_norm_statistics:
+        if mode and not self.updates_norm_statistics:
             self.sam.image_encoder.eval()
         return self
+
+    @property
+    def updates_norm_statistics(self) -> bool:
+        return self.config.updates_norm_statistics(self.base.is_random)
 
     @property
     def image_size(self) -> int:
@@ -173,25 +176,47 @@ class SamAdapter(nn.Module):
         return self._decode(embedding, prompts, self._no_mask_dense(prompts.shape[0]))
 
     def prompt_logits(self, embedding: torch.Tensor, coords: torch.Tensor | None, labels: torch.Tensor | None,
-                      box: torch.Tensor | None, class_index: int | None = None, multimask: bool = False
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Masks for point/box prompts on one image, optionally conditioned on a class prompt.
+                      box: torch.Tensor | None, class_indices: list[int | None] | None = None,
+                      multimask: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masks for point/box prompts on one image, optionally conditioned on class prompts.
 
         Args:
             embedding: 1 x 256 x G x G.
             coords: B x N x 2 (x, y) in the model's input frame (after resize), or None.
             labels: B x N, 1 positive / 0 negative, or None.
             box: B x 4 (x0, y0, x1, y1) in the input frame, or None.
-            class_index: adds that class's learned tokens to the prompt.
+            class_indices: B entries; a class index adds that class's learned tokens to that prompt
+                (None entries, or None for all, leave the prompt as SAM's own).
         Returns:
             (B x M x 4G x 4G logits, B x M IoU predictions); M is 3 with multimask else 1.
         """
         points = (coords, labels) if coords is not None else None
         sparse, dense = self.sam.prompt_encoder(points=points, boxes=box, masks=None)
-        if class_index is not None:
-            tokens = self.class_prompts[class_index].unsqueeze(0).expand(sparse.shape[0], -1, -1)
+        if class_indices is not None and any(i is not None for i in class_indices):
+            if len(class_indices) != sparse.shape[0]:
+                raise ValueError(f"{len(class_indices)} class indices for {sparse.shape[0]} prompts")
+            # Rows without a class get zero tokens: attention still sees them, but they carry nothing.
+            tokens = torch.stack([
+                self.class_prompts[i] if i is not None else torch.zeros_like(self.class_prompts[0])
+                for i in class_indices
+            ])
             sparse = torch.cat([sparse, tokens.to(sparse.dtype)], dim=1)
         return self._decode(embedding, sparse, dense, multimask)
+
+    def set_classes(self, class_names: list[str]) -> None:
+        """Change the class list: known classes keep their prompts, new ones get fresh prompts."""
+        if not class_names or len(set(class_names)) != len(class_names):
+            raise ValueError(f"class names must be non-empty and unique, got {class_names!r}")
+        if list(class_names) == self.class_names:
+            return
+        generator = torch.Generator().manual_seed(len(class_names))
+        fresh = torch.randn(len(class_names), *self.class_prompts.shape[1:], generator=generator)
+        rows = [
+            self.class_prompts.detach()[self.class_names.index(n)].cpu() if n in self.class_names else fresh[k]
+            for k, n in enumerate(class_names)
+        ]
+        self.class_prompts = nn.Parameter(torch.stack(rows).to(self.device))
+        self.class_names = list(class_names)
 
     def upscale(self, low_res: torch.Tensor, input_size: tuple[int, int], out_size: tuple[int, int]) -> torch.Tensor:
         """K x 1 x 4G x 4G logits -> K x out_h x out_w logits (padding removed)."""
@@ -211,10 +236,18 @@ class SamAdapter(nn.Module):
             full_prefixes.append("sam.image_encoder.")
         if self.config.decoder == "train":
             full_prefixes.append("sam.mask_decoder.")
+        norm_buffers = self._norm_buffer_names() if self.updates_norm_statistics else set()
         for name, tensor in self.state_dict(keep_vars=True).items():
-            if "lora_" in name or any(name.startswith(p) for p in full_prefixes):
+            if "lora_" in name or name in norm_buffers or any(name.startswith(p) for p in full_prefixes):
                 state[name] = tensor
         return {k: v.detach() for k, v in state.items()}
+
+    def _norm_buffer_names(self) -> set[str]:
+        names = set()
+        for module_name, module in self.sam.image_encoder.named_modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                names.update(f"sam.image_encoder.{module_name}.{b}" for b, _ in module.named_buffers())
+        return names
 
     def to_bytes(self, metadata: dict | None = None) -> bytes:
         """Serialise the adapter (safetensors) with its identity and ``metadata`` in the header."""

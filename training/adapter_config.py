@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 ENCODER_MODES = ("lora", "full", "frozen")
 DECODER_MODES = ("lora", "train", "frozen")
+NORM_STATISTICS = ("auto", "update", "frozen")
 
 
 @dataclass
@@ -18,6 +19,10 @@ class AdapterConfig:
     decoder: ``lora`` (peft LoRA on the decoder's attention projections), ``train`` (all decoder
         weights; ~16 MB artifact) or ``frozen``.
     prompt_tokens: learned sparse prompt tokens per class (always trained).
+    norm_statistics: whether the encoder's BatchNorm running statistics follow the training images
+        (they are then saved with the adapter): ``update``, ``frozen``, or ``auto`` = update for a
+        full fine-tune or a randomly initialised base (whose statistics mean nothing; measured: a
+        random encoder with frozen statistics learns nothing), frozen for pretrained LoRA.
     """
 
     encoder: str = "lora"
@@ -28,6 +33,7 @@ class AdapterConfig:
     lora_targets: list[str] = field(default_factory=lambda: ["qkv"])
     decoder_lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"])
     prompt_tokens: int = 2
+    norm_statistics: str = "auto"
 
     def __post_init__(self) -> None:
         if self.encoder not in ENCODER_MODES:
@@ -46,6 +52,8 @@ class AdapterConfig:
             raise ValueError("decoder mode 'lora' needs at least one module name in decoder_lora_targets")
         if not isinstance(self.prompt_tokens, int) or not 1 <= self.prompt_tokens <= 16:
             raise ValueError(f"prompt_tokens must be an integer in 1..16, got {self.prompt_tokens!r}")
+        if self.norm_statistics not in NORM_STATISTICS:
+            raise ValueError(f"norm_statistics {self.norm_statistics!r} is not one of {', '.join(NORM_STATISTICS)}")
         self.lora_targets = list(self.lora_targets)
         self.decoder_lora_targets = list(self.decoder_lora_targets)
 
@@ -60,7 +68,7 @@ class AdapterConfig:
             raise ValueError(f"unknown adapter option(s): {', '.join(sorted(unknown))}")
         return cls(**data)
 
-    @property
-    def updates_norm_statistics(self) -> bool:
-        # Only a full fine-tune may move BatchNorm statistics: with LoRA the base stays the base.
-        return self.encoder == "full"
+    def updates_norm_statistics(self, base_is_random: bool) -> bool:
+        if self.norm_statistics == "auto":
+            return self.encoder == "full" or base_is_random
+        return self.norm_statistics == "update"

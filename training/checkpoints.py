@@ -65,7 +65,7 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("SAMLOOP_MODEL_CACHE") or Path.home() / ".cache" / "samloop" / "models")
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: Path, remember: bool = True) -> str:
     """SHA-256 of a file, remembered in a sidecar keyed by size and mtime (vit_h is 2.4 GB)."""
     stat = path.stat()
     sidecar = path.with_name(path.name + ".sha256.json")
@@ -81,6 +81,8 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     value = digest.hexdigest()
+    if not remember:
+        return value
     # A read-only model directory only costs a re-hash next time.
     with contextlib.suppress(OSError):
         sidecar.write_text(json.dumps({"stamp": stamp, "sha256": value}))
@@ -113,7 +115,7 @@ def download_official(model_type: str, cache_dir: Path | None = None) -> Path:
             f"Without internet access, download it elsewhere and put it at {target}, "
             f"or set SAM_CHECKPOINT to its path (or SAM_CHECKPOINT=random for a demo without weights)"
         ) from exc
-    actual = file_sha256(partial_path)
+    actual = file_sha256(partial_path, remember=False)
     if actual != spec.sha256:
         partial_path.unlink(missing_ok=True)
         raise CheckpointError(f"downloaded {spec.url} has SHA-256 {actual}, expected {spec.sha256}; not used")

@@ -161,7 +161,7 @@ class Predictor:
         multimask = box is None and (coords is None or coords.shape[1] == 1)
         with self._autocast():
             low_res, iou = self.model.prompt_logits(image.embedding.to(device), coords, labels, box_t,
-                                                    class_index, multimask=multimask)
+                                                    [class_index], multimask=multimask)
         best = int(iou[0].argmax())
         logits = self.model.upscale(low_res[0, best : best + 1, None].float(), image.input_size, (h, w))
         return PromptPrediction(mask=(logits[0] > 0).cpu().numpy(), score=float(iou[0, best].clamp(0, 1)))

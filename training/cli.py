@@ -1,0 +1,297 @@
+"""Offline command line: train, evaluate, predict, list versions, and write a synthetic dataset.
+
+``python -m training <command> --help`` explains every option. Base-model options default to
+the same environment variables the backend reads (SAM_MODEL, SAM_CHECKPOINT, SAM_IMAGE_SIZE).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from training.adapter import AdapterMismatchError, read_artifact
+from training.adapter_config import DECODER_MODES, ENCODER_MODES, AdapterConfig
+from training.checkpoints import CheckpointError, resolve_checkpoint
+from training.data import DatasetError, SegmentationDataset, load_coco, load_mask_folder, split_fraction
+from training.evaluation import evaluate
+from training.images import ImageError, load_image
+from training.models import load_adapter_model, new_adapter_model
+from training.predictor import Predictor
+from training.registry import RegistryError, open_registry
+from training.sam_models import MODEL_BUILDERS
+from training.train_config import TrainConfig
+from training.trainer import TrainProgress, train_adapter
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
+# Overlay colours per class id (RGB); class ids beyond the table cycle through it.
+PALETTE = np.array([[230, 25, 75], [60, 180, 75], [0, 130, 200], [255, 225, 25], [145, 30, 180],
+                    [70, 240, 240], [240, 50, 230], [245, 130, 48]], np.uint8)
+
+
+class CliError(Exception):
+    """A problem the user can fix; printed without a traceback."""
+
+
+# ----- arguments ----------------------------------------------------------------------------------
+def _add_base_model(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("base model")
+    group.add_argument("--model", default=os.environ.get("SAM_MODEL", "vit_t"), choices=sorted(MODEL_BUILDERS),
+                       help="SAM variant (default: $SAM_MODEL or vit_t = MobileSAM)")
+    group.add_argument("--checkpoint", default=os.environ.get("SAM_CHECKPOINT"),
+                       help="checkpoint path, 'random' for random weights (tests/demos), or omit to download "
+                            "the official one (default: $SAM_CHECKPOINT)")
+    group.add_argument("--image-size", type=int, default=int(os.environ.get("SAM_IMAGE_SIZE", "1024")),
+                       help="model input size in px, a multiple of 16 (default: $SAM_IMAGE_SIZE or 1024)")
+    group.add_argument("--model-cache", type=Path, default=None,
+                       help="where official checkpoints are cached (default: $SAMLOOP_MODEL_CACHE)")
+
+
+def _add_dataset(parser: argparse.ArgumentParser, split: bool) -> None:
+    group = parser.add_argument_group("dataset (a mask folder or COCO JSON)")
+    group.add_argument("--images", type=Path, help="folder of images (mask-folder layout, or COCO image root)")
+    group.add_argument("--masks", type=Path, help="folder of class-id mask PNGs (pixel value = class id, 0 = bg)")
+    group.add_argument("--labels", type=Path, help="labels file with 'id name' lines")
+    group.add_argument("--coco", type=Path, help="COCO instances JSON")
+    if split:
+        group.add_argument("--coco-val", type=Path, help="separate COCO JSON for validation")
+        group.add_argument("--val-fraction", type=float, default=0.2,
+                           help="fraction held out for validation when no separate validation set (default 0.2)")
+
+
+def _add_adapter_source(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("adapter (a file, or a registry version)")
+    group.add_argument("--adapter", type=Path, help="adapter .safetensors file")
+    group.add_argument("--registry", help="registry directory or redis:// URL")
+    group.add_argument("--project", help="project id in the registry")
+    group.add_argument("--version", type=int, help="registry version (default: the active one)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train an adapter from a mask folder or COCO file")
+    _add_base_model(train)
+    _add_dataset(train, split=True)
+    adapter = train.add_argument_group("adapter")
+    adapter.add_argument("--encoder", default="lora", choices=ENCODER_MODES,
+                         help="lora (default), full fine-tune (larger artifact), or frozen")
+    adapter.add_argument("--decoder", default=AdapterConfig().decoder, choices=DECODER_MODES,
+                         help=f"mask decoder: lora, train (all weights) or frozen (default {AdapterConfig().decoder})")
+    adapter.add_argument("--lora-rank", type=int, default=8, help="LoRA rank (default 8)")
+    adapter.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA alpha (default 16)")
+    adapter.add_argument("--lora-targets", default="qkv", help="comma-separated encoder modules for LoRA (default qkv)")
+    loop = train.add_argument_group("training")
+    defaults = TrainConfig()
+    loop.add_argument("--steps", type=int, default=defaults.max_steps,
+                      help=f"step budget (default {defaults.max_steps})")
+    loop.add_argument("--max-seconds", type=float, default=None, help="wall-clock budget in seconds")
+    loop.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    loop.add_argument("--lr", type=float, default=defaults.lr, help=f"encoder learning rate (default {defaults.lr})")
+    loop.add_argument("--seed", type=int, default=0)
+    loop.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    loop.add_argument("--no-augment", action="store_true", help="turn off flips and brightness jitter")
+    out = train.add_argument_group("output")
+    out.add_argument("--out", type=Path, help="write the adapter to this .safetensors file")
+    out.add_argument("--registry", help="also publish to this registry (directory or redis:// URL)")
+    out.add_argument("--project", default="cli", help="registry project id (default 'cli')")
+
+    ev = sub.add_parser("evaluate", help="evaluate an adapter on a dataset (per-class IoU and Dice)")
+    _add_base_model(ev)
+    _add_dataset(ev, split=False)
+    _add_adapter_source(ev)
+
+    pr = sub.add_parser("predict", help="predict masks for a folder of images")
+    _add_base_model(pr)
+    _add_adapter_source(pr)
+    pr.add_argument("--input", type=Path, required=True, help="folder of images")
+    pr.add_argument("--output", type=Path, required=True,
+                    help="folder for <name>_mask.png (class ids) and <name>_overlay.png (original | prediction)")
+
+    ve = sub.add_parser("versions", help="list a project's adapter versions; optionally activate one")
+    ve.add_argument("--registry", required=True, help="registry directory or redis:// URL")
+    ve.add_argument("--project", required=True)
+    ve.add_argument("--activate", type=int, help="make this version active (rollback)")
+
+    sy = sub.add_parser("synth", help="write a synthetic 3-class dataset in the mask-folder layout")
+    sy.add_argument("--out", type=Path, required=True)
+    sy.add_argument("--count", type=int, default=8)
+    sy.add_argument("--size", type=int, default=256)
+    sy.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+# ----- helpers ---------------------------------------------------------------------------------------
+def _base_weights(args: argparse.Namespace):
+    return resolve_checkpoint(args.model, args.checkpoint, args.model_cache)
+
+
+def _load_dataset(args: argparse.Namespace) -> SegmentationDataset:
+    if args.coco:
+        return load_coco(args.coco, args.images)
+    if args.images and args.masks and args.labels:
+        return load_mask_folder(args.images, args.masks, args.labels)
+    raise CliError("give a dataset: --images, --masks and --labels for a mask folder, or --coco FILE")
+
+
+def _adapter_bytes(args: argparse.Namespace) -> bytes:
+    if args.adapter:
+        try:
+            return args.adapter.read_bytes()
+        except OSError as exc:
+            raise CliError(f"cannot read adapter {args.adapter}: {exc.strerror}") from exc
+    if args.registry and args.project:
+        return open_registry(args.registry).load(args.project, args.version)[1]
+    raise CliError("give an adapter: --adapter FILE, or --registry and --project [--version]")
+
+
+def _load_model(args: argparse.Namespace):
+    data = _adapter_bytes(args)
+    header, _ = read_artifact(data)
+    base = header.get("base", {})
+    # The adapter says what it was trained on; command-line defaults should not contradict it silently.
+    if base.get("image_size") and base["image_size"] != args.image_size:
+        logging.getLogger(__name__).info("using the adapter's image size %s", base["image_size"])
+        args.image_size = base["image_size"]
+    return load_adapter_model(data, _base_weights(args), args.image_size)
+
+
+def _progress_bar(total: int):
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="step", file=sys.stderr)
+
+    def update(p: TrainProgress) -> None:
+        bar.update(p.step - bar.n)
+        bar.set_postfix(loss=f"{p.loss:.4f}", eta=f"{p.eta_seconds:.0f}s")
+
+    return bar, update
+
+
+# ----- commands -------------------------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace) -> dict:
+    dataset = _load_dataset(args)
+    if args.coco_val:
+        train_set, val_set = dataset, load_coco(args.coco_val, args.images)
+    else:
+        if not 0 <= args.val_fraction < 1:
+            raise CliError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
+        train_set, val_set = split_fraction(dataset, args.val_fraction, seed=args.seed) if args.val_fraction \
+            else (dataset, dataset.subset([]))
+    config = AdapterConfig(encoder=args.encoder, decoder=args.decoder, lora_rank=args.lora_rank,
+                           lora_alpha=args.lora_alpha, lora_targets=[t for t in args.lora_targets.split(",") if t])
+    train_config = TrainConfig(max_steps=args.steps, max_seconds=args.max_seconds, batch_size=args.batch_size,
+                               lr=args.lr, seed=args.seed, precision=args.precision, augment=not args.no_augment)
+    model = new_adapter_model(_base_weights(args), args.image_size, train_set.class_names, config)
+    bar, update = _progress_bar(train_config.max_steps)
+    try:
+        result = train_adapter(model, train_set, train_config, progress=update)
+    finally:
+        bar.close()
+    metrics = evaluate(model, val_set) if len(val_set) else None
+    metadata = {"train": result.to_dict(), "train_config": train_config.to_dict(), "validation": metrics,
+                "data": {"train": train_set.describe(), "validation": val_set.describe()}}
+    data = model.to_bytes(metadata)
+    summary = {"trainable_parameters": model.trainable_parameter_count(), "adapter_bytes": len(data),
+               "train": result.to_dict(), "validation": metrics}
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_bytes(data)
+        summary["adapter"] = str(args.out)
+    if args.registry:
+        info = open_registry(args.registry).publish(args.project, data, metadata)
+        summary["registry_version"] = info.version
+    if not args.out and not args.registry:
+        raise CliError("nowhere to save the adapter: give --out FILE and/or --registry")
+    return summary
+
+
+def cmd_evaluate(args: argparse.Namespace) -> dict:
+    model = _load_model(args)
+    dataset = _load_dataset(args)
+    missing = [n for n in dataset.class_names if n not in model.class_names]
+    if missing:
+        logging.getLogger(__name__).warning("classes %s are not in the adapter; not evaluated", missing)
+    return evaluate(model, dataset)
+
+
+def _overlay(image: np.ndarray, label_map: np.ndarray) -> np.ndarray:
+    colours = PALETTE[(label_map.astype(np.int64) - 1) % len(PALETTE)]
+    blended = np.where(label_map[..., None] > 0, (0.45 * image + 0.55 * colours).astype(np.uint8), image)
+    return np.concatenate([image, blended], axis=1)
+
+
+def cmd_predict(args: argparse.Namespace) -> dict:
+    model = _load_model(args)
+    predictor = Predictor(model)
+    files = sorted(p for p in args.input.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) \
+        if args.input.is_dir() else []
+    if not files:
+        raise CliError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {args.input}")
+    args.output.mkdir(parents=True, exist_ok=True)
+    written, failed = [], {}
+    for path in files:
+        try:
+            image = load_image(path)
+        except ImageError as exc:
+            failed[path.name] = str(exc)
+            continue
+        prediction = predictor.predict_classes(predictor.embed([image])[0])
+        cv2.imwrite(str(args.output / f"{path.stem}_mask.png"), prediction.label_map)
+        cv2.imwrite(str(args.output / f"{path.stem}_overlay.png"),
+                    cv2.cvtColor(_overlay(image, prediction.label_map), cv2.COLOR_RGB2BGR))
+        written.append({"image": path.name, "scores": prediction.scores})
+    return {"classes": {i + 1: n for i, n in enumerate(model.class_names)}, "predicted": written, "failed": failed}
+
+
+def cmd_versions(args: argparse.Namespace) -> dict:
+    registry = open_registry(args.registry)
+    if args.activate is not None:
+        registry.activate(args.project, args.activate)
+    return {"project": args.project, "versions": [
+        {"version": v.version, "active": v.active, "created": v.created,
+         "validation": (v.metadata.get("validation") or {}).get("mean_iou")}
+        for v in registry.versions(args.project)
+    ]}
+
+
+def cmd_synth(args: argparse.Namespace) -> dict:
+    from training.synthetic import synthetic_dataset
+
+    dataset = synthetic_dataset(args.count, args.size, seed=args.seed)
+    images, masks = args.out / "images", args.out / "masks"
+    images.mkdir(parents=True, exist_ok=True)
+    masks.mkdir(parents=True, exist_ok=True)
+    for sample in dataset.samples:
+        cv2.imwrite(str(images / f"{sample.name}.png"), cv2.cvtColor(sample.image, cv2.COLOR_RGB2BGR))
+        ids = np.zeros(sample.image.shape[:2], np.uint8)
+        for k in range(len(dataset.class_names)):
+            ids[sample.masks[k]] = k + 1
+        cv2.imwrite(str(masks / f"{sample.name}.png"), ids)
+    (args.out / "labels.txt").write_text("".join(f"{i + 1} {n}\n" for i, n in enumerate(dataset.class_names)))
+    return {"images": str(images), "masks": str(masks), "labels": str(args.out / "labels.txt"), "count": args.count}
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "versions": cmd_versions,
+            "synth": cmd_synth}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        result = COMMANDS[args.command](args)
+    except (CliError, CheckpointError, DatasetError, ImageError, AdapterMismatchError, RegistryError,
+            ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2, default=float))
+    return 0
