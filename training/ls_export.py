@@ -492,6 +492,25 @@ def _downscale(image: np.ndarray, masks: dict[str, np.ndarray], max_side: int | 
     return small, small_masks
 
 
+class _DropLocalhostAdvice(logging.Filter):
+    """get_local_path warns on every image when LABEL_STUDIO_URL is localhost (Docker advice);
+    once per process is plenty."""
+
+    seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("Using `localhost`"):
+            return True
+        first, _DropLocalhostAdvice.seen = not _DropLocalhostAdvice.seen, True
+        return first
+
+
+def _quiet_sdk_download_log() -> None:
+    sdk_log = logging.getLogger(ls_io.__name__)
+    if not any(isinstance(f, _DropLocalhostAdvice) for f in sdk_log.filters):
+        sdk_log.addFilter(_DropLocalhostAdvice())
+
+
 # ----- export ------------------------------------------------------------------------------------
 
 
@@ -515,6 +534,7 @@ def export_dataset(source: LabelStudioSource, project: str | int, cache_dir: str
         ExportError: the label config has nothing to train masks on.
     """
     project_id = project_id_of(project)
+    _quiet_sdk_download_log()
     cache = Path(cache_dir) / f"project-{project_id}"
     cache.mkdir(parents=True, exist_ok=True)
     client = _client(source)
