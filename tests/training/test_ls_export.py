@@ -251,3 +251,36 @@ def test_rle_helper_sanity():
     mask = np.zeros((3, 5), dtype=np.uint8)
     mask[1, 2] = 255
     assert len(mask2rle(mask)) > 4
+
+
+# ----- the same contract against a real Label Studio 1.23.2 (slow: starts one) ---------------------------
+
+
+@pytest.mark.e2e
+def test_export_from_a_real_label_studio(tmp_path):
+    from tests.e2e import ls_api
+    from tests.e2e.label_studio import running_label_studio
+
+    with running_label_studio(tmp_path / "ls") as server, server.client() as client:
+        project = ls_api.create_project(client, BRUSH_POLYGON_CONFIG)["id"]
+        scenes = [synthetic_scene(seed, size=(48, 64)) for seed in range(4)]
+        ls_api.import_images(client, project, [(f"s{i}.png", png_bytes(image)) for i, (image, _) in enumerate(scenes)])
+        tasks = ls_api.list_tasks(client, project)
+        for task, (image, masks) in zip(tasks[:3], scenes[:3], strict=True):
+            result = [brush_region(masks["disc"], "disc"),
+                      polygon_region(box_polygon(masks["box"]), image.shape[:2], "box")]
+            ls_api.create_annotation(client, task["id"], result)
+        ls_api.create_annotation(client, tasks[3]["id"], [], was_cancelled=True)
+        # A newer annotation of task 1 without the box replaces the first one.
+        ls_api.create_annotation(client, tasks[0]["id"], [brush_region(scenes[0][1]["disc"], "disc")])
+
+        for key in (server.legacy_token, server.personal_access_token()):
+            result = export_dataset(LabelStudioSource(server.url, key, retries=1, backoff=0.1), project,
+                                    tmp_path / key[:8])
+            assert result.task_ids == [t["id"] for t in tasks[:3]]
+            assert result.skipped == [] and result.cancelled_only == 1
+            for index, sample in enumerate(result.dataset):
+                image, masks = scenes[index]
+                assert np.array_equal(sample.image, image)
+                assert np.array_equal(sample.masks[0], masks["disc"])
+                assert np.array_equal(sample.masks[1], masks["box"] if index else np.zeros_like(masks["box"]))
