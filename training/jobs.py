@@ -204,7 +204,7 @@ class JobProgress:
 
     def stage(self, stage: str, message: str, **fields_: Any) -> None:
         log.info("project %s: %s", self.project, message)
-        self._save({"stage": stage, "message": message, **fields_}, force=True)
+        self._save({"stage": stage, "message": message, **fields_})
 
     def on_train(self, progress: TrainProgress) -> None:
         now = time.monotonic()
@@ -219,7 +219,7 @@ class JobProgress:
                         "eta_seconds": round(progress.eta_seconds, 1),
                         "message": f"training, step {progress.step}"})
 
-    def _save(self, values: dict[str, Any], force: bool = False) -> None:
+    def _save(self, values: dict[str, Any]) -> None:
         self._saved = time.monotonic()
         if self.job is None:
             return
