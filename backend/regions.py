@@ -10,7 +10,6 @@ import uuid
 
 import cv2
 import numpy as np
-from label_studio_sdk.converter.brush import mask2rle
 
 from backend.label_config import BRUSH, POLYGON, LabelSetup
 
@@ -26,9 +25,64 @@ def new_region_id() -> str:
     return uuid.uuid4().hex[:10]
 
 
+# Label Studio's brush RLE (thi-ng rle-pack): a header (value count: 32 bits, word size - 1: 5 bits,
+# the four run-length field widths - 1: 4 bits each), then one token per run of equal values:
+# [1 bit: repeated?][2 bits: which field width][field: run length - 1][8 bits: value].
+_RLE_FIELD_BITS = np.array([3, 4, 8, 16], dtype=np.int64)
+_RLE_FIELD_LIMITS = np.array([8, 16, 256])  # longest run each field width holds
+_RLE_HEADER_WIDTHS = np.array([32, 5, 4, 4, 4, 4], dtype=np.int64)
+_RLE_HEADER_CODES = [8 - 1, 3 - 1, 4 - 1, 8 - 1, 16 - 1]  # word size 8; field widths 3, 4, 8, 16
+_RLE_LONGEST_RUN = 1 << 16
+_CHANNELS = 4  # the mask is repeated as R, G, B, A bytes
+
+
 def encode_brush(mask: np.ndarray) -> list[int]:
-    """H x W bool -> Label Studio brush RLE (the mask is the alpha channel, 255 inside)."""
-    return mask2rle(np.where(mask, np.uint8(255), np.uint8(0)))
+    """H x W bool -> Label Studio brush RLE (every RGBA byte 255 inside the mask, 0 outside).
+
+    Byte-identical to ``label_studio_sdk.converter.brush.mask2rle`` on the same mask (including
+    its quirks: runs longer than 2**16 are cut into 2**16 pieces, and a stream that ends on a byte
+    boundary gets one extra zero byte), but vectorised: milliseconds instead of a Python loop per
+    run, which took hundreds of milliseconds on speckled masks.
+    """
+    flat = np.ascontiguousarray(mask, dtype=bool).reshape(-1)
+    starts = np.flatnonzero(np.diff(flat, prepend=~flat[:1])) if flat.size else np.zeros(0, np.int64)
+    lengths = np.diff(np.append(starts, flat.size)) * _CHANNELS
+    values = np.where(flat[starts], 255, 0)
+    pieces = (lengths - 1) // _RLE_LONGEST_RUN + 1
+    if pieces.size and int(pieces.max()) > 1:
+        owner = np.repeat(np.arange(lengths.size), pieces)
+        run_lengths = np.full(owner.size, _RLE_LONGEST_RUN, dtype=np.int64)
+        run_lengths[np.cumsum(pieces) - 1] = lengths - (pieces - 1) * _RLE_LONGEST_RUN
+        values = values[owner]
+    else:
+        run_lengths = lengths
+    field = np.searchsorted(_RLE_FIELD_LIMITS, run_lengths, side="left")
+    widths = 3 + _RLE_FIELD_BITS[field] + 8
+    repeated = run_lengths > 1
+    codes = ((repeated.astype(np.uint64) << (widths - 1).astype(np.uint64))
+             | (field.astype(np.uint64) << (widths - 3).astype(np.uint64))
+             | (np.where(repeated, run_lengths - 1, 0).astype(np.uint64) << np.uint64(8))
+             | values.astype(np.uint64))
+    header = np.array([flat.size * _CHANNELS, *_RLE_HEADER_CODES], dtype=np.uint64)
+    return _pack_bits(np.concatenate((header, codes)), np.concatenate((_RLE_HEADER_WIDTHS, widths)))
+
+
+def _pack_bits(codes: np.ndarray, widths: np.ndarray) -> list[int]:
+    """Concatenate ``codes[i]`` as ``widths[i]``-bit big-endian fields (each <= 32 bits) into bytes."""
+    ends = np.cumsum(widths)
+    total = int(ends[-1])
+    offsets = ends - widths
+    first_byte = offsets >> 3
+    # Each code, shifted into a 64-bit window that starts at its first byte, covers at most 5 bytes.
+    # Codes own disjoint bits, so adding their bytes per output byte is the same as OR-ing them.
+    window = codes << (64 - (offsets & 7) - widths).astype(np.uint64)
+    size = (total + 7) // 8 + 5
+    packed = np.zeros(size, np.float64)
+    for k in range(5):
+        part = (window >> np.uint64(56 - 8 * k)) & np.uint64(0xFF)
+        packed += np.bincount(first_byte + k, weights=part.astype(np.float64), minlength=size)
+    count = (total + 7) // 8 + (1 if total % 8 == 0 else 0)
+    return packed[:count].astype(np.uint8).tolist()
 
 
 def mask_polygons(mask: np.ndarray) -> list[list[list[float]]]:
