@@ -23,6 +23,7 @@ from torch import nn
 from training.adapter_config import AdapterConfig
 
 ARTIFACT_FORMAT = "samloop-adapter/1"
+ADAPTER_INIT_SEED = 0
 
 
 class AdapterMismatchError(ValueError):
@@ -79,14 +80,18 @@ class SamAdapter(nn.Module):
         self.config = config
         self.class_names = list(class_names)
         _freeze(sam)
-        if config.encoder == "lora":
-            _inject_lora(sam.image_encoder, config, config.lora_targets)
-        elif config.encoder == "full":
+        # peft draws LoRA A matrices from the global RNG: seed it so the same config gives the same
+        # starting adapter in every process (reproducible training runs).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(ADAPTER_INIT_SEED)
+            if config.encoder == "lora":
+                _inject_lora(sam.image_encoder, config, config.lora_targets)
+            if config.decoder == "lora":
+                _inject_lora(sam.mask_decoder, config, config.decoder_lora_targets)
+        if config.encoder == "full":
             for param in sam.image_encoder.parameters():
                 param.requires_grad_(True)
-        if config.decoder == "lora":
-            _inject_lora(sam.mask_decoder, config, config.decoder_lora_targets)
-        elif config.decoder == "train":
+        if config.decoder == "train":
             for param in sam.mask_decoder.parameters():
                 param.requires_grad_(True)
         dim = sam.prompt_encoder.embed_dim

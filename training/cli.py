@@ -268,8 +268,11 @@ def cmd_synth(args: argparse.Namespace) -> dict:
 
     dataset = synthetic_dataset(args.count, args.size, seed=args.seed)
     images, masks = args.out / "images", args.out / "masks"
-    images.mkdir(parents=True, exist_ok=True)
-    masks.mkdir(parents=True, exist_ok=True)
+    try:
+        images.mkdir(parents=True, exist_ok=True)
+        masks.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"cannot write to {args.out}: {exc.strerror}") from exc
     for sample in dataset.samples:
         cv2.imwrite(str(images / f"{sample.name}.png"), cv2.cvtColor(sample.image, cv2.COLOR_RGB2BGR))
         ids = np.zeros(sample.image.shape[:2], np.uint8)

@@ -79,7 +79,8 @@ def test_coco_training(tmp_path, capsys, dataset):
     (["evaluate", *BASE, "--coco", "/nonexistent.json"], "give an adapter"),
     (["predict", *BASE, "--adapter", "/nonexistent.safetensors", "--input", ".", "--output", "o"],
      "cannot read adapter"),
-    (["train", "--checkpoint", "/no/such.pt", "--coco", "c.json", "--out", "x"], "is not a file"),
+    (["train", "--checkpoint", "random", "--coco", "/no/c.json", "--out", "x"], "cannot read COCO file"),
+    (["synth", "--out", "/proc/forbidden"], "cannot write"),
 ])
 def test_errors_are_one_line_not_tracebacks(capsys, argv, message):
     code, _, err = run(capsys, *argv)
