@@ -1,0 +1,113 @@
+"""Micro-benchmarks of the hot spots found by profiling, before/after each fix, in this process.
+
+- RLE: Label Studio SDK's ``mask2rle`` (pure Python, per run) vs ``backend.regions.encode_brush``
+  (vectorised numpy, byte-identical output), on a speckled mask (what a random or uncertain model
+  gives) and a compact one.
+- Precision: encoder, one click and the 4-class decode under bf16 autocast vs fp32.
+- JSON: bytes and serialisation time of a click's answer.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from benchmarks.scenes import CLASSES, make_scene
+
+
+def median_ms(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return round(float(np.median(times)) * 1000.0, 2)
+
+
+def speckled_mask(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A blob with salt-and-pepper noise around it: a low-confidence model's mask."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    blob = (yy - height / 2) ** 2 / (height / 4) ** 2 + (xx - width / 2) ** 2 / (width / 4) ** 2 < 1
+    noise = rng.random((height, width)) < 0.1
+    return blob ^ noise
+
+
+def rle_encoders(height: int, width: int, repeats: int) -> dict[str, Any]:
+    from label_studio_sdk.converter.brush import mask2rle
+
+    from backend.regions import encode_brush
+
+    masks = {"speckled": speckled_mask(height, width), "compact": make_scene(1, height, width).masks["a"]}
+    out: dict[str, Any] = {"image": f"{width}x{height}"}
+    for name, mask in masks.items():
+        alpha = np.where(mask, np.uint8(255), np.uint8(0))
+        sdk = mask2rle(alpha)
+        ours = encode_brush(mask)
+        sdk_ms = median_ms(lambda a=alpha: mask2rle(a), repeats)
+        ours_ms = median_ms(lambda m=mask: encode_brush(m), repeats)
+        json_text = json.dumps({"rle": ours})
+        out[name] = {"sdk_mask2rle_ms": sdk_ms, "encode_brush_ms": ours_ms,
+                     "speedup": round(sdk_ms / max(ours_ms, 1e-3), 1), "identical": sdk == ours,
+                     "rle_bytes": len(ours), "json_bytes": len(json_text),
+                     "json_dumps_ms": median_ms(lambda r=ours: json.dumps({"rle": r}), repeats)}
+    return out
+
+
+def precision(model_type: str, image_size: int, repeats: int, encoder_repeats: int,
+              image_hw: tuple[int, int] = (960, 1280)) -> dict[str, Any]:
+    """Encoder / click / 4-class decode timings under fp32 and bf16 autocast (vit_t, random weights)."""
+    import torch
+
+    from training.checkpoints import resolve_checkpoint
+    from training.models import new_adapter_model
+    from training.predictor import Predictor
+
+    weights = resolve_checkpoint(model_type, "random", None)
+    model = new_adapter_model(weights, image_size, list(CLASSES)).eval()
+    scene = make_scene(3, *image_hw)
+    image = scene.image
+    h, w = image.shape[:2]
+    ys, xs = np.nonzero(scene.masks["a"])
+    points = np.stack([xs[:: max(1, len(xs) // 5)][:5], ys[:: max(1, len(ys) // 5)][:5]], axis=1).astype(np.float32)
+    labels = np.array([1, 0, 1, 0, 1])
+    out: dict[str, Any] = {"model": model_type, "image_size": image_size, "image": f"{w}x{h}"}
+    fp32 = Predictor(model, precision="fp32")
+    embedding = fp32.embed([image])[0]
+    batch = torch.stack([model.preprocess(image)[0]])
+    for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+
+        def autocast(dtype: torch.dtype | None = dtype) -> torch.autocast:
+            return torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None)
+
+        def encode(autocast: Callable = autocast) -> None:
+            with torch.inference_mode(), autocast():
+                model.encode(batch)
+
+        def click(n: int, autocast: Callable = autocast) -> None:
+            coords = torch.from_numpy(points[:n] * (embedding.input_size[1] / w))[None]
+            with torch.inference_mode():
+                with autocast():
+                    low, iou = model.prompt_logits(embedding.embedding, coords, torch.from_numpy(labels[:n])[None],
+                                                   None, [0], multimask=n == 1)
+                logits = model.upscale(low[0, :1, None].float(), embedding.input_size, (h, w))
+                (logits[0] > 0).numpy()
+
+        def classes(autocast: Callable = autocast) -> None:
+            with torch.inference_mode():
+                with autocast():
+                    low, iou = model.class_logits(embedding.embedding, list(range(len(CLASSES))))
+                probs = torch.sigmoid(model.upscale(low.float(), embedding.input_size, (h, w)))
+                probs.max(dim=0)
+
+        out[name] = {"encoder_ms": median_ms(encode, encoder_repeats),
+                     "click_1_point_ms": median_ms(lambda c=click: c(1), repeats),
+                     "click_5_points_ms": median_ms(lambda c=click: c(5), repeats),
+                     "classes_4_ms": median_ms(classes, repeats)}
+    return out

@@ -1,0 +1,270 @@
+"""Results -> ``latest.json`` (everything, with the machine) and ``latest.md`` (the tables)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from benchmarks.scenarios import KIND_ORDER, KIND_TITLES
+
+# Issue 3's speed targets (vit_t, 1024 px, 2 CPU cores).
+TARGETS = [
+    ("warm click p50", "later_click", "p50", 60.0, "ms"),
+    ("first click on a new image p50", "cold_first_click", "p50", 1500.0, "ms"),
+    ("automatic prediction of one image, 4 classes (p50)", "open", "p50", 2000.0, "ms"),
+    ("backend resident memory (peak)", "memory", "backend", 1536.0, "MB"),
+]
+TARGET_VARIANT = "vit_t-1024"
+
+
+def _pair(results: dict[str, Any]) -> dict[str, dict[str, dict]]:
+    pairs: dict[str, dict[str, dict]] = {}
+    for run in results["runs"]:
+        pairs.setdefault(run["variant"], {})[run["kind"]] = run
+    return pairs
+
+
+def _ratio(baseline: float | None, optimized: float | None) -> float | None:
+    if not baseline or not optimized:
+        return None
+    return round(baseline / optimized, 2)
+
+
+def _fmt(value: Any, digits: int = 0) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _x(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}×"
+
+
+def backend_peak_mb(run: dict) -> float | None:
+    return run.get("memory", {}).get("roles", {}).get("backend", {}).get("peak_rss_mb")
+
+
+def worker_peak_mb(run: dict) -> float | None:
+    roles = run.get("memory", {}).get("roles", {})
+    peaks = [roles[r]["peak_rss_mb"] for r in ("worker", "worker_job") if r in roles]
+    return max(peaks) if peaks else None
+
+
+def comparisons(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Optimized vs baseline per variant: ratio = baseline / optimized (above 1: we are faster/smaller)."""
+    out = []
+    for name, pair in _pair(results).items():
+        opt, base = pair.get("optimized"), pair.get("baseline")
+        if not opt or not base:
+            continue
+        for kind in KIND_ORDER:
+            o = opt["interactive"]["latency_ms"].get(kind, {})
+            b = base["interactive"]["latency_ms"].get(kind, {})
+            for stat in ("p50", "p95"):
+                out.append({"variant": name, "metric": f"{kind} {stat} ms", "optimized": o.get(stat),
+                            "baseline": b.get(stat), "ratio": _ratio(b.get(stat), o.get(stat))})
+        out.append({"variant": name, "metric": "trace total s", "optimized": opt["interactive"]["total_seconds"],
+                    "baseline": base["interactive"]["total_seconds"],
+                    "ratio": _ratio(base["interactive"]["total_seconds"], opt["interactive"]["total_seconds"])})
+        ob, bb = opt["batch_summary"], base["batch_summary"]
+        out.append({"variant": name, "metric": f"batch of {ob['tasks']} images/s", "optimized": ob["images_per_second"],
+                    "baseline": bb["images_per_second"], "ratio": _ratio(ob["images_per_second"],
+                                                                         bb["images_per_second"])})
+        out.append({"variant": name, "metric": "backend peak RSS MB", "optimized": backend_peak_mb(opt),
+                    "baseline": backend_peak_mb(base), "ratio": _ratio(backend_peak_mb(base), backend_peak_mb(opt))})
+        by_size = {t["labeled_images"]: t for t in base.get("training", [])}
+        for t in opt.get("training", []):
+            b = by_size.get(t["labeled_images"])
+            if b:
+                out.append({"variant": name, "metric": f"training s/step ({t['labeled_images']} images)",
+                            "optimized": t["seconds_per_step"], "baseline": b["seconds_per_step"],
+                            "ratio": _ratio(b["seconds_per_step"], t["seconds_per_step"])})
+    return out
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    run = _pair(results).get(TARGET_VARIANT, {}).get("optimized")
+    out = []
+    for title, kind, stat, limit, unit in TARGETS:
+        if run is None:
+            value = None
+        elif kind == "memory":
+            value = backend_peak_mb(run)
+        else:
+            value = run["interactive"]["latency_ms"].get(kind, {}).get(stat)
+        out.append({"target": title, "limit": limit, "unit": unit, "measured": value,
+                    "met": None if value is None else value <= limit})
+    return out
+
+
+def write(results: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = {**results, "comparisons": comparisons(results), "targets": targets(results)}
+    json_path, md_path = out_dir / "latest.json", out_dir / "latest.md"
+    json_path.write_text(json.dumps(results, indent=1, sort_keys=False) + "\n")
+    md_path.write_text(markdown(results))
+    return md_path, json_path
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    lines = [
+        "# samloop benchmark results",
+        "",
+        f"Mode **{results['mode']}**, {m['started_at']}, commit `{m['git_commit']}`"
+        f"{' (uncommitted changes in backend/ or training/)' if m.get('git_dirty') else ''}; "
+        f"total {results.get('total_seconds', '–')} s.",
+        "",
+        f"Machine: {m['cpu_model']}, {m['usable_cores']} cores, {m['memory_gb']} GB RAM, native bf16: "
+        f"{'yes' if m['native_bf16'] else 'no'}; torch {m['torch_version']}, {m['torch_threads']} threads, "
+        f"device {m['device']}; Python {m['python']}. Load average at start {m['load_average_at_start']}, "
+        f"at end {results.get('load_average_at_end', '–')} (other work on the machine makes timings noisy).",
+        "",
+        "**Random weights** (SAM_CHECKPOINT=random): timings do not depend on weight values, but a random "
+        "model's masks are speckled, so RLE and JSON sizes are a worst case. Task images: "
+        f"{results['plan']['image']}. Everything goes through the HTTP API of `python -m backend` "
+        "(a subprocess); images and exports come from the Label Studio stand-in over HTTP.",
+        "",
+        "Baseline = the same backend with a cache of one image embedding, one image per encoder call, fp32 "
+        "(like Label Studio's SAM example). Ratio = baseline / optimized (above 1: optimized is better).",
+        "",
+    ]
+    lines += _targets_md(results)
+    lines += _interactive_md(results)
+    lines += _batch_md(results)
+    lines += _training_md(results)
+    lines += _memory_md(results)
+    lines += _hotspots_md(results)
+    notes = [f"- {run['variant']}: {run['note']}" for run in results["runs"] if run.get("note") and
+             run["kind"] == "optimized"]
+    if notes:
+        lines += ["## Notes", "", *notes, ""]
+    return "\n".join(lines)
+
+
+def _targets_md(results: dict[str, Any]) -> list[str]:
+    lines = [f"## Targets (issue 3; {TARGET_VARIANT}, optimized)", "", "| target | limit | measured | met |",
+             "|---|---:|---:|:---:|"]
+    for t in results["targets"]:
+        met = "–" if t["met"] is None else ("yes" if t["met"] else "**no**")
+        lines.append(f"| {t['target']} | {t['limit']:.0f} {t['unit']} | {_fmt(t['measured'])} {t['unit']} | {met} |")
+    return [*lines, ""]
+
+
+def _interactive_md(results: dict[str, Any]) -> list[str]:
+    lines = ["## Interactive: annotator trace through HTTP (latency ms, p50 / p95)", ""]
+    for name, pair in _pair(results).items():
+        opt, base = pair.get("optimized"), pair.get("baseline")
+        if not opt:
+            continue
+        plan = opt["interactive"]["plan"]
+        lines += [f"**{name}** — {plan['new_images']} opened images × {plan['clicks']} clicks, "
+                  f"{plan['cold_images']} images clicked without opening, {plan['revisits']} returns to earlier "
+                  f"images × {plan['revisit_clicks']} clicks. Trace total: {opt['interactive']['total_seconds']} s "
+                  f"optimized, {base['interactive']['total_seconds'] if base else '–'} s baseline.", "",
+                  "| request | n | optimized p50 / p95 | baseline p50 / p95 | ratio p50 | response KB |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for kind in KIND_ORDER:
+            o = opt["interactive"]["latency_ms"].get(kind, {})
+            if not o.get("n"):
+                continue
+            b = base["interactive"]["latency_ms"].get(kind, {}) if base else {}
+            size = opt["interactive"]["median_response_bytes"].get(kind)
+            lines.append(f"| {KIND_TITLES[kind]} | {o['n']} | {_fmt(o.get('p50'))} / {_fmt(o.get('p95'))} | "
+                         f"{_fmt(b.get('p50'))} / {_fmt(b.get('p95'))} | {_x(_ratio(b.get('p50'), o.get('p50')))} | "
+                         f"{_fmt(size / 1024 if size else None)} |")
+        lines.append("")
+    return lines
+
+
+def _batch_md(results: dict[str, Any]) -> list[str]:
+    lines = ["## Automatic pre-annotation (4 classes, one /predict per batch, cold cache)", "",
+             "| variant | tasks | optimized s (img/s) | baseline s (img/s) | ratio | tasks within LS's 100 s |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, pair in _pair(results).items():
+        opt, base = pair.get("optimized"), pair.get("baseline")
+        if not opt:
+            continue
+        base_by = {b["tasks"]: b for b in base["batch"]} if base else {}
+        for b in opt["batch"]:
+            bb = base_by.get(b["tasks"], {})
+            within = opt["batch_summary"]["tasks_within_ls_timeout"] if b["tasks"] == opt["batch_summary"]["tasks"] \
+                else ""
+            lines.append(f"| {name} | {b['tasks']} | {b['seconds']:.2f} ({b['images_per_second']:.2f}) | "
+                         f"{_fmt(bb.get('seconds'), 2)} ({_fmt(bb.get('images_per_second'), 2)}) | "
+                         f"{_x(_ratio(b['images_per_second'], bb.get('images_per_second')))} | {within} |")
+    return [*lines, ""]
+
+
+def _training_md(results: dict[str, Any]) -> list[str]:
+    budget = results["plan"]["train_max_seconds"]
+    lines = ["## Training: ANNOTATION_CREATED webhook → new active version", "",
+             f"Real path: webhook → rq scheduler (5 s debounce) → the backend's embedded worker → export from the "
+             f"LS stand-in → train → evaluate → registry → backend. Budget TRAIN_MAX_SECONDS={budget:g} (the default "
+             "is 600), default step budget (25 steps per image, 50..500), batch 4.", "",
+             "Stages: *pickup* = webhook → the job's first log line (rq fork + imports); *debounce* = waiting for "
+             "the burst of events to settle; *load* = building the model (and the active adapter).", "",
+             "| variant | kind | labeled images | s to active | steps | s/step | pickup | debounce | export | load | "
+             "train | evaluate | publish | worker peak MB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for run in results["runs"]:
+        for t in run.get("training", []):
+            s = t["stages"]
+            stages = " | ".join(_fmt(s.get(name), 1) for name in ("queued", "debounce", "export", "model_load",
+                                                                  "train", "evaluate", "publish"))
+            clicking = " + clicks" if t.get("clicks_meanwhile") else ""
+            clicking += f", worker nice {t['worker_niceness']}" if t.get("worker_niceness") else ""
+            lines.append(f"| {run['variant']} | {run['kind']}{clicking} | {t['labeled_images']} | "
+                         f"{t['seconds_to_active']:.1f} | "
+                         f"{_fmt(t['train'].get('steps'))} | {_fmt(t['seconds_per_step'], 2)} | {stages} | "
+                         f"{_fmt(t['worker_peak_rss_mb'])} |")
+    for run in results["runs"]:
+        for t in run.get("training", []):
+            during = t.get("clicks_meanwhile")
+            if during and during["latency_ms"].get("n"):
+                lat = during["latency_ms"]
+                nice = f", worker at nice {t['worker_niceness']}" if t.get("worker_niceness") else ""
+                lines += ["", f"Warm clicks while training ran ({run['variant']}, one click every "
+                              f"{during['interval_s']:g} s{nice}): p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms, "
+                              f"n {lat['n']}, errors {during['errors']}; training took "
+                              f"{t['seconds_to_active']:.1f} s."]
+    return [*lines, ""]
+
+
+def _memory_md(results: dict[str, Any]) -> list[str]:
+    lines = ["## Memory (peak resident set, MB)", "",
+             "| variant | kind | backend idle | backend peak | during trace | during batch | worker peak |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for run in results["runs"]:
+        phases = run.get("memory", {}).get("phase_max_rss_mb", {})
+        lines.append(f"| {run['variant']} | {run['kind']} | {_fmt(run.get('idle_rss_mb'))} | "
+                     f"{_fmt(backend_peak_mb(run))} | {_fmt(phases.get('trace', {}).get('backend'))} | "
+                     f"{_fmt(phases.get('batch', {}).get('backend'))} | {_fmt(worker_peak_mb(run))} |")
+    return [*lines, ""]
+
+
+def _hotspots_md(results: dict[str, Any]) -> list[str]:
+    hot = results.get("hotspots")
+    if not hot:
+        return []
+    rle = hot["rle"]
+    lines = ["## Hot spots (micro-benchmarks in the benchmark process, median ms)", "",
+             f"Brush RLE of one {rle['image']} mask: Label Studio SDK `mask2rle` vs `backend.regions.encode_brush`",
+             "", "| mask | SDK ms | ours ms | speedup | identical bytes | RLE KB | JSON KB |",
+             "|---|---:|---:|---:|:---:|---:|---:|"]
+    for name in ("speckled", "compact"):
+        r = rle[name]
+        lines.append(f"| {name} | {r['sdk_mask2rle_ms']:.1f} | {r['encode_brush_ms']:.1f} | {r['speedup']:.1f}× | "
+                     f"{'yes' if r['identical'] else '**no**'} | {r['rle_bytes'] / 1024:.0f} | "
+                     f"{r['json_bytes'] / 1024:.0f} |")
+    p = hot["precision"]
+    lines += ["", f"Precision, {p['model']} at {p['image_size']} px, {p['image']} image:", "",
+              "| step | fp32 ms | bf16 autocast ms |", "|---|---:|---:|"]
+    titles = {"encoder_ms": "encoder (1 image)", "click_1_point_ms": "click, 1 point (3 masks) + upscale",
+              "click_5_points_ms": "click, 5 points + upscale", "classes_4_ms": "4-class decode + upscale"}
+    for key, title in titles.items():
+        lines.append(f"| {title} | {p['fp32'][key]:.1f} | {p['bf16'][key]:.1f} |")
+    return [*lines, ""]

@@ -1,0 +1,314 @@
+"""Run every variant (model x image size x optimized/baseline) against a real backend subprocess."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from benchmarks import hotspots, payloads
+from benchmarks.machine import describe, load_average
+from benchmarks.processes import BackendProcess
+from benchmarks.scenarios import (
+    BackgroundClicks,
+    TaskImage,
+    TracePlan,
+    annotator_trace,
+    batch_predictions,
+    training_run,
+)
+from benchmarks.scenes import CLASSES, LABEL_CONFIG, make_scene
+
+log = logging.getLogger("benchmarks")
+
+TRACE_PROJECT = 1
+# Training projects: 100 + labeled images; the same images again at 200 + n for training while an annotator
+# clicks, and at 300 + n for the same with the worker process reniced (nice 10) so that clicks win the CPU.
+CONCURRENT_PROJECTS = 200
+RENICED_PROJECTS = 300
+WORKER_NICENESS = 10
+EMBED_CHANNELS = 256
+BYTES_PER_FLOAT = 4
+MB = 1024 * 1024
+# LS waits this long for /predict (DESIGN.md); a "Retrieve predictions" batch must fit in it.
+LS_PREDICT_TIMEOUT_S = 100.0
+
+
+@dataclass
+class VariantPlan:
+    model: str
+    image_size: int
+    trace: TracePlan
+    batch_sizes: list[int]
+    training_sizes: list[int] = field(default_factory=list)
+    baseline_training_sizes: list[int] = field(default_factory=list)
+    # Also train on this many images while an annotator keeps clicking (optimized only; None: skip).
+    clicks_during_training: int | None = None
+    # ... and once more with the worker at a lower CPU priority.
+    renice_worker: bool = True
+    note: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}-{self.image_size}"
+
+    @property
+    def images_needed(self) -> int:
+        return self.trace.images_needed + sum(self.batch_sizes)
+
+
+@dataclass
+class RunPlan:
+    mode: str
+    variants: list[VariantPlan]
+    image_hw: tuple[int, int] = (960, 1280)
+    train_max_seconds: float = 30.0
+    micro_size: int = 1024
+    micro_repeats: int = 7
+    micro_encoder_repeats: int = 2
+    training_timeout: float = 900.0
+
+    @property
+    def images_needed(self) -> int:
+        return max(v.images_needed for v in self.variants)
+
+    @property
+    def training_sizes(self) -> list[int]:
+        return sorted({n for v in self.variants for n in [*v.training_sizes, *v.baseline_training_sizes]})
+
+    @property
+    def concurrent_sizes(self) -> list[int]:
+        return sorted({v.clicks_during_training for v in self.variants if v.clicks_during_training})
+
+
+def full_plan() -> RunPlan:
+    trace = TracePlan(new_images=20, clicks=5, cold_images=5, revisits=10, revisit_clicks=2)
+    return RunPlan("full", [
+        VariantPlan("vit_t", 1024, trace, [1, 8, 32], [5, 10, 25], [10], clicks_during_training=10),
+        VariantPlan("vit_t", 512, trace, [1, 8, 32], [10], [10]),
+        VariantPlan("vit_b", 1024, TracePlan(new_images=3, clicks=5, cold_images=2, revisits=3, revisit_clicks=2),
+                    [4], [5], [], note="vit_b is slow on 2 CPU cores: 5 images in the trace, a batch of 4, "
+                                       "training with 5 images (optimized only)"),
+    ])
+
+
+def quick_plan() -> RunPlan:
+    trace = TracePlan(new_images=2, clicks=2, cold_images=1, revisits=2, revisit_clicks=1)
+    variant = VariantPlan("vit_t", 128, trace, [2], [3], [], clicks_during_training=3, renice_worker=False)
+    return RunPlan("quick", [variant], image_hw=(120, 160), train_max_seconds=1.0, micro_size=128, micro_repeats=2,
+                   micro_encoder_repeats=1,
+                   training_timeout=120.0)
+
+
+def embedding_mb(image_size: int) -> int:
+    """Cache size that holds exactly one image embedding (the baseline's 'cache of one image')."""
+    grid = image_size // 16
+    return max(1, math.ceil(EMBED_CHANNELS * grid * grid * BYTES_PER_FLOAT / MB))
+
+
+def backend_env(plan: RunPlan, variant: VariantPlan, kind: str, data_dir: Path, ls_url: str, ls_token: str,
+                worker: bool) -> dict[str, str]:
+    env = {
+        "SAM_MODEL": variant.model, "SAM_CHECKPOINT": "random", "SAM_IMAGE_SIZE": str(variant.image_size),
+        "SAMLOOP_DATA_DIR": str(data_dir), "SAMLOOP_ADAPTER_STORE": "local", "REDIS_URL": "",
+        "SAMLOOP_EMBEDDED_WORKER": "true" if worker else "false",
+        "LABEL_STUDIO_URL": ls_url, "LABEL_STUDIO_API_KEY": ls_token,
+        "BASIC_AUTH_USER": "", "BASIC_AUTH_PASS": "", "WEBHOOK_SECRET": "",
+        "TRAIN_MAX_SECONDS": str(plan.train_max_seconds), "TRAIN_MIN_ANNOTATIONS": "1",
+        "DEVICE": "auto", "LOG_LEVEL": "INFO",
+    }
+    if kind == "baseline":
+        env |= {"PRECISION": "fp32", "EMBEDDING_CACHE_MB": str(embedding_mb(variant.image_size)),
+                "ENCODER_BATCH_SIZE": "1"}
+    else:
+        env |= {"PRECISION": "auto", "EMBEDDING_CACHE_MB": "512", "ENCODER_BATCH_SIZE": "4"}
+    return env
+
+
+def publish_adapter(data_dir: Path, model: str, image_size: int, project: int) -> str:
+    """A 4-class adapter (random prompts, LoRA B = 0) published as the project's active version."""
+    from training.checkpoints import resolve_checkpoint
+    from training.models import new_adapter_model
+    from training.registry import LocalRegistry
+
+    weights = resolve_checkpoint(model, "random", None)
+    adapter = new_adapter_model(weights, image_size, list(CLASSES))
+    registry = LocalRegistry(data_dir / "adapters")
+    info = registry.publish(str(project), adapter.to_bytes({"benchmark": True}), {"benchmark": True}, activate=True)
+    return f"v{info.version}"
+
+
+@contextmanager
+def label_studio(plan: RunPlan) -> Iterator[tuple[Any, list[TaskImage], dict[int, list[TaskImage]]]]:
+    """The LS stand-in with the trace/batch images (project 1) and one labeled project per training size."""
+    from backend.regions import encode_brush
+    from tests.training.fake_label_studio import FakeLabelStudio
+
+    height, width = plan.image_hw
+    with FakeLabelStudio() as ls:
+        ls.add_project(TRACE_PROJECT, LABEL_CONFIG)
+        images = []
+        for index in range(plan.images_needed):
+            scene = make_scene(index, height, width)
+            url = ls.add_image(TRACE_PROJECT, f"img{index:03d}.jpg", scene.jpeg)
+            task_id = ls.add_task(TRACE_PROJECT, {"image": url})
+            images.append(TaskImage(task_id, url, scene))
+        training: dict[int, list[TaskImage]] = {}
+        projects = [(100 + size, size) for size in plan.training_sizes]
+        projects += [(offset + size, size) for size in plan.concurrent_sizes
+                     for offset in (CONCURRENT_PROJECTS, RENICED_PROJECTS)]
+        for project, size in projects:
+            ls.add_project(project, LABEL_CONFIG)
+            training[project] = []
+            for index in range(size):
+                scene = make_scene(10_000 + 100 * size + index, height, width)
+                url = ls.add_image(project, f"train{index:03d}.jpg", scene.jpeg)
+                result = [_brush(encode_brush(scene.masks[name]), name, scene.size) for name in CLASSES]
+                task_id = ls.add_task(project, {"image": url}, [{"result": result}])
+                training[project].append(TaskImage(task_id, url, scene))
+        yield ls, images, training
+
+
+def _brush(rle: list[int], label: str, size: tuple[int, int]) -> dict:
+    height, width = size
+    return {"id": f"r{label}", "type": "brushlabels", "from_name": "tag", "to_name": "image",
+            "original_width": width, "original_height": height, "image_rotation": 0, "origin": "manual",
+            "value": {"format": "rle", "rle": rle, "brushlabels": [label]}}
+
+
+def run_variant(plan: RunPlan, variant: VariantPlan, kind: str, work: Path, ls: Any, images: list[TaskImage],
+                training: dict[int, list[TaskImage]]) -> dict[str, Any]:
+    sizes = variant.training_sizes if kind == "optimized" else variant.baseline_training_sizes
+    data_dir = work / f"{variant.name}-{kind}"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    adapter_version = publish_adapter(data_dir, variant.model, variant.image_size, TRACE_PROJECT)
+    env = backend_env(plan, variant, kind, data_dir, ls.url, ls.legacy_token, worker=bool(sizes))
+    out: dict[str, Any] = {"variant": variant.name, "model": variant.model, "image_size": variant.image_size,
+                           "kind": kind, "note": variant.note, "load_average_before": load_average(),
+                           "settings": {k: env[k] for k in ("PRECISION", "EMBEDDING_CACHE_MB", "ENCODER_BATCH_SIZE",
+                                                            "SAM_CHECKPOINT", "TRAIN_MAX_SECONDS")},
+                           "adapter": adapter_version}
+    backend = BackendProcess(env, data_dir / "backend.log")
+    log.info("%s %s: starting the backend", variant.name, kind)
+    backend.start()
+    out["startup_seconds"] = backend.startup_seconds
+    try:
+        with httpx.Client(timeout=httpx.Timeout(900.0, connect=10.0)) as client:
+            health = client.get(backend.url + "/health").json()
+            out["backend"] = {k: health.get(k) for k in ("model", "device", "precision", "random_weights")}
+            client.post(backend.url + "/setup", json=payloads.setup_body(TRACE_PROJECT)).raise_for_status()
+            out["idle_rss_mb"] = backend.sampler.current_rss_mb()
+            log.info("%s %s: annotator trace", variant.name, kind)
+            backend.sampler.phase("trace")
+            out["interactive"] = annotator_trace(client, backend.url, TRACE_PROJECT, images, variant.trace)
+            log.info("%s %s: batch predictions %s", variant.name, kind, variant.batch_sizes)
+            backend.sampler.phase("batch")
+            out["batch"] = batch_predictions(client, backend.url, TRACE_PROJECT,
+                                             images[variant.trace.images_needed :], variant.batch_sizes)
+            largest = max(out["batch"], key=lambda b: b["tasks"])
+            out["batch_summary"] = {
+                "tasks": largest["tasks"], "images_per_second": largest["images_per_second"],
+                "tasks_within_ls_timeout": int(LS_PREDICT_TIMEOUT_S * largest["images_per_second"]),
+            }
+            out["training"] = []
+            runs = [(100 + size, size, False, False) for size in sizes]
+            if kind == "optimized" and variant.clicks_during_training:
+                size = variant.clicks_during_training
+                runs.append((CONCURRENT_PROJECTS + size, size, True, False))
+                if variant.renice_worker:
+                    runs.append((RENICED_PROJECTS + size, size, True, True))
+            for project, size, clicking, renice in runs:
+                out["training"].append(_train(plan, variant, kind, backend, client, project, size, clicking,
+                                              renice, images[0], training))
+    except Exception:
+        log.error("%s %s failed; backend log tail:\n%s", variant.name, kind, backend.tail())
+        raise
+    finally:
+        out["memory"] = backend.stop()
+        out["load_average_after"] = load_average()
+    return out
+
+
+def _train(plan: RunPlan, variant: VariantPlan, kind: str, backend: BackendProcess, client: httpx.Client,
+           project: int, size: int, clicking: bool, renice: bool, clicked: TaskImage,
+           training: dict[int, list[TaskImage]]) -> dict[str, Any]:
+    client.post(backend.url + "/setup", json=payloads.setup_body(project)).raise_for_status()
+    log.info("%s %s: training on %d labeled images%s%s", variant.name, kind, size,
+             " while an annotator clicks" if clicking else "", f", worker at nice {WORKER_NICENESS}" if renice else "")
+    niceness = _renice_worker(backend, WORKER_NICENESS) if renice else None
+    phase = f"training-{project}"
+    backend.sampler.phase(phase)
+    clicks = BackgroundClicks(backend.url, TRACE_PROJECT, clicked) if clicking else nullcontext()
+    with clicks:
+        outcome = training_run(client, backend.url, project, size, backend.log_path, training[project][0],
+                               plan.training_timeout)
+    if isinstance(clicks, BackgroundClicks):
+        outcome.clicks_meanwhile = clicks.summary()
+    if niceness is not None:
+        _renice_worker(backend, niceness)
+        outcome.worker_niceness = WORKER_NICENESS
+    backend.sampler.phase(None)
+    peaks = backend.sampler.summary()["phase_max_rss_mb"].get(phase, {})
+    outcome.worker_peak_rss_mb = max(peaks.get("worker_job", 0.0), peaks.get("worker", 0.0)) or None
+    return asdict(outcome)
+
+
+def _renice_worker(backend: BackendProcess, niceness: int) -> int:
+    """Set the embedded worker's niceness (its forked jobs inherit it); returns the previous value.
+
+    Stands in for a proposed change (start the worker with a lower CPU priority) so that the
+    benchmark can measure it without changing the backend.
+    """
+    backend.sampler.sample()
+    pids = [pid for pid, seen in backend.sampler.seen.items() if seen.role == "worker"]
+    if not pids:
+        raise RuntimeError("no training worker process found to renice")
+    previous = os.getpriority(os.PRIO_PROCESS, pids[0])
+    for pid in pids:
+        os.setpriority(os.PRIO_PROCESS, pid, niceness)
+    return previous
+
+
+def run(plan: RunPlan, work_dir: Path | None = None, keep_work: bool = False, only: list[str] | None = None,
+        micro: bool = True) -> dict[str, Any]:
+    machine = describe()
+    started = time.perf_counter()
+    work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="samloop-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    variants = [v for v in plan.variants if not only or v.name in only]
+    if not variants:
+        raise ValueError(f"no variant matches {only}; variants: {[v.name for v in plan.variants]}")
+    plan = RunPlan(**{**plan.__dict__, "variants": variants})
+    results: dict[str, Any] = {"schema": 1, "mode": plan.mode, "machine": machine, "random_weights": True,
+                               "plan": {"image": f"{plan.image_hw[1]}x{plan.image_hw[0]} JPEG",
+                                        "train_max_seconds": plan.train_max_seconds,
+                                        "variants": [asdict(v) | {"name": v.name} for v in variants]},
+                               "runs": []}
+    try:
+        with label_studio(plan) as (ls, images, training):
+            for variant in variants:
+                for kind in ("optimized", "baseline"):
+                    results["runs"].append(run_variant(plan, variant, kind, work, ls, images, training))
+        if micro:
+            log.info("hot-spot micro-benchmarks")
+            results["hotspots"] = {
+                "rle": hotspots.rle_encoders(*plan.image_hw, repeats=plan.micro_repeats),
+                "precision": hotspots.precision("vit_t", plan.micro_size, plan.micro_repeats,
+                                                plan.micro_encoder_repeats, plan.image_hw),
+            }
+    finally:
+        if not keep_work:
+            shutil.rmtree(work, ignore_errors=True)
+    results["load_average_at_end"] = load_average()
+    results["total_seconds"] = round(time.perf_counter() - started, 1)
+    return results
