@@ -56,12 +56,20 @@ def brush_config(
     )
 
 
-def polygon_config(classes: Sequence[str] = ("cat", "dog"), *, image_name: str = "image") -> str:
-    """A PolygonLabels config named ``poly`` on ``image_name``."""
+def polygon_config(
+    classes: Sequence[str] = ("cat", "dog"), *, image_name: str = "image", smart: bool = False,
+    keypoint_name: str = "smart",
+) -> str:
+    """A PolygonLabels config named ``poly`` on ``image_name``; with ``smart`` also a smart KeyPointLabels tool."""
     labels = "".join(f'<Label value="{c}"/>' for c in classes)
+    keypoints = (
+        f'<KeyPointLabels name="{keypoint_name}" toName="{image_name}" smart="true">{labels}</KeyPointLabels>'
+        if smart
+        else ""
+    )
     return (
         f'<View><Image name="{image_name}" value="$image"/>'
-        f'<PolygonLabels name="poly" toName="{image_name}">{labels}</PolygonLabels></View>'
+        f'<PolygonLabels name="poly" toName="{image_name}">{labels}</PolygonLabels>{keypoints}</View>'
     )
 
 
@@ -101,6 +109,31 @@ def import_images(client: httpx.Client, project_id: int, images: Iterable[tuple[
     """
     files = [(f"file{i}", (name, data, "image/png")) for i, (name, data) in enumerate(images)]
     return _json(client.post(f"/api/projects/{project_id}/import", files=files))
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """``image`` (``(H, W, 3)`` uint8 RGB) as PNG bytes."""
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def import_named_images(client: httpx.Client, project_id: int, images: Sequence[tuple[str, np.ndarray]]) -> list[Json]:
+    """Upload ``(name, RGB array)`` pairs as PNGs (``<name>.png``); returns their tasks in the same order.
+
+    Tasks are matched to images by the uploaded file name (LS prefixes it with a random ``<hex>-``).
+    """
+    summary = import_images(client, project_id, [(f"{name}.png", png_bytes(image)) for name, image in images])
+    if summary["task_count"] != len(images):
+        raise ValueError(f"imported {summary['task_count']} tasks for {len(images)} images: {summary}")
+    by_name: dict[str, Json] = {}
+    for task in list_tasks(client, project_id):
+        filename = str(task["data"].get("image", "")).rsplit("/", 1)[-1]
+        by_name[filename.split("-", 1)[-1].removesuffix(".png")] = task
+    missing = [name for name, _ in images if name not in by_name]
+    if missing:
+        raise ValueError(f"no task found for images {missing}; tasks: {sorted(by_name)}")
+    return [by_name[name] for name, _ in images]
 
 
 def list_tasks(client: httpx.Client, project_id: int) -> list[Json]:
@@ -218,10 +251,15 @@ def update_ml_backend(client: httpx.Client, ml_backend_id: int, **fields: Any) -
     """``PATCH /api/ml/{id}``; LS calls /setup again with the new values.
 
     LS 1.23.2 answers 500 to a PATCH without ``url`` and ``project`` (its health check and /setup call need
-    them), so the current values are sent along unless given.
+    them), and validates the PATCH with the fields sent only: without the auth fields it calls a basic-auth
+    backend without credentials and answers 400. So the current values are sent along unless given (an
+    empty ``basic_auth_pass`` makes LS keep the stored password).
     """
     current = get_ml_backend(client, ml_backend_id)
-    fields = {"url": current["url"], "project": current["project"], **fields}
+    kept: Json = {"url": current["url"], "project": current["project"]}
+    if current.get("auth_method") == "BASIC_AUTH":
+        kept.update(auth_method="BASIC_AUTH", basic_auth_user=current["basic_auth_user"], basic_auth_pass="")
+    fields = {**kept, **fields}
     return _json(client.patch(f"/api/ml/{ml_backend_id}", json=fields))
 
 
