@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,14 +81,22 @@ class Predictor:
     format (in place, on the shared model) and feeds it channels-last batches: oneDNN's CPU
     convolutions skip their layout reorders then (vit_t encoder ~25% faster on CPU, fp32 and bf16;
     same outputs within float rounding). For long-lived inference models, not for a model in training.
+
+    ``decoder_threads``: intra-op threads for the decoder and mask post-processing (None: torch's
+    setting). The decoder runs ~100 small ops, each a parallel region that waits for every thread:
+    when other processes (a training worker) keep the cores busy, 2 threads made a click 10-70x
+    slower than 1 thread on a 2-core machine (benchmarks/hotspots.py). The encoder keeps all threads.
     """
 
     def __init__(self, model: SamAdapter, precision: str = "auto", threshold: float = 0.5,
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, decoder_threads: int | None = None) -> None:
+        if decoder_threads is not None and decoder_threads < 1:
+            raise ValueError(f"decoder_threads must be None or >= 1, got {decoder_threads}")
         self.model = model
         self.autocast = autocast_dtype(model.device, precision)
         self.threshold = threshold
         self.channels_last = channels_last
+        self.decoder_threads = decoder_threads
         if channels_last:
             model.sam.image_encoder.to(memory_format=torch.channels_last)
 
@@ -111,9 +121,18 @@ class Predictor:
                 out.append(ImageEmbedding(emb.unsqueeze(0).clone(), input_size, tuple(image.shape[:2])))
         return out
 
-    @torch.inference_mode()
+    def _decoder_threads(self) -> AbstractContextManager:
+        if self.decoder_threads is None or self.model.device.type != "cpu":
+            return nullcontext()
+        return intra_op_threads(self.decoder_threads)
+
     def predict_classes(self, image: ImageEmbedding, class_names: list[str] | None = None) -> ClassPrediction:
         """Promptless masks for ``class_names`` (default all adapter classes), resolved per pixel."""
+        with self._decoder_threads():
+            return self._predict_classes(image, class_names)
+
+    @torch.inference_mode()
+    def _predict_classes(self, image: ImageEmbedding, class_names: list[str] | None) -> ClassPrediction:
         names = list(self.model.class_names if class_names is None else class_names)
         unknown = [n for n in names if n not in self.model.class_names]
         if unknown:
@@ -140,7 +159,6 @@ class Predictor:
                 scores[name] = confidence * float(iou[k, 0].clamp(0, 1))
         return ClassPrediction(names, label_map, scores)
 
-    @torch.inference_mode()
     def predict_prompt(self, image: ImageEmbedding, points: np.ndarray | None = None,
                        point_labels: np.ndarray | None = None, box: np.ndarray | None = None,
                        class_name: str | None = None) -> PromptPrediction:
@@ -152,6 +170,12 @@ class Predictor:
             box: (x0, y0, x1, y1) pixels in the original image.
             class_name: conditions the mask on that class's learned prompt when the adapter has it.
         """
+        with self._decoder_threads():
+            return self._predict_prompt(image, points, point_labels, box, class_name)
+
+    @torch.inference_mode()
+    def _predict_prompt(self, image: ImageEmbedding, points: np.ndarray | None, point_labels: np.ndarray | None,
+                        box: np.ndarray | None, class_name: str | None) -> PromptPrediction:
         if points is None and box is None:
             raise ValueError("an interactive prediction needs at least one point or a box")
         h, w = image.original_size
@@ -177,6 +201,21 @@ class Predictor:
         best = int(iou[0].argmax())
         logits = self.model.upscale(low_res[0, best : best + 1, None].float(), image.input_size, (h, w))
         return PromptPrediction(mask=(logits[0] > 0).cpu().numpy(), score=float(iou[0, best].clamp(0, 1)))
+
+
+@contextmanager
+def intra_op_threads(count: int) -> Iterator[None]:
+    """Run the block with ``count`` torch intra-op threads (the setting is per calling thread with
+    OpenMP; callers serialise model work, e.g. under the model service's lock)."""
+    previous = torch.get_num_threads()
+    if previous == count:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _resolve_size(original: tuple[int, int], image_size: int) -> tuple[int, int]:
