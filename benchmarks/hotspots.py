@@ -3,7 +3,8 @@
 - RLE: Label Studio SDK's ``mask2rle`` (pure Python, per run) vs ``backend.regions.encode_brush``
   (vectorised numpy, byte-identical output), on a speckled mask (what a random or uncertain model
   gives) and a compact one.
-- Precision: encoder, one click and the 4-class decode under bf16 autocast vs fp32.
+- Precision and layout: encoder (NCHW and channels-last), one click and the 4-class decode under
+  bf16 autocast vs fp32, the decoder also with one intra-op thread.
 - JSON: bytes and serialisation time of a click's answer.
 """
 
@@ -86,9 +87,11 @@ def precision(model_type: str, image_size: int, repeats: int, encoder_repeats: i
         def autocast(dtype: torch.dtype | None = dtype) -> torch.autocast:
             return torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None)
 
-        def encode(autocast: Callable = autocast) -> None:
+        def encode(autocast: Callable = autocast, channels_last: bool = False) -> None:
+            layout = torch.channels_last if channels_last else torch.contiguous_format
+            model.sam.image_encoder.to(memory_format=layout)
             with torch.inference_mode(), autocast():
-                model.encode(batch)
+                model.encode(batch.contiguous(memory_format=layout))
 
         def click(n: int, autocast: Callable = autocast) -> None:
             coords = torch.from_numpy(points[:n] * (embedding.input_size[1] / w))[None]
@@ -107,7 +110,17 @@ def precision(model_type: str, image_size: int, repeats: int, encoder_repeats: i
                 probs.max(dim=0)
 
         out[name] = {"encoder_ms": median_ms(encode, encoder_repeats),
+                     "encoder_channels_last_ms": median_ms(lambda e=encode: e(channels_last=True), encoder_repeats),
                      "click_1_point_ms": median_ms(lambda c=click: c(1), repeats),
                      "click_5_points_ms": median_ms(lambda c=click: c(5), repeats),
                      "classes_4_ms": median_ms(classes, repeats)}
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            out[name] |= {"click_1_point_1_thread_ms": median_ms(lambda c=click: c(1), repeats),
+                          "classes_4_1_thread_ms": median_ms(classes, repeats)}
+        finally:
+            torch.set_num_threads(threads)
+    model.sam.image_encoder.to(memory_format=torch.contiguous_format)
+    out["threads"] = torch.get_num_threads()
     return out

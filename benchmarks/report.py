@@ -261,10 +261,15 @@ def _hotspots_md(results: dict[str, Any]) -> list[str]:
                      f"{'yes' if r['identical'] else '**no**'} | {r['rle_bytes'] / 1024:.0f} | "
                      f"{r['json_bytes'] / 1024:.0f} |")
     p = hot["precision"]
-    lines += ["", f"Precision, {p['model']} at {p['image_size']} px, {p['image']} image:", "",
+    lines += ["", f"Precision, layout and threads, {p['model']} at {p['image_size']} px, {p['image']} image "
+                  f"({p.get('threads', '?')} torch threads unless said):", "",
               "| step | fp32 ms | bf16 autocast ms |", "|---|---:|---:|"]
-    titles = {"encoder_ms": "encoder (1 image)", "click_1_point_ms": "click, 1 point (3 masks) + upscale",
-              "click_5_points_ms": "click, 5 points + upscale", "classes_4_ms": "4-class decode + upscale"}
+    titles = {"encoder_ms": "encoder (1 image), NCHW", "encoder_channels_last_ms": "encoder (1 image), channels-last",
+              "click_1_point_ms": "click, 1 point (3 masks) + upscale",
+              "click_5_points_ms": "click, 5 points + upscale", "classes_4_ms": "4-class decode + upscale",
+              "click_1_point_1_thread_ms": "click, 1 point, 1 thread",
+              "classes_4_1_thread_ms": "4-class decode, 1 thread"}
     for key, title in titles.items():
-        lines.append(f"| {title} | {p['fp32'][key]:.1f} | {p['bf16'][key]:.1f} |")
+        if key in p["fp32"]:
+            lines.append(f"| {title} | {p['fp32'][key]:.1f} | {p['bf16'][key]:.1f} |")
     return [*lines, ""]

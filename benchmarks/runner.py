@@ -102,6 +102,12 @@ def full_plan() -> RunPlan:
     ])
 
 
+def compare_plan() -> RunPlan:
+    """A shorter vit_t-1024 run for before/after comparisons of a change (no training)."""
+    trace = TracePlan(new_images=8, clicks=5, cold_images=3, revisits=6, revisit_clicks=2)
+    return RunPlan("compare", [VariantPlan("vit_t", 1024, trace, [8])])
+
+
 def quick_plan() -> RunPlan:
     trace = TracePlan(new_images=2, clicks=2, cold_images=1, revisits=2, revisit_clicks=1)
     variant = VariantPlan("vit_t", 128, trace, [2], [3], [], clicks_during_training=3, renice_worker=False)
@@ -280,12 +286,16 @@ def _renice_worker(backend: BackendProcess, niceness: int) -> int:
 
 
 def run(plan: RunPlan, work_dir: Path | None = None, keep_work: bool = False, only: list[str] | None = None,
-        micro: bool = True) -> dict[str, Any]:
+        micro: bool = True, kinds: tuple[str, ...] = ("optimized", "baseline"),
+        training: bool = True) -> dict[str, Any]:
     machine = describe()
     started = time.perf_counter()
     work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="samloop-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     variants = [v for v in plan.variants if not only or v.name in only]
+    if not training:
+        variants = [VariantPlan(**{**v.__dict__, "training_sizes": [], "baseline_training_sizes": [],
+                                   "clicks_during_training": None}) for v in variants]
     if not variants:
         raise ValueError(f"no variant matches {only}; variants: {[v.name for v in plan.variants]}")
     plan = RunPlan(**{**plan.__dict__, "variants": variants})
@@ -295,10 +305,10 @@ def run(plan: RunPlan, work_dir: Path | None = None, keep_work: bool = False, on
                                         "variants": [asdict(v) | {"name": v.name} for v in variants]},
                                "runs": []}
     try:
-        with label_studio(plan) as (ls, images, training):
+        with label_studio(plan) as (ls, images, trained):
             for variant in variants:
-                for kind in ("optimized", "baseline"):
-                    results["runs"].append(run_variant(plan, variant, kind, work, ls, images, training))
+                for kind in kinds:
+                    results["runs"].append(run_variant(plan, variant, kind, work, ls, images, trained))
         if micro:
             log.info("hot-spot micro-benchmarks")
             results["hotspots"] = {
