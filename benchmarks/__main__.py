@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-baseline", action="store_true", help="skip the naive baseline runs")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     plan = quick_plan() if args.quick else compare_plan() if args.compare else full_plan()
     out = args.out or (RESULTS / plan.mode if plan.mode != "full" else RESULTS)
     kinds = ("optimized",) if args.no_baseline else ("optimized", "baseline")

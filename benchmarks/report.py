@@ -161,9 +161,11 @@ def _interactive_md(results: dict[str, Any]) -> list[str]:
         if not opt:
             continue
         plan = opt["interactive"]["plan"]
+        photos = f", {plan['photos']} 12 MP photos (4032×3024) × {plan['clicks']} clicks" if plan.get("photos") else ""
         lines += [f"**{name}** — {plan['new_images']} opened images × {plan['clicks']} clicks, "
                   f"{plan['cold_images']} images clicked without opening, {plan['revisits']} returns to earlier "
-                  f"images × {plan['revisit_clicks']} clicks. Trace total: {opt['interactive']['total_seconds']} s "
+                  f"images × {plan['revisit_clicks']} clicks{photos}. "
+                  f"Trace total: {opt['interactive']['total_seconds']} s "
                   f"optimized, {base['interactive']['total_seconds'] if base else '–'} s baseline.", "",
                   "| request | n | optimized p50 / p95 | baseline p50 / p95 | ratio p50 | response KB |",
                   "|---|---:|---:|---:|---:|---:|"]

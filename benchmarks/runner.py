@@ -37,6 +37,7 @@ TRACE_PROJECT = 1
 CONCURRENT_PROJECTS = 200
 RENICED_PROJECTS = 300
 WORKER_NICENESS = 10
+PHOTO_HW = (3024, 4032)
 EMBED_CHANNELS = 256
 BYTES_PER_FLOAT = 4
 MB = 1024 * 1024
@@ -83,6 +84,10 @@ class RunPlan:
         return max(v.images_needed for v in self.variants)
 
     @property
+    def photos_needed(self) -> int:
+        return max(v.trace.photos for v in self.variants)
+
+    @property
     def training_sizes(self) -> list[int]:
         return sorted({n for v in self.variants for n in [*v.training_sizes, *v.baseline_training_sizes]})
 
@@ -92,7 +97,7 @@ class RunPlan:
 
 
 def full_plan() -> RunPlan:
-    trace = TracePlan(new_images=20, clicks=5, cold_images=5, revisits=10, revisit_clicks=2)
+    trace = TracePlan(new_images=20, clicks=5, cold_images=5, revisits=10, revisit_clicks=2, photos=2)
     return RunPlan("full", [
         VariantPlan("vit_t", 1024, trace, [1, 8, 32], [5, 10, 25], [10], clicks_during_training=10),
         VariantPlan("vit_t", 512, trace, [1, 8, 32], [10], [10]),
@@ -155,8 +160,8 @@ def publish_adapter(data_dir: Path, model: str, image_size: int, project: int) -
 
 
 @contextmanager
-def label_studio(plan: RunPlan) -> Iterator[tuple[Any, list[TaskImage], dict[int, list[TaskImage]]]]:
-    """The LS stand-in with the trace/batch images (project 1) and one labeled project per training size."""
+def label_studio(plan: RunPlan) -> Iterator[tuple[Any, list[TaskImage], list[TaskImage], dict[int, list[TaskImage]]]]:
+    """The LS stand-in with the trace/batch images and photos (project 1) and labeled projects for training."""
     from backend.regions import encode_brush
     from tests.training.fake_label_studio import FakeLabelStudio
 
@@ -169,6 +174,11 @@ def label_studio(plan: RunPlan) -> Iterator[tuple[Any, list[TaskImage], dict[int
             url = ls.add_image(TRACE_PROJECT, f"img{index:03d}.jpg", scene.jpeg)
             task_id = ls.add_task(TRACE_PROJECT, {"image": url})
             images.append(TaskImage(task_id, url, scene))
+        photos = []
+        for index in range(plan.photos_needed):
+            scene = make_scene(5_000 + index, *PHOTO_HW)
+            url = ls.add_image(TRACE_PROJECT, f"photo{index:03d}.jpg", scene.jpeg)
+            photos.append(TaskImage(ls.add_task(TRACE_PROJECT, {"image": url}), url, scene))
         training: dict[int, list[TaskImage]] = {}
         projects = [(100 + size, size) for size in plan.training_sizes]
         projects += [(offset + size, size) for size in plan.concurrent_sizes
@@ -182,7 +192,7 @@ def label_studio(plan: RunPlan) -> Iterator[tuple[Any, list[TaskImage], dict[int
                 result = [_brush(encode_brush(scene.masks[name]), name, scene.size) for name in CLASSES]
                 task_id = ls.add_task(project, {"image": url}, [{"result": result}])
                 training[project].append(TaskImage(task_id, url, scene))
-        yield ls, images, training
+        yield ls, images, photos, training
 
 
 def _brush(rle: list[int], label: str, size: tuple[int, int]) -> dict:
@@ -193,7 +203,7 @@ def _brush(rle: list[int], label: str, size: tuple[int, int]) -> dict:
 
 
 def run_variant(plan: RunPlan, variant: VariantPlan, kind: str, work: Path, ls: Any, images: list[TaskImage],
-                training: dict[int, list[TaskImage]]) -> dict[str, Any]:
+                photos: list[TaskImage], training: dict[int, list[TaskImage]]) -> dict[str, Any]:
     sizes = variant.training_sizes if kind == "optimized" else variant.baseline_training_sizes
     data_dir = work / f"{variant.name}-{kind}"
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -216,7 +226,7 @@ def run_variant(plan: RunPlan, variant: VariantPlan, kind: str, work: Path, ls: 
             out["idle_rss_mb"] = backend.sampler.current_rss_mb()
             log.info("%s %s: annotator trace", variant.name, kind)
             backend.sampler.phase("trace")
-            out["interactive"] = annotator_trace(client, backend.url, TRACE_PROJECT, images, variant.trace)
+            out["interactive"] = annotator_trace(client, backend.url, TRACE_PROJECT, images, variant.trace, photos)
             log.info("%s %s: batch predictions %s", variant.name, kind, variant.batch_sizes)
             backend.sampler.phase("batch")
             out["batch"] = batch_predictions(client, backend.url, TRACE_PROJECT,
@@ -305,10 +315,10 @@ def run(plan: RunPlan, work_dir: Path | None = None, keep_work: bool = False, on
                                         "variants": [asdict(v) | {"name": v.name} for v in variants]},
                                "runs": []}
     try:
-        with label_studio(plan) as (ls, images, trained):
+        with label_studio(plan) as (ls, images, photos, trained):
             for variant in variants:
                 for kind in kinds:
-                    results["runs"].append(run_variant(plan, variant, kind, work, ls, images, trained))
+                    results["runs"].append(run_variant(plan, variant, kind, work, ls, images, photos, trained))
         if micro:
             log.info("hot-spot micro-benchmarks")
             results["hotspots"] = {

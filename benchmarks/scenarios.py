@@ -90,37 +90,42 @@ class TracePlan:
     cold_images: int = 5  # clicked without an automatic /predict first (LS had a prediction already)
     revisits: int = 10  # returns to earlier images, alternating oldest/newest
     revisit_clicks: int = 2
+    photos: int = 0  # 12 MP phone photos (4032 x 3024 JPEG), clicked without an automatic /predict first
 
     @property
     def images_needed(self) -> int:
         return self.new_images + self.cold_images
 
 
-KIND_ORDER = ["open", "first_click", "cold_first_click", "revisit_first_click", "later_click"]
+KIND_ORDER = ["open", "first_click", "cold_first_click", "revisit_first_click", "later_click", "photo_first_click",
+              "photo_later_click"]
 KIND_TITLES = {
     "open": "open a task (automatic /predict, 4 classes)",
     "first_click": "first click after opening",
     "cold_first_click": "first click, task not opened by /predict",
     "revisit_first_click": "first click on a revisited task",
     "later_click": "later clicks (2nd..5th point)",
+    "photo_first_click": "first click on a 12 MP photo, not opened",
+    "photo_later_click": "later clicks on a 12 MP photo",
 }
 
 
 def _clicks(client: httpx.Client, url: str, project: int, image: TaskImage, stored: list[dict], label: str,
-            count: int, first_kind: str, seed: int, samples: list[Sample]) -> None:
+            count: int, first_kind: str, seed: int, samples: list[Sample], later_kind: str = "later_click") -> None:
     body_task = payloads.task(image.task_id, image.url, project, stored)
     for k, points in enumerate(click_sequence(image.scene, label, count, seed)):
         context = payloads.click_context(points, label, image.scene.size)
         ms, sent, got, answer = post_json(client, url, payloads.predict_body(project, [body_task], context))
         (result,) = _check_results(answer, 1)
-        samples.append(Sample(first_kind if k == 0 else "later_click", ms, sent, got, _regions(result)))
+        samples.append(Sample(first_kind if k == 0 else later_kind, ms, sent, got, _regions(result)))
 
 
 def annotator_trace(client: httpx.Client, base_url: str, project: int, images: list[TaskImage],
-                    plan: TracePlan) -> dict[str, Any]:
+                    plan: TracePlan, photos: list[TaskImage] | None = None) -> dict[str, Any]:
     """Run the trace; returns per-kind latency percentiles and the raw samples."""
-    if len(images) < plan.images_needed:
-        raise ValueError(f"the trace needs {plan.images_needed} images, got {len(images)}")
+    if len(images) < plan.images_needed or len(photos or []) < plan.photos:
+        raise ValueError(f"the trace needs {plan.images_needed} images and {plan.photos} photos, got {len(images)} "
+                         f"and {len(photos or [])}")
     url = base_url + "/predict"
     samples: list[Sample] = []
     opened: list[tuple[TaskImage, list[dict], str]] = []
@@ -141,6 +146,10 @@ def annotator_trace(client: httpx.Client, base_url: str, project: int, images: l
     for index, (image, stored, label) in enumerate(order):
         _clicks(client, url, project, image, stored, label, plan.revisit_clicks, "revisit_first_click",
                 2000 + index, samples)
+    for index, image in enumerate((photos or [])[: plan.photos]):
+        label = CLASSES[index % len(CLASSES)]
+        _clicks(client, url, project, image, [], label, plan.clicks, "photo_first_click", 3000 + index, samples,
+                later_kind="photo_later_click")
     total = time.perf_counter() - started
     by_kind = {kind: percentiles([s.ms for s in samples if s.kind == kind]) for kind in KIND_ORDER}
     sizes = {kind: int(np.median([s.response_bytes for s in samples if s.kind == kind]))
