@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -86,11 +87,13 @@ def screenshot_ls_page(
     wait_for_selector: str | None = None,
     settle_ms: int = 3000,
     viewport: tuple[int, int] = (1400, 900),
+    before_shot: Callable[[Page], None] | None = None,
 ) -> Path:
     """Log in, open ``page_path`` (e.g. ``/projects/3/data?task=7``) and save a PNG screenshot to ``out_path``.
 
     ``wait_for_selector`` waits for an element (e.g. ``.lsf-main-view`` or ``canvas``) before the shot;
-    ``settle_ms`` then lets late rendering (images, masks) finish.
+    ``settle_ms`` then lets late rendering (images, masks) finish. ``before_shot(page)`` runs after that
+    (e.g. to click a tab), followed by another ``settle_ms`` wait.
     """
     context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]})
     try:
@@ -100,6 +103,9 @@ def screenshot_ls_page(
         if wait_for_selector:
             page.wait_for_selector(wait_for_selector, timeout=60_000)
         page.wait_for_timeout(settle_ms)
+        if before_shot is not None:
+            before_shot(page)
+            page.wait_for_timeout(settle_ms)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(out_path), full_page=False)
     finally:

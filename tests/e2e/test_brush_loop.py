@@ -42,7 +42,7 @@ from training.data import Sample
 from training.synthetic import SYNTHETIC_CLASSES, synthetic_dataset
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser
+    from playwright.sync_api import Browser, Page
 
 pytestmark = pytest.mark.e2e
 
@@ -308,10 +308,16 @@ def test_screenshot_of_samloop_masks_in_label_studio(trained: Scenario, browser:
     target = SCREENSHOT if os.environ.get(SCREENSHOT_ENV) == "1" else tmp_path / SCREENSHOT.name
     from tests.e2e.browser import screenshot_ls_page
 
+    def show_prediction(page: Page) -> None:
+        # The editor opens the draft made from the prediction; show samloop's own prediction tab instead.
+        tab = page.get_by_text(re.compile(r"samloop-.*-v\d+")).first
+        if tab.count():
+            tab.click()
+
     with timed("brush: screenshot of the labeling UI"):
         shot = screenshot_ls_page(
             browser, trained.ls, f"/projects/{trained.project_id}/data?task={task_id}", target,
-            wait_for_selector="canvas", settle_ms=5000,
+            wait_for_selector="canvas", settle_ms=4000, before_shot=show_prediction,
         )
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert shot.stat().st_size > 20_000
