@@ -26,10 +26,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-micro", action="store_true", help="skip the hot-spot micro-benchmarks")
     parser.add_argument("--no-training", action="store_true", help="skip the training runs")
     parser.add_argument("--no-baseline", action="store_true", help="skip the naive baseline runs")
+    parser.add_argument("--backend-env", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="extra environment for the backends (an experiment; recorded in the results)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     plan = quick_plan() if args.quick else compare_plan() if args.compare else full_plan()
+    for item in args.backend_env:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            parser.error(f"--backend-env wants NAME=VALUE, got {item!r}")
+        plan.extra_env[name] = value
     out = args.out or (RESULTS / plan.mode if plan.mode != "full" else RESULTS)
     kinds = ("optimized",) if args.no_baseline else ("optimized", "baseline")
     results = run(plan, work_dir=args.work, keep_work=args.keep_work, only=args.only, micro=not args.no_micro,

@@ -78,6 +78,8 @@ class RunPlan:
     micro_repeats: int = 7
     micro_encoder_repeats: int = 2
     training_timeout: float = 900.0
+    # Extra environment for every backend (experiments, e.g. MALLOC_ARENA_MAX=2); recorded in the results.
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def images_needed(self) -> int:
@@ -138,6 +140,7 @@ def backend_env(plan: RunPlan, variant: VariantPlan, kind: str, data_dir: Path, 
         "TRAIN_MAX_SECONDS": str(plan.train_max_seconds), "TRAIN_MIN_ANNOTATIONS": "1",
         "DEVICE": "auto", "LOG_LEVEL": "INFO",
     }
+    env |= plan.extra_env
     if kind == "baseline":
         env |= {"PRECISION": "fp32", "EMBEDDING_CACHE_MB": str(embedding_mb(variant.image_size)),
                 "ENCODER_BATCH_SIZE": "1"}
@@ -311,7 +314,7 @@ def run(plan: RunPlan, work_dir: Path | None = None, keep_work: bool = False, on
     plan = RunPlan(**{**plan.__dict__, "variants": variants})
     results: dict[str, Any] = {"schema": 1, "mode": plan.mode, "machine": machine, "random_weights": True,
                                "plan": {"image": f"{plan.image_hw[1]}x{plan.image_hw[0]} JPEG",
-                                        "train_max_seconds": plan.train_max_seconds,
+                                        "train_max_seconds": plan.train_max_seconds, "extra_env": plan.extra_env,
                                         "variants": [asdict(v) | {"name": v.name} for v in variants]},
                                "runs": []}
     try:
