@@ -26,7 +26,9 @@ class AdapterConfig:
     """
 
     encoder: str = "lora"
-    decoder: str = "lora"
+    # Measured on random weights (256 px, 8 synthetic images): with a LoRA decoder the class masks
+    # did not form within 150 steps; with the whole decoder trained they did. ~16 MB artifact.
+    decoder: str = "train"
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
