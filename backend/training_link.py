@@ -32,15 +32,17 @@ def job_settings(settings: Settings) -> dict[str, Any]:
         "model_type": settings.SAM_MODEL,
         "checkpoint": settings.SAM_CHECKPOINT,
         "image_size": settings.SAM_IMAGE_SIZE,
-        # Absolute: a worker may run from another directory.
-        "data_dir": str(settings.SAMLOOP_DATA_DIR.expanduser().resolve()),
+        # Only a local adapter store ties the worker to the backend's directory (absolute: a worker may
+        # run from another directory); with Redis the worker keeps its caches in its own SAMLOOP_DATA_DIR.
+        "data_dir": str(settings.SAMLOOP_DATA_DIR.expanduser().resolve()) if settings.adapter_store == "local" else "",
         "model_cache": str(settings.SAMLOOP_MODEL_CACHE or ""),
         # "" = <data_dir>/adapters (the backend's local store); "redis" = the Redis the job came from.
         "registry": "" if settings.adapter_store == "local" else "redis",
         "redis_prefix": settings.SAMLOOP_REDIS_PREFIX,
         "keep_versions": settings.SAMLOOP_KEEP_VERSIONS,
-        "device": settings.DEVICE,
-        "precision": settings.PRECISION,
+        # Machine-local: each worker's own DEVICE / PRECISION decide (a GPU worker beside a CPU backend).
+        "device": "",
+        "precision": "",
         "train_max_seconds": settings.TRAIN_MAX_SECONDS,
         "min_annotations": settings.TRAIN_MIN_ANNOTATIONS,
     }
@@ -54,7 +56,7 @@ def rq_scheduler(handle: RedisHandle, settings: Settings):
     try:
         from training.jobs import JobSettings
 
-        JobSettings.from_dict(values)  # refuse a mismatch at startup, not in the first job
+        JobSettings.from_dict({k: v for k, v in values.items() if v != ""})  # refuse a mismatch at startup
     except ImportError as exc:
         log.warning("training.jobs is not importable (%s); jobs will fail until it is", exc)
     return TrainingScheduler(handle.client, values, min_annotations=settings.TRAIN_MIN_ANNOTATIONS,

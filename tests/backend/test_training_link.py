@@ -20,9 +20,12 @@ def test_job_settings_are_valid_training_job_settings(tmp_path):
     settings = make_settings(tmp_path, "prefix-x", LABEL_STUDIO_URL="http://ls:8080", LABEL_STUDIO_API_KEY="key")
     values = job_settings(settings)
     assert values["label_studio_api_key"] == ""  # secrets stay out of Redis job arguments
-    parsed = jobs.JobSettings.from_dict(values)
+    parsed = jobs.JobSettings.resolve(values, environ={"DEVICE": "cpu"})
     assert parsed.image_size == 256 and parsed.registry == "" and parsed.redis_prefix == "prefix-x"
-    assert job_settings(make_settings(tmp_path, "p", SAMLOOP_ADAPTER_STORE="redis"))["registry"] == "redis"
+    assert parsed.data_dir == str(tmp_path.resolve())
+    assert parsed.device == "cpu"  # machine-local: the worker's own environment decides
+    remote = job_settings(make_settings(tmp_path, "p", SAMLOOP_ADAPTER_STORE="redis"))
+    assert remote["registry"] == "redis" and remote["data_dir"] == ""  # the worker keeps its own data dir
 
 
 def test_burst_of_webhooks_queues_one_rq_job(tmp_path, redis_prefix, redis_client):

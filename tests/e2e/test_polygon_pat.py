@@ -215,12 +215,6 @@ def test_images_were_downloaded_with_the_personal_access_token(trained: PolygonS
     assert " 401" not in log and "not usable" not in log, trained.backend.log_tail(60)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="backend/training_link.py job_settings() puts the backend's absolute SAMLOOP_DATA_DIR into every job, "
-    "and it overrides the worker's own SAMLOOP_DATA_DIR: a worker on another machine writes under the backend's "
-    "path (mkdir there, or fail without permission)",
-)
 def test_the_worker_keeps_its_files_in_its_own_data_dir(trained: PolygonScenario) -> None:
     worker_data = Path(trained.worker.env["SAMLOOP_DATA_DIR"])
     assert not (trained.backend.data_dir / "training-images").exists(), "the worker wrote into the backend's dir"

@@ -123,7 +123,8 @@ def _learn(weights, data, adapter: AdapterConfig, train: TrainConfig):
 
 @pytest.mark.slow
 def test_default_lora_learns_the_training_images(random_vit_t, learning_data):
-    result, before, after = _learn(random_vit_t, learning_data, AdapterConfig(), TrainConfig(max_steps=LEARN_STEPS, patience=LEARN_STEPS))
+    result, before, after = _learn(random_vit_t, learning_data, AdapterConfig(),
+                                   TrainConfig(max_steps=LEARN_STEPS, patience=LEARN_STEPS))
     assert before["train"] < 0.15
     assert result.final_loss <= 0.5 * result.first_loss
     assert after["train"] >= 0.8
