@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
+
+from training.options import JsonOptions
 
 ENCODER_MODES = ("lora", "full", "frozen")
 DECODER_MODES = ("lora", "train", "frozen")
@@ -10,7 +12,7 @@ NORM_STATISTICS = ("auto", "update", "frozen")
 
 
 @dataclass
-class AdapterConfig:
+class AdapterConfig(JsonOptions):
     """Which SAM parts an adapter tunes.
 
     encoder: ``lora`` (peft LoRA on ``lora_targets``, base weights frozen), ``full`` (every encoder
@@ -24,6 +26,8 @@ class AdapterConfig:
         full fine-tune or a randomly initialised base (whose statistics mean nothing; measured: a
         random encoder with frozen statistics learns nothing), frozen for pretrained LoRA.
     """
+
+    OPTION_KIND = "adapter option"
 
     encoder: str = "lora"
     # Measured on random weights (256 px, 8 synthetic images): with a LoRA decoder the class masks
@@ -59,16 +63,6 @@ class AdapterConfig:
         self.lora_targets = list(self.lora_targets)
         self.decoder_lora_targets = list(self.decoder_lora_targets)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> AdapterConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown adapter option(s): {', '.join(sorted(unknown))}")
-        return cls(**data)
 
     def updates_norm_statistics(self, base_is_random: bool) -> bool:
         if self.norm_statistics == "auto":

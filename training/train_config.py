@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
+
+from training.options import JsonOptions
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(JsonOptions):
     """How an adapter is trained.
 
     The step budget and the wall-clock budget both apply; whichever runs out first ends training.
     Learning rates: LoRA on random qkv weights drifted at 1e-3 (measured), so the encoder defaults
     to 1e-4; the decoder (LoRA or full) and the class prompts, which start random, move faster.
     """
+
+    OPTION_KIND = "training option"
 
     max_steps: int = 300
     max_seconds: float | None = None
@@ -54,13 +58,3 @@ class TrainConfig:
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown training option(s): {', '.join(sorted(unknown))}")
-        return cls(**data)
