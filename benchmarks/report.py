@@ -138,6 +138,9 @@ def markdown(results: dict[str, Any]) -> str:
     lines += _training_md(results)
     lines += _memory_md(results)
     lines += _hotspots_md(results)
+    failures = [f"- {f['variant']} {f['kind']}: `{f['error'][:300]}`" for f in results.get("failures", [])]
+    if failures:
+        lines += ["## Failed runs", "", *failures, ""]
     notes = [f"- {run['variant']}: {run['note']}" for run in results["runs"] if run.get("note") and
              run["kind"] == "optimized"]
     if notes:

@@ -318,12 +318,17 @@ def run(plan: RunPlan, work_dir: Path | None = None, keep_work: bool = False, on
                                "plan": {"image": f"{plan.image_hw[1]}x{plan.image_hw[0]} JPEG",
                                         "train_max_seconds": plan.train_max_seconds, "extra_env": plan.extra_env,
                                         "variants": [asdict(v) | {"name": v.name} for v in variants]},
-                               "runs": []}
+                               "runs": [], "failures": []}
     try:
         with label_studio(plan) as (ls, images, photos, trained):
             for variant in variants:
                 for kind in kinds:
-                    results["runs"].append(run_variant(plan, variant, kind, work, ls, images, photos, trained))
+                    try:
+                        results["runs"].append(run_variant(plan, variant, kind, work, ls, images, photos, trained))
+                    except Exception as exc:  # one broken variant must not cost the whole run's results
+                        log.exception("%s %s failed", variant.name, kind)
+                        results["failures"].append({"variant": variant.name, "kind": kind,
+                                                    "error": f"{type(exc).__name__}: {exc}"[:2000]})
         if micro:
             log.info("hot-spot micro-benchmarks")
             results["hotspots"] = {

@@ -34,6 +34,7 @@ def test_machine_is_described(quick_results):
 
 def test_every_run_has_trace_batch_and_memory(quick_results):
     results = quick_results[0]
+    assert results["failures"] == []
     kinds = {(run["variant"], run["kind"]) for run in results["runs"]}
     assert kinds == {("vit_t-128", "optimized"), ("vit_t-128", "baseline")}
     for run in results["runs"]:
