@@ -106,6 +106,7 @@ def write(results: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     json_path, md_path = out_dir / "latest.json", out_dir / "latest.md"
     json_path.write_text(json.dumps(results, indent=1, sort_keys=False) + "\n")
     md_path.write_text(markdown(results))
+    (out_dir / "summary.md").write_text(summary_md(results))
     return md_path, json_path
 
 
@@ -278,3 +279,79 @@ def _hotspots_md(results: dict[str, Any]) -> list[str]:
         if key in p["fp32"]:
             lines.append(f"| {title} | {p['fp32'][key]:.1f} | {p['bf16'][key]:.1f} |")
     return [*lines, ""]
+
+
+# ----- the short summary for README.md ---------------------------------------------------------------------------
+
+
+def _lat(run: dict | None, kind: str, stat: str = "p50") -> float | None:
+    if not run:
+        return None
+    return run["interactive"]["latency_ms"].get(kind, {}).get(stat)
+
+
+def _both(run: dict | None, kind: str) -> str:
+    p50, p95 = _lat(run, kind), _lat(run, kind, "p95")
+    return "–" if p50 is None else f"{p50:.0f} / {p95:.0f}"
+
+
+def summary_md(results: dict[str, Any]) -> str:
+    """A compact table of the headline figures (for README.md's "Measured results")."""
+    m = results["machine"]
+    pairs = _pair(results)
+    lines = [f"{m['cpu_model']}, {m['usable_cores']} cores, torch {m['torch_version']} ({m['torch_threads']} threads, "
+             f"{m['device']}), load average {m['load_average_at_start'][0]} at the start and "
+             f"{results.get('load_average_at_end', ['–'])[0]} at the end; random weights; "
+             f"{results['plan']['image']} task images; mode {results['mode']}, {results.get('total_seconds')} s.", "",
+             "| vit_t, 1024 px | optimized | naive baseline | ratio |", "|---|---:|---:|---:|"]
+    opt, base = pairs.get(TARGET_VARIANT, {}).get("optimized"), pairs.get(TARGET_VARIANT, {}).get("baseline")
+    rows = [("warm click p50 / p95 ms", "later_click"), ("first click after opening a task, ms", "first_click"),
+            ("first click on a task not opened, ms", "cold_first_click"),
+            ("first click on a revisited task, ms", "revisit_first_click"),
+            ("open a task: automatic /predict with 4 classes, ms", "open"),
+            ("first click on a 12 MP photo, ms", "photo_first_click")]
+    for title, kind in rows:
+        if _lat(opt, kind) is None:
+            continue
+        lines.append(f"| {title} | {_both(opt, kind)} | {_both(base, kind)} | "
+                     f"{_x(_ratio(_lat(base, kind), _lat(opt, kind)))} |")
+    if opt:
+        ob = opt["batch_summary"]
+        bb = base["batch_summary"] if base else {}
+        lines.append(f"| batch of {ob['tasks']} tasks, images/s | {ob['images_per_second']:.2f} | "
+                     f"{_fmt(bb.get('images_per_second'), 2)} | "
+                     f"{_x(_ratio(ob['images_per_second'], bb.get('images_per_second')))} |")
+        lines.append(f"| backend peak resident memory, MB | {_fmt(backend_peak_mb(opt))} | "
+                     f"{_fmt(backend_peak_mb(base) if base else None)} | "
+                     f"{_x(_ratio(backend_peak_mb(base) if base else None, backend_peak_mb(opt)))} |")
+        base_training = {t["labeled_images"]: t for t in (base or {}).get("training", [])}
+        for t in opt.get("training", []):
+            if t.get("clicks_meanwhile"):
+                continue
+            b = base_training.get(t["labeled_images"], {})
+            lines.append(f"| training, webhook → active, {t['labeled_images']} labeled images, s "
+                         f"(s/step) | {t['seconds_to_active']:.0f} ({_fmt(t['seconds_per_step'], 1)}) | "
+                         f"{_fmt(b.get('seconds_to_active'))} ({_fmt(b.get('seconds_per_step'), 1)}) | |")
+        for t in opt.get("training", []):
+            during = t.get("clicks_meanwhile")
+            if during and during["latency_ms"].get("n"):
+                lat = during["latency_ms"]
+                nice = f" (worker at nice {t['worker_niceness']})" if t.get("worker_niceness") else ""
+                lines.append(f"| warm click p50 / p95 while training runs{nice}, ms | {lat['p50']:.0f} / "
+                             f"{lat['p95']:.0f} | | |")
+        lines.append(f"| training worker peak resident memory, MB | {_fmt(worker_peak_mb(opt))} | "
+                     f"{_fmt(worker_peak_mb(base) if base else None)} | |")
+    others = [name for name in pairs if name != TARGET_VARIANT]
+    if others:
+        lines += ["", "| other models (optimized / baseline) | warm click p50 ms | first click, not opened, ms | "
+                      "open, 4 classes, ms | batch images/s | backend peak MB |", "|---|---:|---:|---:|---:|---:|"]
+        for name in others:
+            o, b = pairs[name].get("optimized"), pairs[name].get("baseline")
+
+            def cell(fn: Any, digits: int = 0, o: dict | None = o, b: dict | None = b) -> str:
+                return f"{_fmt(fn(o) if o else None, digits)} / {_fmt(fn(b) if b else None, digits)}"
+
+            lines.append(f"| {name} | {cell(lambda r: _lat(r, 'later_click'))} | "
+                         f"{cell(lambda r: _lat(r, 'cold_first_click'))} | {cell(lambda r: _lat(r, 'open'))} | "
+                         f"{cell(lambda r: r['batch_summary']['images_per_second'], 2)} | {cell(backend_peak_mb)} |")
+    return "\n".join(lines) + "\n"
