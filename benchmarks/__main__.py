@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-micro", action="store_true", help="skip the hot-spot micro-benchmarks")
     parser.add_argument("--no-training", action="store_true", help="skip the training runs")
     parser.add_argument("--no-baseline", action="store_true", help="skip the naive baseline runs")
+    parser.add_argument("--note", default="", help="a sentence about this run, shown in the results")
     parser.add_argument("--backend-env", nargs="*", default=[], metavar="NAME=VALUE",
                         help="extra environment for the backends (an experiment; recorded in the results)")
     args = parser.parse_args(argv)
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     kinds = ("optimized",) if args.no_baseline else ("optimized", "baseline")
     results = run(plan, work_dir=args.work, keep_work=args.keep_work, only=args.only, micro=not args.no_micro,
                   kinds=kinds, training=not args.no_training)
+    results["note"] = args.note
     md_path, json_path = report.write(results, out)
     print(md_path.read_text())
     print(f"wrote {md_path} and {json_path}")

@@ -70,7 +70,7 @@ def describe() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "load_average_at_start": load_average(),
-        "git_commit": _git("rev-parse", "--short", "HEAD"),
+        "git_commit": _git("rev-parse", "--short", "HEAD") or "unknown (not a git checkout)",
         "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no", "--", "backend", "training")),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

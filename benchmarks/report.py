@@ -119,6 +119,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"{' (uncommitted changes in backend/ or training/)' if m.get('git_dirty') else ''}; "
         f"total {results.get('total_seconds', '–')} s.",
         "",
+        *([f"Note: {results['note']}", ""] if results.get("note") else []),
         f"Machine: {m['cpu_model']}, {m['usable_cores']} cores, {m['memory_gb']} GB RAM, native bf16: "
         f"{'yes' if m['native_bf16'] else 'no'}; torch {m['torch_version']}, {m['torch_threads']} threads, "
         f"device {m['device']}; Python {m['python']}. Load average at start {m['load_average_at_start']}, "
