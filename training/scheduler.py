@@ -349,7 +349,8 @@ def _default_job_timeout(settings: dict[str, Any], job_func: str) -> int:
     if job_func == DEFAULT_JOB:
         from training.jobs import JobSettings  # heavy (torch); only when the real job is used
 
-        return JobSettings.from_dict(settings).job_timeout()
+        # Empty values are left to each worker's own environment (JobSettings.resolve).
+        return JobSettings.from_dict({k: v for k, v in settings.items() if v != ""}).job_timeout()
     return int(settings.get("max_debounce_seconds", 60)) + 600
 
 
