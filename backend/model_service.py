@@ -37,8 +37,6 @@ ARTIFACT_CACHE_ENTRIES = 8
 # Base models kept in memory at once (one per adapter configuration in use; the default one stays).
 MAX_LIVE_MODELS = 2
 BASE_ENCODER = "base"
-# Intra-op threads for decoder calls on CPU (clicks, class masks); the encoder uses torch's setting.
-DECODER_THREADS = 1
 # Errors that mean "the registry cannot be asked right now" (Redis down, disk trouble).
 REGISTRY_OUTAGE = (RegistryError, redis.RedisError, OSError)
 
@@ -207,11 +205,11 @@ class ModelService:
         self.base_builds += 1
         # The placeholder class is never used: class prompts come with each applied adapter.
         model = SamAdapter(sam, self.base, ["object"], config).to(self.device).eval()
-        # On CPU: channels-last convolutions (oneDNN) and a one-thread decoder, whose many small ops
-        # otherwise wait for a second thread that a training worker keeps busy (see training/predictor.py).
+        # On CPU: channels-last convolutions (oneDNN), and no more intra-op threads than there are free
+        # cores, so ops don't wait for a thread that a training worker has pushed off its core.
         on_cpu = self.device.type == "cpu"
         predictor = Predictor(model, precision=self.settings.PRECISION, channels_last=on_cpu,
-                              decoder_threads=DECODER_THREADS if on_cpu else None)
+                              threads="free" if on_cpu else None)
         live = _LiveModel(model, predictor)
         self._live[key] = live
         while len(self._live) > MAX_LIVE_MODELS:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -82,21 +83,24 @@ class Predictor:
     convolutions skip their layout reorders then (vit_t encoder ~25% faster on CPU, fp32 and bf16;
     same outputs within float rounding). For long-lived inference models, not for a model in training.
 
-    ``decoder_threads``: intra-op threads for the decoder and mask post-processing (None: torch's
-    setting). The decoder runs ~100 small ops, each a parallel region that waits for every thread:
-    when other processes (a training worker) keep the cores busy, 2 threads made a click 10-70x
-    slower than 1 thread on a 2-core machine (benchmarks/hotspots.py). The encoder keeps all threads.
+    ``threads``: intra-op threads per call on CPU. None: torch's setting. ``"free"``: torch's setting
+    capped, at each call, to the cores no other process is running on right now (Linux, from
+    /proc). Every op is a parallel region that waits for all its threads: when another process (a
+    training worker) keeps the cores busy, a second thread that the kernel has descheduled made a
+    click 10-70x slower than one thread on a 2-core machine, while on idle cores 2 threads are ~1.8x
+    faster than one (benchmarks/hotspots.py).
     """
 
     def __init__(self, model: SamAdapter, precision: str = "auto", threshold: float = 0.5,
-                 channels_last: bool = False, decoder_threads: int | None = None) -> None:
-        if decoder_threads is not None and decoder_threads < 1:
-            raise ValueError(f"decoder_threads must be None or >= 1, got {decoder_threads}")
+                 channels_last: bool = False, threads: int | str | None = None) -> None:
+        if not (threads is None or threads == "free" or (isinstance(threads, int) and threads >= 1)):
+            raise ValueError(f"threads must be None, 'free' or a positive integer, got {threads!r}")
         self.model = model
         self.autocast = autocast_dtype(model.device, precision)
         self.threshold = threshold
         self.channels_last = channels_last
-        self.decoder_threads = decoder_threads
+        self.threads = threads
+        self.max_threads = torch.get_num_threads()
         if channels_last:
             model.sam.image_encoder.to(memory_format=torch.channels_last)
 
@@ -105,9 +109,19 @@ class Predictor:
             return torch.autocast(self.model.device.type, enabled=False)
         return torch.autocast(self.model.device.type, dtype=self.autocast)
 
-    @torch.inference_mode()
+    def _threads(self) -> AbstractContextManager:
+        if self.threads is None or self.model.device.type != "cpu":
+            return nullcontext()
+        count = self.threads if isinstance(self.threads, int) else min(self.max_threads, free_cores())
+        return intra_op_threads(count)
+
     def embed(self, images: list[np.ndarray], batch_size: int = 4) -> list[ImageEmbedding]:
         """Encode H x W x 3 uint8 RGB images, ``batch_size`` at a time."""
+        with self._threads():
+            return self._embed(images, batch_size)
+
+    @torch.inference_mode()
+    def _embed(self, images: list[np.ndarray], batch_size: int) -> list[ImageEmbedding]:
         out: list[ImageEmbedding] = []
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
@@ -121,14 +135,9 @@ class Predictor:
                 out.append(ImageEmbedding(emb.unsqueeze(0).clone(), input_size, tuple(image.shape[:2])))
         return out
 
-    def _decoder_threads(self) -> AbstractContextManager:
-        if self.decoder_threads is None or self.model.device.type != "cpu":
-            return nullcontext()
-        return intra_op_threads(self.decoder_threads)
-
     def predict_classes(self, image: ImageEmbedding, class_names: list[str] | None = None) -> ClassPrediction:
         """Promptless masks for ``class_names`` (default all adapter classes), resolved per pixel."""
-        with self._decoder_threads():
+        with self._threads():
             return self._predict_classes(image, class_names)
 
     @torch.inference_mode()
@@ -170,7 +179,7 @@ class Predictor:
             box: (x0, y0, x1, y1) pixels in the original image.
             class_name: conditions the mask on that class's learned prompt when the adapter has it.
         """
-        with self._decoder_threads():
+        with self._threads():
             return self._predict_prompt(image, points, point_labels, box, class_name)
 
     @torch.inference_mode()
@@ -201,6 +210,40 @@ class Predictor:
         best = int(iou[0].argmax())
         logits = self.model.upscale(low_res[0, best : best + 1, None].float(), image.input_size, (h, w))
         return PromptPrediction(mask=(logits[0] > 0).cpu().numpy(), score=float(iou[0, best].clamp(0, 1)))
+
+
+def free_cores() -> int:
+    """CPU cores (of this process's affinity) that no other process's thread is running on now, at least 1.
+
+    The kernel's count of runnable threads (/proc/loadavg) minus this process's own runnable
+    threads (a just-finished op's helper threads may still be spinning). Without /proc: all cores.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        with open("/proc/loadavg") as fh:
+            running = int(fh.read().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return cores
+    if running <= 1:  # only the caller: skip the per-thread scan
+        return cores
+    return max(1, cores - max(0, running - _own_running_threads()))
+
+
+def _own_running_threads() -> int:
+    count = 0
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return 1
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        state = stat[stat.rfind(")") + 2 : stat.rfind(")") + 3]
+        count += state == "R"
+    return max(1, count)
 
 
 @contextmanager
