@@ -142,13 +142,12 @@ def backend_env(plan: RunPlan, variant: VariantPlan, kind: str, data_dir: Path, 
         "TRAIN_MAX_SECONDS": str(plan.train_max_seconds), "TRAIN_MIN_ANNOTATIONS": "1",
         "DEVICE": "auto", "LOG_LEVEL": "INFO",
     }
-    env |= plan.extra_env
     if kind == "baseline":
         env |= {"PRECISION": "fp32", "EMBEDDING_CACHE_MB": str(embedding_mb(variant.image_size)),
                 "ENCODER_BATCH_SIZE": "1"}
     else:
         env |= {"PRECISION": "auto", "EMBEDDING_CACHE_MB": "512", "ENCODER_BATCH_SIZE": "4"}
-    return env
+    return env | plan.extra_env
 
 
 def publish_adapter(data_dir: Path, model: str, image_size: int, project: int) -> str:
