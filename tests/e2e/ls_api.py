@@ -34,6 +34,14 @@ def _json(resp: httpx.Response) -> Any:
 # ---------------------------------------------------------------- label configs and images
 
 
+def _labels(classes: Sequence[str]) -> str:
+    return "".join(f'<Label value="{c}"/>' for c in classes)
+
+
+def _smart_keypoints(labels: str, keypoint_name: str, image_name: str) -> str:
+    return f'<KeyPointLabels name="{keypoint_name}" toName="{image_name}" smart="true">{labels}</KeyPointLabels>'
+
+
 def brush_config(
     classes: Sequence[str] = ("cat", "dog"),
     *,
@@ -43,12 +51,8 @@ def brush_config(
     keypoint_name: str = "smart",
 ) -> str:
     """A BrushLabels config; with ``smart`` also a smart KeyPointLabels tool for interactive clicks."""
-    labels = "".join(f'<Label value="{c}"/>' for c in classes)
-    keypoints = (
-        f'<KeyPointLabels name="{keypoint_name}" toName="{image_name}" smart="true">{labels}</KeyPointLabels>'
-        if smart
-        else ""
-    )
+    labels = _labels(classes)
+    keypoints = _smart_keypoints(labels, keypoint_name, image_name) if smart else ""
     return (
         f'<View><Image name="{image_name}" value="$image" zoom="true"/>'
         f'<BrushLabels name="{brush_name}" toName="{image_name}">{labels}</BrushLabels>'
@@ -61,12 +65,8 @@ def polygon_config(
     keypoint_name: str = "smart",
 ) -> str:
     """A PolygonLabels config named ``poly`` on ``image_name``; with ``smart`` also a smart KeyPointLabels tool."""
-    labels = "".join(f'<Label value="{c}"/>' for c in classes)
-    keypoints = (
-        f'<KeyPointLabels name="{keypoint_name}" toName="{image_name}" smart="true">{labels}</KeyPointLabels>'
-        if smart
-        else ""
-    )
+    labels = _labels(classes)
+    keypoints = _smart_keypoints(labels, keypoint_name, image_name) if smart else ""
     return (
         f'<View><Image name="{image_name}" value="$image"/>'
         f'<PolygonLabels name="poly" toName="{image_name}">{labels}</PolygonLabels>{keypoints}</View>'

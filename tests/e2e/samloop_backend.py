@@ -53,6 +53,19 @@ class BackendError(RuntimeError):
     """The backend (or its worker) did not start, or answered something unexpected."""
 
 
+def _spawn_module(args: list[str], env: dict[str, str], log_path: Path, banner: str | None = None
+                  ) -> subprocess.Popen[bytes]:
+    """``python -m <args>`` in its own process group, output appended to ``log_path``."""
+    with log_path.open("ab") as log:
+        if banner:
+            log.write(f"\n===== {banner} =====\n".encode())
+            log.flush()
+        return subprocess.Popen(
+            [sys.executable, "-m", *args], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+
+
 def _tail(path: Path, lines: int = 80) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -121,18 +134,8 @@ class SamloopBackend:
             raise BackendError(f"backend already running (pid {self.process.pid})")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
-        with self.log_path.open("ab") as log:
-            log.write(f"\n===== starting backend on port {self.port} =====\n".encode())
-            log.flush()
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "backend", "--host", "127.0.0.1", "--port", str(self.port)],
-                cwd=REPO_ROOT,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+        self.process = _spawn_module(["backend", "--host", "127.0.0.1", "--port", str(self.port)], self.env,
+                                     self.log_path, f"starting backend on port {self.port}")
         self._wait_healthy(timeout)
         self.starts.append(time.monotonic() - started)
         TIMINGS[f"backend start #{len(self.starts)} on port {self.port} (to /health UP)"] = self.starts[-1]
@@ -260,16 +263,7 @@ class TrainingWorker:
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> TrainingWorker:
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "training.worker"],
-                cwd=REPO_ROOT,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+        self.process = _spawn_module(["training.worker"], self.env, self.log_path)
         time.sleep(0.5)
         if self.process.poll() is not None:
             raise BackendError(f"training worker exited with {self.process.returncode}:\n{_tail(self.log_path)}")
