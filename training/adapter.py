@@ -64,6 +64,11 @@ def _inject_lora(module: nn.Module, config: AdapterConfig, targets: list[str]) -
             param.requires_grad_(True)
 
 
+def _check_class_names(class_names: list[str]) -> None:
+    if not class_names or len(set(class_names)) != len(class_names):
+        raise ValueError(f"class names must be non-empty and unique, got {class_names!r}")
+
+
 class SamAdapter(nn.Module):
     """A SAM model whose encoder/decoder carry the parts named by ``AdapterConfig``.
 
@@ -73,8 +78,7 @@ class SamAdapter(nn.Module):
 
     def __init__(self, sam: Sam, base: BaseIdentity, class_names: list[str], config: AdapterConfig) -> None:
         super().__init__()
-        if not class_names or len(set(class_names)) != len(class_names):
-            raise ValueError(f"class names must be non-empty and unique, got {class_names!r}")
+        _check_class_names(class_names)
         self.sam = sam
         self.base = base
         self.config = config
@@ -210,8 +214,7 @@ class SamAdapter(nn.Module):
 
     def set_classes(self, class_names: list[str]) -> None:
         """Change the class list: known classes keep their prompts, new ones get fresh prompts."""
-        if not class_names or len(set(class_names)) != len(class_names):
-            raise ValueError(f"class names must be non-empty and unique, got {class_names!r}")
+        _check_class_names(class_names)
         if list(class_names) == self.class_names:
             return
         generator = torch.Generator().manual_seed(len(class_names))

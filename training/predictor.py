@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -66,7 +67,9 @@ def autocast_dtype(device: torch.device, requested: str = "auto") -> torch.dtype
     return torch.bfloat16 if _cpu_has_native_bf16() else None
 
 
+@functools.cache
 def _cpu_has_native_bf16() -> bool:
+    # CPU flags do not change while the process runs; /proc/cpuinfo is read once.
     try:
         with open("/proc/cpuinfo") as fh:
             flags = fh.read()
