@@ -106,6 +106,7 @@ class ModelService:
         self.weights = resolve_checkpoint(settings.SAM_MODEL, settings.SAM_CHECKPOINT, settings.SAMLOOP_MODEL_CACHE)
         self.base = base_identity(self.weights, settings.SAM_IMAGE_SIZE)
         self.cache = EmbeddingCache(settings.EMBEDDING_CACHE_MB * MB)
+        self.encoder_batch_size = settings.encoder_batch_size(self.device.type)
         self._lock = threading.RLock()
         self._artifact_lock = threading.Lock()
         self._live: OrderedDict[str, _LiveModel] = OrderedDict()
@@ -131,7 +132,7 @@ class ModelService:
     def describe(self) -> dict:
         return {"model": self.label, "model_type": self.base.model_type, "image_size": self.base.image_size,
                 "device": str(self.device), "random_weights": self.weights.is_random,
-                "precision": self.settings.PRECISION}
+                "precision": self.settings.PRECISION, "encoder_batch_size": self.encoder_batch_size}
 
     # ----- which adapter ---------------------------------------------------------------------------
     def choose(self, project: str | None, pinned: int | None = None) -> AdapterChoice:
@@ -234,7 +235,7 @@ class ModelService:
     def embed(self, prepared: PreparedAdapter, images: list[tuple[str, np.ndarray]]) -> list[ImageEmbedding]:
         """Embeddings for (content digest, H x W x 3 uint8 image) pairs, from the cache or the encoder.
 
-        Missing images are encoded ``ENCODER_BATCH_SIZE`` at a time; duplicates are encoded once.
+        Missing images are encoded ``encoder_batch_size`` at a time; duplicates are encoded once.
         """
         keys = [(digest, prepared.encoder_key) for digest, _ in images]
         found: dict[tuple[str, str], ImageEmbedding] = {}
@@ -248,7 +249,7 @@ class ModelService:
             else:
                 todo[key] = image
         pending = list(todo.items())
-        batch_size = self.settings.ENCODER_BATCH_SIZE
+        batch_size = self.encoder_batch_size
         for start in range(0, len(pending), batch_size):
             chunk = pending[start : start + batch_size]
             with self._lock:

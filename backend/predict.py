@@ -132,7 +132,7 @@ class PredictionService:
                         project, version, prepared.class_names, list(setup.labels))
             return self._empty(tasks, version)["results"]
         results: list[dict] = []
-        size = self.models.settings.ENCODER_BATCH_SIZE
+        size = self.models.encoder_batch_size
         chunks = [tasks[i : i + size] for i in range(0, len(tasks), size)]
         upcoming = self._submit(chunks[0], setup, project) if chunks else []
         for index in range(len(chunks)):

@@ -25,6 +25,8 @@ class Settings(BaseSettings):
     SAMLOOP_REDIS_PREFIX: str = "samloop"
     # With the embedded Redis, start a training worker process next to the backend (nobody else can).
     SAMLOOP_EMBEDDED_WORKER: bool = True
+    # CPU priority of that worker (0 normal .. 19 lowest): training yields the cores to clicks.
+    SAMLOOP_WORKER_NICE: int = Field(10, ge=0, le=19)
 
     SAM_MODEL: str = "vit_t"
     SAM_CHECKPOINT: str = ""
@@ -39,8 +41,11 @@ class Settings(BaseSettings):
 
     DEVICE: Literal["auto", "cpu", "cuda"] = "auto"
     PRECISION: Literal["auto", "bf16", "fp32"] = "auto"
-    EMBEDDING_CACHE_MB: int = Field(512, ge=0)
-    ENCODER_BATCH_SIZE: int = Field(4, ge=1)
+    # 256 MB holds 64 vit_t/vit_b embeddings at 1024 px (4 MB each): a day's revisits, not a whole project.
+    EMBEDDING_CACHE_MB: int = Field(256, ge=0)
+    # auto: 1 on CPU, where batching made the encoder slower per image and held ~150 MB more per
+    # image (benchmarks/results/experiments); 4 on a GPU.
+    ENCODER_BATCH_SIZE: int | Literal["auto"] = "auto"
 
     BASIC_AUTH_USER: str = ""
     BASIC_AUTH_PASS: str = ""
@@ -63,6 +68,13 @@ class Settings(BaseSettings):
     def _multiple_of_16(cls, value: int) -> int:
         if value < 64 or value % 16:
             raise ValueError(f"SAM_IMAGE_SIZE must be a multiple of 16 and at least 64, got {value}")
+        return value
+
+    @field_validator("ENCODER_BATCH_SIZE")
+    @classmethod
+    def _positive_batch(cls, value: int | str) -> int | str:
+        if value != "auto" and value < 1:
+            raise ValueError(f"ENCODER_BATCH_SIZE must be auto or at least 1, got {value}")
         return value
 
     @field_validator("LABEL_STUDIO_URL")
@@ -113,6 +125,12 @@ class Settings(BaseSettings):
     @property
     def basic_auth_enabled(self) -> bool:
         return bool(self.BASIC_AUTH_USER)
+
+    def encoder_batch_size(self, device_type: str) -> int:
+        """Images per encoder call on ``device_type`` ("cpu" or "cuda")."""
+        if self.ENCODER_BATCH_SIZE != "auto":
+            return self.ENCODER_BATCH_SIZE
+        return 1 if device_type == "cpu" else 4
 
     @property
     def max_payload_bytes(self) -> int:

@@ -10,11 +10,12 @@ from training.adapter import BaseIdentity
 
 def test_defaults(monkeypatch):
     for name in ("REDIS_URL", "SAM_IMAGE_SIZE", "SAMLOOP_DATA_DIR", "LABEL_STUDIO_URL", "BASIC_AUTH_USER",
-                 "BASIC_AUTH_PASS", "SAMLOOP_ADAPTER_STORE"):
+                 "BASIC_AUTH_PASS", "SAMLOOP_ADAPTER_STORE", "EMBEDDING_CACHE_MB", "ENCODER_BATCH_SIZE"):
         monkeypatch.delenv(name, raising=False)
     settings = Settings()
     assert settings.SAM_MODEL == "vit_t" and settings.SAM_IMAGE_SIZE == 1024
-    assert settings.EMBEDDING_CACHE_MB == 512
+    assert settings.EMBEDDING_CACHE_MB == 256
+    assert settings.encoder_batch_size("cpu") == 1 and settings.encoder_batch_size("cuda") == 4
     assert settings.embedded_redis and settings.adapter_store == "local"
     assert settings.adapter_dir == Path("data/adapters")
 
@@ -28,6 +29,12 @@ def test_environment_is_read_and_redis_url_selects_the_redis_store(monkeypatch):
     assert settings.LABEL_STUDIO_URL == "http://ls:8080"
 
 
+def test_an_explicit_encoder_batch_size_applies_on_every_device(monkeypatch):
+    monkeypatch.setenv("ENCODER_BATCH_SIZE", "3")
+    settings = Settings()
+    assert settings.encoder_batch_size("cpu") == 3 and settings.encoder_batch_size("cuda") == 3
+
+
 @pytest.mark.parametrize(
     ("values", "words"),
     [
@@ -36,6 +43,8 @@ def test_environment_is_read_and_redis_url_selects_the_redis_store(monkeypatch):
         ({"BASIC_AUTH_USER": "admin"}, "both BASIC_AUTH_USER and BASIC_AUTH_PASS"),
         ({"LOG_LEVEL": "chatty"}, "LOG_LEVEL"),
         ({"SAMLOOP_ADAPTER_STORE": "s3"}, "SAMLOOP_ADAPTER_STORE"),
+        ({"ENCODER_BATCH_SIZE": 0}, "ENCODER_BATCH_SIZE must be auto or at least 1"),
+        ({"ENCODER_BATCH_SIZE": "many"}, "ENCODER_BATCH_SIZE"),
     ],
 )
 def test_bad_values_are_named(values, words):
