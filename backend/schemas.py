@@ -49,7 +49,12 @@ class SetupRequest(_LSModel):
         return project_id(value)
 
 
-class TaskModel(_LSModel):
+class TaskModel(BaseModel):
+    """A task inside /predict. Its other fields are dropped unparsed: LS sends each task's stored
+    predictions and annotations along (megabytes of brush RLE) and prediction reads none of them."""
+
+    model_config = ConfigDict(extra="ignore")
+
     id: int | None = None
     data: dict[str, Any]
     project: int | None = None

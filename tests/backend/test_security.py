@@ -120,7 +120,7 @@ BAD_INPUT = [
     ("post", "/setup", {"project": 1, "schema": "<View"}, "not valid XML"),
     ("post", "/setup", {"project": "1" * 30, "schema": BRUSH_CONFIG}, "project"),
     ("post", "/predict", b"\xff\xfe", "malformed JSON"),
-    ("post", "/predict", "just a string", "valid dictionary"),
+    ("post", "/predict", "just a string", "should be an object"),
     ("post", "/predict", {}, "tasks: field required"),
     ("post", "/predict", {"tasks": "all"}, "tasks"),
     ("post", "/predict", {"tasks": [1]}, "tasks.0"),
