@@ -2,7 +2,8 @@
 
 The webhook hands training triggers to ``training.scheduler.TrainingScheduler`` (debounced,
 coalesced rq jobs). With the embedded Redis (REDIS_URL unset) nobody else would run the jobs, so
-the backend starts one ``python -m training.worker`` process next to itself and stops it on exit.
+the backend starts one ``python -m training.worker`` process next to itself (``training.embedded``
+restarts it if it dies), at a lower CPU priority so that clicks win, and stops it on exit.
 The job arguments travel through Redis, so they carry no secrets: the Label Studio API key reaches
 the worker through its environment.
 """
@@ -10,18 +11,13 @@ the worker through its environment.
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import subprocess
-import sys
 from typing import Any
 
 from backend.settings import Settings
+from training.embedded import EmbeddedTraining
 from training.redis_conn import RedisHandle
 
 log = logging.getLogger(__name__)
-
-WORKER_STOP_TIMEOUT_S = 10.0
 
 
 def job_settings(settings: Settings) -> dict[str, Any]:
@@ -63,32 +59,9 @@ def rq_scheduler(handle: RedisHandle, settings: Settings):
                              prefix=settings.SAMLOOP_REDIS_PREFIX)
 
 
-class EmbeddedWorker:
-    """One ``python -m training.worker`` child process on the embedded Redis."""
-
-    def __init__(self, redis_url: str, settings: Settings) -> None:
-        self.redis_url = redis_url
-        self.settings = settings
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        env = {**os.environ, "REDIS_URL": self.redis_url, "LOG_LEVEL": self.settings.LOG_LEVEL}
-        if self.settings.LABEL_STUDIO_API_KEY:
-            env["LABEL_STUDIO_API_KEY"] = self.settings.LABEL_STUDIO_API_KEY
-        command = [sys.executable, "-m", "training.worker", "--url", self.redis_url]
-        self.process = subprocess.Popen(command, env=env)  # noqa: S603 - our own module, no shell
-        log.info("started training worker (pid %s) on %s", self.process.pid, self.redis_url)
-
-    def stop(self) -> None:
-        """SIGTERM (rq finishes or abandons the job as on a warm shutdown), then kill after a timeout."""
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(WORKER_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            log.warning("training worker %s did not stop in %ss; killing it", process.pid, WORKER_STOP_TIMEOUT_S)
-            process.kill()
-            process.wait()
-        log.info("training worker %s stopped", process.pid)
+def start_embedded_worker(handle: RedisHandle, settings: Settings) -> EmbeddedTraining:
+    """A supervised ``python -m training.worker`` (restarted if it dies) on the backend's embedded Redis."""
+    env = {"LOG_LEVEL": settings.LOG_LEVEL, "SAMLOOP_WORKER_NICE": str(settings.SAMLOOP_WORKER_NICE)}
+    if settings.LABEL_STUDIO_API_KEY:
+        env["LABEL_STUDIO_API_KEY"] = settings.LABEL_STUDIO_API_KEY
+    return EmbeddedTraining(settings.SAMLOOP_DATA_DIR, redis_url=handle.url, env=env).start()

@@ -32,6 +32,7 @@ SAMLOOP_ENV = {
     "SAM_IMAGE_SIZE",
     "SAMLOOP_DATA_DIR",
     "SAMLOOP_MODEL_CACHE",
+    "SAMLOOP_WORKER_NICE",
     "DEVICE",
     "BASIC_AUTH_USER",
     "BASIC_AUTH_PASS",
@@ -109,6 +110,8 @@ def test_samloop_env_names_are_known(compose: dict[str, Any], name: str) -> None
 def test_backend_and_worker_share_configuration(compose: dict[str, Any]) -> None:
     backend, worker = (_env(compose["services"][n]) for n in SAMLOOP_SERVICES)
     assert backend["REDIS_URL"] == worker["REDIS_URL"] == "redis://redis:6379/0"
+    # The worker shares the backend's host: it trains at a lower CPU priority, the rest is the same.
+    assert worker.pop("SAMLOOP_WORKER_NICE") == "10"
     assert backend == worker
     assert backend["LABEL_STUDIO_URL"] == "http://label-studio:8080"
     assert backend["SAMLOOP_DATA_DIR"] == "/data" and backend["SAMLOOP_MODEL_CACHE"] == "/models"

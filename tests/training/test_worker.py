@@ -48,18 +48,28 @@ def test_redis_url_validation_and_env_default(monkeypatch):
     assert handle.url == "redis://127.0.0.1:1/0" and not handle.embedded
 
 
-def test_forking_worker_runs_a_queued_job():
+def test_forking_worker_runs_a_queued_job_at_the_niceness_asked_for():
     with redis_server() as url:
         conn = connect(url)
         sched = TrainingScheduler(conn, {}, queue_name="samloop-worker-test", job_func=FAKE_JOB,
                                   debounce_seconds=0, max_debounce_seconds=1)
         queued = sched.schedule("4", "START_TRAINING", True)
+        own = os.getpriority(os.PRIO_PROCESS, 0)
         done = subprocess.run([sys.executable, "-m", "training.worker", "--url", url, "--queues",
                                "samloop-worker-test", "--burst", "--log-level", "WARNING"],
-                              cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+                              cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "SAMLOOP_WORKER_NICE": "7"},
+                              timeout=120)
         assert done.returncode == 0
         assert Job.fetch(queued["job_id"], connection=conn).get_status() == "finished"
-        assert json.loads(conn.lrange("test:runs", 0, -1)[0])["project"] == "4"
+        run = json.loads(conn.lrange("test:runs", 0, -1)[0])
+        assert run["project"] == "4" and run["niceness"] == min(19, own + 7)
+
+
+@pytest.mark.parametrize("value", ["-5", "20", "low"])
+def test_worker_refuses_a_niceness_out_of_range(value):
+    done = subprocess.run([sys.executable, "-m", "training.worker", "--url", "redis://127.0.0.1:1", "--nice", value],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--nice" in done.stderr and "0 (normal) to 19" in done.stderr
 
 
 def test_embedded_redis_and_worker_run_jobs_restart_and_stop(tmp_path):
