@@ -3,6 +3,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PORT ?= 9090
+# Optional index for torch/torchvision, e.g. https://download.pytorch.org/whl/cpu: the CPU-only build
+# (as the Docker image uses) keeps ~400 MB less resident per process than PyPI's CUDA build.
+TORCH_INDEX_URL ?=
 
 .PHONY: venv test test-fast lint run worker bench clean
 
@@ -12,6 +15,8 @@ venv: $(STAMP)
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(if $(TORCH_INDEX_URL),$(PY) -m pip install -q --index-url $(TORCH_INDEX_URL) \
+		$$(grep -E '^(torch|torchvision)==' requirements.txt))
 	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $(STAMP)
 

@@ -223,7 +223,7 @@ def _training_md(results: dict[str, Any]) -> list[str]:
             stages = " | ".join(_fmt(s.get(name), 1) for name in ("queued", "debounce", "export", "model_load",
                                                                   "train", "evaluate", "publish"))
             clicking = " + clicks" if t.get("clicks_meanwhile") else ""
-            clicking += f", worker nice {t['worker_niceness']}" if t.get("worker_niceness") else ""
+            clicking += _niceness(t, ", worker nice {}")
             lines.append(f"| {run['variant']} | {run['kind']}{clicking} | {t['labeled_images']} | "
                          f"{t['seconds_to_active']:.1f} | "
                          f"{_fmt(t['train'].get('steps'))} | {_fmt(t['seconds_per_step'], 2)} | {stages} | "
@@ -233,12 +233,17 @@ def _training_md(results: dict[str, Any]) -> list[str]:
             during = t.get("clicks_meanwhile")
             if during and during["latency_ms"].get("n"):
                 lat = during["latency_ms"]
-                nice = f", worker at nice {t['worker_niceness']}" if t.get("worker_niceness") else ""
+                nice = _niceness(t, ", worker at nice {}")
                 lines += ["", f"Warm clicks while training ran ({run['variant']}, one click every "
                               f"{during['interval_s']:g} s{nice}): p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms, "
                               f"n {lat['n']}, errors {during['errors']}; training took "
                               f"{t['seconds_to_active']:.1f} s."]
     return [*lines, ""]
+
+
+def _niceness(training: dict[str, Any], template: str) -> str:
+    niceness = training.get("worker_niceness")
+    return "" if niceness is None else template.format(niceness)
 
 
 def _memory_md(results: dict[str, Any]) -> list[str]:
@@ -337,7 +342,7 @@ def summary_md(results: dict[str, Any]) -> str:
             during = t.get("clicks_meanwhile")
             if during and during["latency_ms"].get("n"):
                 lat = during["latency_ms"]
-                nice = f" (worker at nice {t['worker_niceness']})" if t.get("worker_niceness") else ""
+                nice = _niceness(t, " (worker at nice {})")
                 lines.append(f"| warm click p50 / p95 while training runs{nice}, ms | {lat['p50']:.0f} / "
                              f"{lat['p95']:.0f} | | |")
         lines.append(f"| training worker peak resident memory, MB | {_fmt(worker_peak_mb(opt))} | "

@@ -33,10 +33,11 @@ log = logging.getLogger("benchmarks")
 
 TRACE_PROJECT = 1
 # Training projects: 100 + labeled images; the same images again at 200 + n for training while an annotator
-# clicks, and at 300 + n for the same with the worker process reniced (nice 10) so that clicks win the CPU.
+# clicks (the embedded worker at its default SAMLOOP_WORKER_NICE), and at 300 + n for the same with the
+# worker reniced to 0, the priority of the backend, to show what the lower priority buys.
 CONCURRENT_PROJECTS = 200
 RENICED_PROJECTS = 300
-WORKER_NICENESS = 10
+COMPARED_NICENESS = 0
 PHOTO_HW = (3024, 4032)
 EMBED_CHANNELS = 256
 BYTES_PER_FLOAT = 4
@@ -55,7 +56,7 @@ class VariantPlan:
     baseline_training_sizes: list[int] = field(default_factory=list)
     # Also train on this many images while an annotator keeps clicking (optimized only; None: skip).
     clicks_during_training: int | None = None
-    # ... and once more with the worker at a lower CPU priority.
+    # ... and once more with the worker at the backend's CPU priority.
     renice_worker: bool = True
     note: str = ""
 
@@ -144,9 +145,8 @@ def backend_env(plan: RunPlan, variant: VariantPlan, kind: str, data_dir: Path, 
     }
     if kind == "baseline":
         env |= {"PRECISION": "fp32", "EMBEDDING_CACHE_MB": str(embedding_mb(variant.image_size)),
-                "ENCODER_BATCH_SIZE": "1"}
-    else:
-        env |= {"PRECISION": "auto", "EMBEDDING_CACHE_MB": "512", "ENCODER_BATCH_SIZE": "4"}
+                "ENCODER_BATCH_SIZE": "1", "SAMLOOP_WORKER_NICE": "0"}
+    # The optimized run uses the backend's own defaults: what `make run` gives.
     return env | plan.extra_env
 
 
@@ -215,8 +215,9 @@ def run_variant(plan: RunPlan, variant: VariantPlan, kind: str, work: Path, ls: 
     env = backend_env(plan, variant, kind, data_dir, ls.url, ls.legacy_token, worker=bool(sizes))
     out: dict[str, Any] = {"variant": variant.name, "model": variant.model, "image_size": variant.image_size,
                            "kind": kind, "note": variant.note, "load_average_before": load_average(),
-                           "settings": {k: env[k] for k in ("PRECISION", "EMBEDDING_CACHE_MB", "ENCODER_BATCH_SIZE",
-                                                            "SAM_CHECKPOINT", "TRAIN_MAX_SECONDS")},
+                           "settings": {k: env.get(k, "default") for k in (
+                               "PRECISION", "EMBEDDING_CACHE_MB", "ENCODER_BATCH_SIZE", "SAMLOOP_WORKER_NICE",
+                               "SAM_CHECKPOINT", "TRAIN_MAX_SECONDS")},
                            "adapter": adapter_version}
     backend = BackendProcess(env, data_dir / "backend.log")
     log.info("%s %s: starting the backend", variant.name, kind)
@@ -225,7 +226,9 @@ def run_variant(plan: RunPlan, variant: VariantPlan, kind: str, work: Path, ls: 
     try:
         with httpx.Client(timeout=httpx.Timeout(900.0, connect=10.0)) as client:
             health = client.get(backend.url + "/health").json()
-            out["backend"] = {k: health.get(k) for k in ("model", "device", "precision", "random_weights")}
+            out["backend"] = {k: health.get(k) for k in ("model", "device", "precision", "random_weights",
+                                                         "encoder_batch_size")}
+            out["backend"]["embedding_cache_mb"] = health["embedding_cache"]["max_bytes"] / MB
             client.post(backend.url + "/setup", json=payloads.setup_body(TRACE_PROJECT)).raise_for_status()
             out["idle_rss_mb"] = backend.sampler.current_rss_mb()
             log.info("%s %s: annotator trace", variant.name, kind)
@@ -248,8 +251,10 @@ def run_variant(plan: RunPlan, variant: VariantPlan, kind: str, work: Path, ls: 
                 if variant.renice_worker:
                     runs.append((RENICED_PROJECTS + size, size, True, True))
             for project, size, clicking, renice in runs:
-                out["training"].append(_train(plan, variant, kind, backend, client, project, size, clicking,
-                                              renice, images[0], training))
+                trained = _train(plan, variant, kind, backend, client, project, size, clicking, renice, images[0],
+                                 training)
+                if trained is not None:
+                    out["training"].append(trained)
     except Exception:
         log.error("%s %s failed; backend log tail:\n%s", variant.name, kind, backend.tail())
         raise
@@ -261,11 +266,19 @@ def run_variant(plan: RunPlan, variant: VariantPlan, kind: str, work: Path, ls: 
 
 def _train(plan: RunPlan, variant: VariantPlan, kind: str, backend: BackendProcess, client: httpx.Client,
            project: int, size: int, clicking: bool, renice: bool, clicked: TaskImage,
-           training: dict[int, list[TaskImage]]) -> dict[str, Any]:
+           training: dict[int, list[TaskImage]]) -> dict[str, Any] | None:
     client.post(backend.url + "/setup", json=payloads.setup_body(project)).raise_for_status()
     log.info("%s %s: training on %d labeled images%s%s", variant.name, kind, size,
-             " while an annotator clicks" if clicking else "", f", worker at nice {WORKER_NICENESS}" if renice else "")
-    niceness = _renice_worker(backend, WORKER_NICENESS) if renice else None
+             " while an annotator clicks" if clicking else "",
+             f", worker at nice {COMPARED_NICENESS}" if renice else "")
+    default_niceness = None
+    if renice:
+        try:
+            default_niceness = _renice_worker(backend, COMPARED_NICENESS)
+        except PermissionError as exc:
+            log.error("cannot renice the training worker to %d (%s): skipping that comparison",
+                      COMPARED_NICENESS, exc)
+            return None
     phase = f"training-{project}"
     backend.sampler.phase(phase)
     clicks = BackgroundClicks(backend.url, TRACE_PROJECT, clicked) if clicking else nullcontext()
@@ -274,25 +287,34 @@ def _train(plan: RunPlan, variant: VariantPlan, kind: str, backend: BackendProce
                                plan.training_timeout)
     if isinstance(clicks, BackgroundClicks):
         outcome.clicks_meanwhile = clicks.summary()
-    if niceness is not None:
-        _renice_worker(backend, niceness)
-        outcome.worker_niceness = WORKER_NICENESS
+    if clicking:
+        outcome.worker_niceness = COMPARED_NICENESS if renice else _worker_niceness(backend)
+    if default_niceness is not None:
+        _renice_worker(backend, default_niceness)
     backend.sampler.phase(None)
     peaks = backend.sampler.summary()["phase_max_rss_mb"].get(phase, {})
     outcome.worker_peak_rss_mb = max(peaks.get("worker_job", 0.0), peaks.get("worker", 0.0)) or None
     return asdict(outcome)
 
 
-def _renice_worker(backend: BackendProcess, niceness: int) -> int:
-    """Set the embedded worker's niceness (its forked jobs inherit it); returns the previous value.
-
-    Stands in for a proposed change (start the worker with a lower CPU priority) so that the
-    benchmark can measure it without changing the backend.
-    """
+def _worker_pids(backend: BackendProcess) -> list[int]:
     backend.sampler.sample()
     pids = [pid for pid, seen in backend.sampler.seen.items() if seen.role == "worker"]
     if not pids:
-        raise RuntimeError("no training worker process found to renice")
+        raise RuntimeError("no training worker process found")
+    return pids
+
+
+def _worker_niceness(backend: BackendProcess) -> int:
+    return os.getpriority(os.PRIO_PROCESS, _worker_pids(backend)[0])
+
+
+def _renice_worker(backend: BackendProcess, niceness: int) -> int:
+    """Set the embedded worker's niceness (its forked jobs inherit it); returns the previous value.
+
+    Lowering a niceness needs CAP_SYS_NICE (root); without it the caller skips the comparison.
+    """
+    pids = _worker_pids(backend)
     previous = os.getpriority(os.PRIO_PROCESS, pids[0])
     for pid in pids:
         os.setpriority(os.PRIO_PROCESS, pid, niceness)
