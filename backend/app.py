@@ -222,7 +222,6 @@ def _add_protocol_routes(app: FastAPI) -> None:
         raw = await request.body()
         return await run_in_threadpool(_predict, services_of(request), raw)
 
-
     @app.post("/webhook", dependencies=[Depends(require_webhook_auth)])
     def webhook(request: Request, body: WebhookRequest) -> JSONResponse:
         services = services_of(request)

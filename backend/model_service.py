@@ -26,7 +26,7 @@ from training.adapter import AdapterMismatchError, SamAdapter, check_base, read_
 from training.adapter_config import AdapterConfig
 from training.checkpoints import load_base_model, resolve_checkpoint
 from training.models import base_identity, model_label
-from training.predictor import ClassPrediction, ImageEmbedding, Predictor, PromptPrediction
+from training.predictor import ClassPrediction, ImageEmbedding, Predictor, PromptPrediction, autocast_dtype
 from training.registry import AdapterRegistry, RegistryError, VersionNotFound
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,9 @@ class ModelService:
         self.base = base_identity(self.weights, settings.SAM_IMAGE_SIZE)
         self.cache = EmbeddingCache(settings.EMBEDDING_CACHE_MB * MB)
         self.encoder_batch_size = settings.encoder_batch_size(self.device.type)
+        # What PRECISION=auto resolved to: bf16 only where the hardware runs it natively (emulated
+        # bf16 made the vit_t encoder 10-50x slower on a CPU without avx512_bf16).
+        self.precision = "bf16" if autocast_dtype(self.device, settings.PRECISION) == torch.bfloat16 else "fp32"
         self._lock = threading.RLock()
         self._artifact_lock = threading.Lock()
         self._live: OrderedDict[str, _LiveModel] = OrderedDict()
@@ -132,7 +135,7 @@ class ModelService:
     def describe(self) -> dict:
         return {"model": self.label, "model_type": self.base.model_type, "image_size": self.base.image_size,
                 "device": str(self.device), "random_weights": self.weights.is_random,
-                "precision": self.settings.PRECISION, "encoder_batch_size": self.encoder_batch_size}
+                "precision": self.precision, "encoder_batch_size": self.encoder_batch_size}
 
     # ----- which adapter ---------------------------------------------------------------------------
     def choose(self, project: str | None, pinned: int | None = None) -> AdapterChoice:

@@ -38,6 +38,7 @@ def test_health_says_up_with_model_and_device(backend, path):
     assert body["status"] == "UP"
     assert body["model"] == "samloop-vit_t-256-RANDOM-WEIGHTS"
     assert body["device"] == "cpu" and body["random_weights"] is True
+    assert body["precision"] == "fp32" and body["encoder_batch_size"] == 1
 
 
 def test_setup_returns_untrained_version_before_any_adapter(backend, project):
