@@ -133,6 +133,8 @@ def markdown(results: dict[str, Any]) -> str:
         "Baseline = the same backend with a cache of one image embedding, one image per encoder call, fp32 "
         "(like Label Studio's SAM example). Ratio = baseline / optimized (above 1: optimized is better).",
         "",
+        _precision_note(m),
+        "",
     ]
     lines += _targets_md(results)
     lines += _interactive_md(results)
@@ -306,12 +308,21 @@ def _both(run: dict | None, kind: str) -> str:
     return "–" if p50 is None else f"{p50:.0f} / {p95:.0f}"
 
 
+def _precision_note(m: dict[str, Any]) -> str:
+    if m["device"] != "cpu" or m["native_bf16"]:
+        return "The optimized run computes in bf16 (`PRECISION=auto`: the hardware runs it natively)."
+    return ("This CPU has no native bf16 (no avx512_bf16 or amx_bf16), so `PRECISION=auto` computes in fp32, as "
+            "the baseline does: the two runs differ only in the embedding cache and the training "
+            "worker's priority, and differences elsewhere are run-to-run noise.")
+
+
 def summary_md(results: dict[str, Any]) -> str:
     """A compact table of the headline figures (for README.md's "Measured results")."""
     m = results["machine"]
     pairs = _pair(results)
-    lines = [f"{m['cpu_model']}, {m['usable_cores']} cores, torch {m['torch_version']} ({m['torch_threads']} threads, "
-             f"{m['device']}), load average {m['load_average_at_start'][0]} at the start and "
+    lines = [f"{m['cpu_model']}, {m['usable_cores']} cores (native bf16: {'yes' if m['native_bf16'] else 'no'}), "
+             f"torch {m['torch_version']} ({m['torch_threads']} threads, {m['device']}), "
+             f"load average {m['load_average_at_start'][0]} at the start and "
              f"{results.get('load_average_at_end', ['–'])[0]} at the end; random weights; "
              f"{results['plan']['image']} task images; mode {results['mode']}, {results.get('total_seconds')} s.", "",
              "| vit_t, 1024 px | optimized | naive baseline | ratio |", "|---|---:|---:|---:|"]
