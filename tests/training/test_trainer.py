@@ -104,7 +104,12 @@ def test_evaluate_scores_a_perfect_answer_as_one(random_vit_t):
 
 # ----- learning tests: random weights, synthetic 3-class data, 256 px, through save -> load -> predict ------
 # A step budget, not a time budget: the outcome must not depend on how busy the machine is.
+# LoRA reached train IoU 0.71 after 200 steps (fp32 CPU), so it keeps 400; a full fine-tune reached
+# val IoU 0.71 after 200 steps, well above its bar, and spends ~1.5 s a step, so it stops there.
 LEARN_STEPS = 400
+FULL_FINE_TUNE_STEPS = 200
+
+
 @pytest.fixture(scope="module")
 def learning_data():
     return synthetic_dataset(8, 256, seed=1), synthetic_dataset(8, 256, seed=2)
@@ -133,6 +138,6 @@ def test_default_lora_learns_the_training_images(random_vit_t, learning_data):
 @pytest.mark.slow
 def test_full_fine_tune_generalises(random_vit_t, learning_data):
     result, before, after = _learn(random_vit_t, learning_data, AdapterConfig(encoder="full"),
-                                   TrainConfig(max_steps=LEARN_STEPS, patience=LEARN_STEPS))
+                                   TrainConfig(max_steps=FULL_FINE_TUNE_STEPS, patience=FULL_FINE_TUNE_STEPS))
     assert before["val"] < 0.15
     assert after["val"] >= 0.4
