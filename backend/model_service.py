@@ -107,8 +107,9 @@ class ModelService:
         self.base = base_identity(self.weights, settings.SAM_IMAGE_SIZE)
         self.cache = EmbeddingCache(settings.EMBEDDING_CACHE_MB * MB)
         self.encoder_batch_size = settings.encoder_batch_size(self.device.type)
-        # What PRECISION=auto resolved to: bf16 only where the hardware runs it natively (emulated
-        # bf16 made the vit_t encoder 10-50x slower on a CPU without avx512_bf16).
+        # PRECISION resolved once, for every predictor and for /health: auto is bf16 only where the
+        # hardware runs it natively (emulated bf16 made the vit_t encoder 11-45x slower on a CPU
+        # without avx512_bf16).
         self.precision = "bf16" if autocast_dtype(self.device, settings.PRECISION) == torch.bfloat16 else "fp32"
         self._lock = threading.RLock()
         self._artifact_lock = threading.Lock()
@@ -212,7 +213,7 @@ class ModelService:
         # On CPU: channels-last convolutions (oneDNN), and no more intra-op threads than there are free
         # cores, so ops don't wait for a thread that a training worker has pushed off its core.
         on_cpu = self.device.type == "cpu"
-        predictor = Predictor(model, precision=self.settings.PRECISION, channels_last=on_cpu,
+        predictor = Predictor(model, precision=self.precision, channels_last=on_cpu,
                               threads="free" if on_cpu else None)
         live = _LiveModel(model, predictor)
         self._live[key] = live
