@@ -54,14 +54,19 @@ def describe() -> dict[str, Any]:
     """JSON-safe description of this machine and software, taken at the start of a run."""
     import torch
 
+    from training.predictor import autocast_dtype, cpu_has_native_bf16
+
     cpu = _cpuinfo()
-    flags = cpu.get("flags", "").split()
-    device = f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
+    on_gpu = torch.cuda.is_available()
+    device = f"cuda ({torch.cuda.get_device_name(0)})" if on_gpu else "cpu"
+    # What the backend's PRECISION=auto picks here: the optimized run's precision.
+    auto_dtype = autocast_dtype(torch.device("cuda" if on_gpu else "cpu"), "auto")
     return {
         "cpu_model": cpu.get("model name", platform.processor() or "unknown"),
         "logical_cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "native_bf16": "avx512_bf16" in flags or "amx_bf16" in flags,
+        "native_bf16": cpu_has_native_bf16(),
+        "auto_precision": "fp32" if auto_dtype is None else "bf16",
         "memory_gb": _mem_total_gb(),
         "torch_version": torch.__version__,
         "torch_threads": torch.get_num_threads(),

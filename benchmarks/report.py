@@ -309,11 +309,13 @@ def _both(run: dict | None, kind: str) -> str:
 
 
 def _precision_note(m: dict[str, Any]) -> str:
-    if m["device"] != "cpu" or m["native_bf16"]:
+    # Results recorded before "auto_precision" existed all came from CPU runs.
+    precision = m.get("auto_precision") or ("bf16" if m["native_bf16"] else "fp32")
+    if precision == "bf16":
         return "The optimized run computes in bf16 (`PRECISION=auto`: the hardware runs it natively)."
-    return ("This CPU has no native bf16 (no avx512_bf16 or amx_bf16), so `PRECISION=auto` computes in fp32, as "
-            "the baseline does: the two runs differ only in the embedding cache and the training "
-            "worker's priority, and differences elsewhere are run-to-run noise.")
+    return ("This device has no native bf16 (a CPU without avx512_bf16 or amx_bf16, or a GPU without bf16), so "
+            "`PRECISION=auto` computes in fp32, as the baseline does: the two runs differ only in the embedding "
+            "cache and the training worker's priority, and differences elsewhere are run-to-run noise.")
 
 
 def summary_md(results: dict[str, Any]) -> str:

@@ -29,6 +29,8 @@ def test_machine_is_described(quick_results):
     machine = quick_results[0]["machine"]
     for key in ("cpu_model", "usable_cores", "torch_version", "torch_threads", "device", "load_average_at_start"):
         assert key in machine, key
+    if machine["device"] == "cpu":
+        assert machine["auto_precision"] == ("bf16" if machine["native_bf16"] else "fp32")
     assert quick_results[0]["random_weights"] is True
 
 

@@ -64,11 +64,11 @@ def autocast_dtype(device: torch.device, requested: str = "auto") -> torch.dtype
         raise ValueError(f"precision must be auto, bf16 or fp32, got {requested!r}")
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if _cpu_has_native_bf16() else None
+    return torch.bfloat16 if cpu_has_native_bf16() else None
 
 
 @functools.cache
-def _cpu_has_native_bf16() -> bool:
+def cpu_has_native_bf16() -> bool:
     # CPU flags do not change while the process runs; /proc/cpuinfo is read once.
     try:
         with open("/proc/cpuinfo") as fh:

@@ -79,7 +79,7 @@ def test_free_cores_is_between_one_and_the_core_count():
 @pytest.mark.parametrize("native, expected", [(True, torch.bfloat16), (False, None)])
 def test_auto_precision_uses_bf16_only_on_cpus_that_run_it_natively(monkeypatch, native, expected):
     # Emulated bf16 made the vit_t encoder 10-50x slower than fp32 on a CPU without avx512_bf16.
-    monkeypatch.setattr(predictor_module, "_cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(predictor_module, "cpu_has_native_bf16", lambda: native)
     cpu = torch.device("cpu")
     assert predictor_module.autocast_dtype(cpu, "auto") == expected
     assert predictor_module.autocast_dtype(cpu, "bf16") == torch.bfloat16
