@@ -34,7 +34,7 @@ run: $(STAMP)
 	$(PY) -m backend --port $(PORT)
 
 worker: $(STAMP)
-	$(PY) -m training.worker
+	$(PY) -m training.jobs.worker
 
 bench: $(STAMP)
 	$(PY) -m benchmarks

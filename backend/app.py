@@ -50,8 +50,8 @@ from backend.webhook import (
     event_project,
     labeled_tasks,
 )
-from training.embedded import EmbeddedTraining
-from training.redis_conn import RedisHandle, open_redis
+from training.jobs.embedded import EmbeddedTraining
+from training.jobs.redis_conn import RedisHandle, open_redis
 from training.registry import AdapterRegistry, LocalRegistry, RedisRegistry, VersionNotFound
 
 log = logging.getLogger(__name__)

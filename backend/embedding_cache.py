@@ -10,7 +10,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Hashable
 
-from training.predictor import ImageEmbedding
+from training.inference.predictor import ImageEmbedding
 
 
 class EmbeddingCache:

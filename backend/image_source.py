@@ -24,7 +24,7 @@ from label_studio_sdk._extensions.label_studio_tools.core.utils import io as ls_
 
 from backend.ls_auth import LabelStudioAuth
 from backend.settings import Settings
-from training.images import load_image
+from training.data.images import load_image
 
 log = logging.getLogger(__name__)
 

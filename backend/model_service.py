@@ -22,11 +22,11 @@ import torch
 from backend.embedding_cache import EmbeddingCache
 from backend.settings import Settings
 from backend.versioning import model_version
-from training.adapter import AdapterMismatchError, SamAdapter, check_base, read_artifact
-from training.adapter_config import AdapterConfig
-from training.checkpoints import load_base_model, resolve_checkpoint
-from training.models import base_identity, model_label
-from training.predictor import ClassPrediction, ImageEmbedding, Predictor, PromptPrediction, autocast_dtype
+from training.inference.predictor import ClassPrediction, ImageEmbedding, Predictor, PromptPrediction, autocast_dtype
+from training.model.adapter import AdapterMismatchError, SamAdapter, check_base, read_artifact
+from training.model.config import AdapterConfig
+from training.model.loading import base_identity, model_label
+from training.model.weights import load_base_model, resolve_checkpoint
 from training.registry import AdapterRegistry, RegistryError, VersionNotFound
 
 log = logging.getLogger(__name__)

@@ -23,8 +23,8 @@ from backend.project_settings import ProjectSettings, ProjectSettingsStore
 from backend.prompts import Prompt, parse_context
 from backend.regions import mask_regions, task_score
 from backend.schemas import PredictRequest, TaskModel
-from training.images import image_digest
-from training.predictor import ImageEmbedding
+from training.data.images import image_digest
+from training.inference.predictor import ImageEmbedding
 
 log = logging.getLogger(__name__)
 

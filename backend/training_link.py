@@ -1,8 +1,8 @@
 """The backend's connection to the training pipeline: the rq scheduler, and the local worker process.
 
-The webhook hands training triggers to ``training.scheduler.TrainingScheduler`` (debounced,
+The webhook hands training triggers to ``training.jobs.scheduler.TrainingScheduler`` (debounced,
 coalesced rq jobs). With the embedded Redis (REDIS_URL unset) nobody else would run the jobs, so
-the backend starts one ``python -m training.worker`` process next to itself (``training.embedded``
+the backend starts one ``python -m training.jobs.worker`` process next to itself (``training.jobs.embedded``
 restarts it if it dies), at a lower CPU priority so that clicks win, and stops it on exit.
 The job arguments travel through Redis, so they carry no secrets: the Label Studio API key reaches
 the worker through its environment.
@@ -14,14 +14,14 @@ import logging
 from typing import Any
 
 from backend.settings import Settings
-from training.embedded import EmbeddedTraining
-from training.redis_conn import RedisHandle
+from training.jobs.embedded import EmbeddedTraining
+from training.jobs.redis_conn import RedisHandle
 
 log = logging.getLogger(__name__)
 
 
 def job_settings(settings: Settings) -> dict[str, Any]:
-    """``training.jobs.JobSettings`` fields from the backend's settings (same environment names)."""
+    """``training.jobs.training_job.JobSettings`` fields from the backend's settings (same environment names)."""
     return {
         "label_studio_url": settings.LABEL_STUDIO_URL,
         "label_studio_api_key": "",  # from the worker's own environment: job arguments sit in Redis
@@ -46,21 +46,21 @@ def job_settings(settings: Settings) -> dict[str, Any]:
 
 def rq_scheduler(handle: RedisHandle, settings: Settings):
     """The rq TrainingScheduler on the backend's Redis (a ``backend.webhook.TrainingScheduler``)."""
-    from training.scheduler import TrainingScheduler  # local: rq is only needed once training is wired
+    from training.jobs.scheduler import TrainingScheduler  # local: rq is only needed once training is wired
 
     values = job_settings(settings)
     try:
-        from training.jobs import JobSettings
+        from training.jobs.training_job import JobSettings
 
         JobSettings.from_dict({k: v for k, v in values.items() if v != ""})  # refuse a mismatch at startup
     except ImportError as exc:
-        log.warning("training.jobs is not importable (%s); jobs will fail until it is", exc)
+        log.warning("training.jobs.training_job is not importable (%s); jobs will fail until it is", exc)
     return TrainingScheduler(handle.client, values, min_annotations=settings.TRAIN_MIN_ANNOTATIONS,
                              prefix=settings.SAMLOOP_REDIS_PREFIX)
 
 
 def start_embedded_worker(handle: RedisHandle, settings: Settings) -> EmbeddedTraining:
-    """A supervised ``python -m training.worker`` (restarted if it dies) on the backend's embedded Redis."""
+    """A supervised ``python -m training.jobs.worker`` (restarted if it dies) on the backend's embedded Redis."""
     env = {"LOG_LEVEL": settings.LOG_LEVEL, "SAMLOOP_WORKER_NICE": str(settings.SAMLOOP_WORKER_NICE)}
     if settings.LABEL_STUDIO_API_KEY:
         env["LABEL_STUDIO_API_KEY"] = settings.LABEL_STUDIO_API_KEY

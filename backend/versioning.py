@@ -6,8 +6,8 @@ which tasks are already predicted, so every answer must use the same spelling.
 
 from __future__ import annotations
 
-from training.adapter import BaseIdentity
-from training.models import model_label
+from training.model.adapter import BaseIdentity
+from training.model.loading import model_label
 
 
 def model_version(base: BaseIdentity, project: str | None, version: int | None) -> str:

@@ -36,7 +36,7 @@ KNOWN_ACTIONS = TRAINING_ACTIONS | OTHER_LS_ACTIONS
 
 @runtime_checkable
 class TrainingScheduler(Protocol):
-    """Receives training triggers; implemented by ``training/scheduler.py`` (rq, debounced).
+    """Receives training triggers; implemented by ``training.jobs.scheduler`` (rq, debounced).
 
     ``schedule`` is called from the web request: it must return within milliseconds (enqueue,
     never train) and may raise ``redis.RedisError`` when the queue is unreachable (the webhook

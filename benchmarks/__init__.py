@@ -2,7 +2,7 @@
 
 ``python -m benchmarks`` (``make bench``) starts the real backend (``python -m backend``) as a
 subprocess per model variant, serves task images and exports from a Label Studio stand-in
-(``tests/training/fake_label_studio.py``), and measures:
+(``testkit/fake_label_studio.py``), and measures:
 
 - an annotator trace (open a task, 5 clicks with growing point sets, next task; then returns to
   earlier tasks) -> p50/p95 latency per kind of request;

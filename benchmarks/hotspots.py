@@ -66,9 +66,9 @@ def precision(model_type: str, image_size: int, repeats: int, encoder_repeats: i
     """Encoder / click / 4-class decode timings under fp32 and bf16 autocast (vit_t, random weights)."""
     import torch
 
-    from training.checkpoints import resolve_checkpoint
-    from training.models import new_adapter_model
-    from training.predictor import Predictor
+    from training.inference.predictor import Predictor
+    from training.model.loading import new_adapter_model
+    from training.model.weights import resolve_checkpoint
 
     weights = resolve_checkpoint(model_type, "random", None)
     model = new_adapter_model(weights, image_size, list(CLASSES)).eval()

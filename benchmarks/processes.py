@@ -2,7 +2,7 @@
 
 Memory comes from ``/proc/<pid>/status``: ``VmHWM`` (the kernel's peak resident set of a process)
 and ``VmRSS`` sampled every ``interval`` seconds. Processes are grouped by role: the backend
-itself, the training worker (``python -m training.worker``) with its forked job processes, and
+itself, the training worker (``python -m training.jobs.worker``) with its forked job processes, and
 the embedded Redis.
 """
 
@@ -110,7 +110,7 @@ class MemorySampler:
         cmd = _cmdline(pid)
         if "redis-server" in cmd:
             return "redis"
-        if "training.worker" in cmd:
+        if "training.jobs.worker" in cmd:
             parent_role = self.seen.get(parent)
             return "worker_job" if parent_role is not None and parent_role.role.startswith("worker") else "worker"
         return "other"

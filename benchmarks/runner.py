@@ -152,8 +152,8 @@ def backend_env(plan: RunPlan, variant: VariantPlan, kind: str, data_dir: Path, 
 
 def publish_adapter(data_dir: Path, model: str, image_size: int, project: int) -> str:
     """A 4-class adapter (random prompts, LoRA B = 0) published as the project's active version."""
-    from training.checkpoints import resolve_checkpoint
-    from training.models import new_adapter_model
+    from training.model.loading import new_adapter_model
+    from training.model.weights import resolve_checkpoint
     from training.registry import LocalRegistry
 
     weights = resolve_checkpoint(model, "random", None)
@@ -167,7 +167,7 @@ def publish_adapter(data_dir: Path, model: str, image_size: int, project: int) -
 def label_studio(plan: RunPlan) -> Iterator[tuple[Any, list[TaskImage], list[TaskImage], dict[int, list[TaskImage]]]]:
     """The LS stand-in with the trace/batch images and photos (project 1) and labeled projects for training."""
     from backend.regions import encode_brush
-    from tests.training.fake_label_studio import FakeLabelStudio
+    from testkit.fake_label_studio import FakeLabelStudio
 
     height, width = plan.image_hw
     with FakeLabelStudio() as ls:

@@ -231,8 +231,8 @@ class BackgroundClicks:
 
 # ----- training ----------------------------------------------------------------------------------------------
 
-_LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) \w+ training\.jobs: project (\S+): (.*)$")
-# Stage boundaries in the job's log (training/jobs.py JobProgress.stage messages), in order.
+_LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) \w+ training\.jobs(?:\.\w+)*: project (\S+): (.*)$")
+# Stage boundaries in the job's log (training.jobs' JobProgress.stage messages), in order.
 _STAGES = [
     ("debounce", "waiting for the burst"),
     ("export", "exporting labeled tasks"),

@@ -123,7 +123,7 @@ def test_backend_and_worker_share_configuration(compose: dict[str, Any]) -> None
 def test_commands(compose: dict[str, Any]) -> None:
     services = compose["services"]
     assert services["backend"]["command"] == ["python", "-m", "backend", "--host", "0.0.0.0", "--port", "9090"]
-    assert services["worker"]["command"] == ["python", "-m", "training.worker"]
+    assert services["worker"]["command"] == ["python", "-m", "training.jobs.worker"]
     assert "9090:9090" in services["backend"]["ports"]
     assert services["backend"]["build"]["dockerfile"] == "backend/Dockerfile"
     assert services["worker"]["image"] == services["backend"]["image"]
@@ -173,7 +173,7 @@ def test_dockerfile() -> None:
     assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim$", text, re.M)
     assert re.search(r"^FROM \$\{BASE_IMAGE\}$", text, re.M)
     assert re.search(r"^ARG SAM_MODEL=vit_t$", text, re.M)
-    assert 'python -m training.checkpoints download --model "${SAM_MODEL}"' in text
+    assert 'python -m training.model.weights download --model "${SAM_MODEL}"' in text
     assert "pip install -r requirements.txt" in text
     assert "SAMLOOP_MODEL_CACHE=/models" in text
     ignored = (ROOT / ".dockerignore").read_text().split()

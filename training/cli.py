@@ -16,18 +16,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from training.adapter import AdapterMismatchError, read_artifact
-from training.adapter_config import DECODER_MODES, ENCODER_MODES, AdapterConfig
-from training.checkpoints import CheckpointError, resolve_checkpoint
-from training.data import DatasetError, SegmentationDataset, load_coco, load_mask_folder, split_fraction
-from training.evaluation import evaluate
-from training.images import ImageError, load_image
-from training.models import load_adapter_model, new_adapter_model
-from training.predictor import Predictor
+from training.data.dataset import DatasetError, SegmentationDataset, load_coco, load_mask_folder, split_fraction
+from training.data.images import ImageError, load_image
+from training.inference.predictor import Predictor
+from training.learn.config import TrainConfig
+from training.learn.evaluation import evaluate
+from training.learn.trainer import TrainProgress, train_adapter
+from training.model.adapter import AdapterMismatchError, read_artifact
+from training.model.builders import MODEL_BUILDERS
+from training.model.config import DECODER_MODES, ENCODER_MODES, AdapterConfig
+from training.model.loading import load_adapter_model, new_adapter_model
+from training.model.weights import CheckpointError, resolve_checkpoint
 from training.registry import RegistryError, open_registry
-from training.sam_models import MODEL_BUILDERS
-from training.train_config import TrainConfig
-from training.trainer import TrainProgress, train_adapter
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
 # Overlay colours per class id (RGB); class ids beyond the table cycle through it.
@@ -264,7 +264,7 @@ def cmd_versions(args: argparse.Namespace) -> dict:
 
 
 def cmd_synth(args: argparse.Namespace) -> dict:
-    from training.synthetic import synthetic_dataset
+    from training.data.synthetic import synthetic_dataset
 
     dataset = synthetic_dataset(args.count, args.size, seed=args.seed)
     images, masks = args.out / "images", args.out / "masks"

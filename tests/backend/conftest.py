@@ -23,7 +23,7 @@ from PIL import Image
 from backend.app import create_app
 from backend.settings import Settings
 from backend.webhook import RecordingScheduler
-from training.models import new_adapter_model
+from training.model.loading import new_adapter_model
 from training.registry import LocalRegistry
 
 REDIS_URL = "redis://127.0.0.1:6379/0"

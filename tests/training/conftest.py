@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from training.checkpoints import resolve_checkpoint
-from training.synthetic import synthetic_dataset
+from training.data.synthetic import synthetic_dataset
+from training.model.weights import resolve_checkpoint
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -1,0 +1,5 @@
+"""Helpers shared by the test suite and the benchmarks (never imported by product code).
+
+- ``fake_label_studio``: a small Label Studio stand-in (projects, tasks, exports, uploads, tokens)
+  served over real HTTP, for tests and ``make bench`` where a real Label Studio is not needed.
+"""

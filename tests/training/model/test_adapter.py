@@ -1,0 +1,151 @@
+import numpy as np
+import pytest
+import torch
+
+from training.data.images import to_rgb_uint8
+from training.inference.predictor import Predictor
+from training.model.adapter import AdapterMismatchError, read_artifact
+from training.model.config import AdapterConfig
+from training.model.loading import load_adapter_model, model_label, new_adapter_model
+from training.model.weights import resolve_checkpoint
+
+CLASSES = ["disc", "square", "triangle"]
+
+
+def _perturb(model, seed=0):
+    """Make the adapter non-trivial: LoRA B matrices start at zero, which would hide load bugs."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn(param.shape, generator=generator) * 0.05)
+    return model
+
+
+@pytest.fixture(scope="module")
+def model(random_vit_t):
+    return _perturb(new_adapter_model(random_vit_t, 128, CLASSES))
+
+
+def test_default_adapter_trains_lora_and_prompts_only(random_vit_t):
+    model = new_adapter_model(random_vit_t, 128, CLASSES)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    encoder_lora = [n for n in names if n.startswith("sam.image_encoder.")]
+    assert encoder_lora and all("lora_" in n and ".attn.qkv." in n for n in encoder_lora)
+    assert len(encoder_lora) == 20  # 10 TinyViT qkv layers x (A, B)
+    assert "class_prompts" in names
+    # vit_t rank-8 qkv LoRA: 59,392 encoder parameters (DESIGN.md: ~59 k).
+    assert sum(p.numel() for n, p in model.named_parameters() if n in encoder_lora) == 59_392
+
+
+def test_round_trip_gives_identical_predictions(model, random_vit_t):
+    data = model.to_bytes({"note": "test"})
+    loaded = load_adapter_model(data, random_vit_t, 128, CLASSES)
+    image = (np.random.default_rng(0).random((150, 97, 3)) * 255).astype(np.uint8)
+    a, b = Predictor(model, precision="fp32"), Predictor(loaded, precision="fp32")
+    ea, eb = a.embed([image])[0], b.embed([image])[0]
+    assert torch.equal(ea.embedding, eb.embedding)
+    pa, pb = a.predict_classes(ea), b.predict_classes(eb)
+    assert np.array_equal(pa.label_map, pb.label_map) and pa.scores == pb.scores
+    header, _ = read_artifact(data)
+    assert header["note"] == "test" and header["class_names"] == CLASSES
+    assert header["base"] == {"model_type": "vit_t", "checkpoint_sha256": "random", "image_size": 128}
+
+
+def test_adapter_on_another_base_fails_clearly(model, random_vit_t):
+    data = model.to_bytes()
+    with pytest.raises(AdapterMismatchError, match="trained on vit_t.*128 px.*this base model is vit_t.*256 px"):
+        load_adapter_model(data, random_vit_t, 256)
+    with pytest.raises(AdapterMismatchError, match="this base model is vit_b"):
+        load_adapter_model(data, resolve_checkpoint("vit_b", "random"), 128)
+
+
+def test_adapter_with_other_classes_fails_clearly(model, random_vit_t):
+    with pytest.raises(AdapterMismatchError, match=r"adapter classes \['disc', 'square', 'triangle'\] differ"):
+        load_adapter_model(model.to_bytes(), random_vit_t, 128, ["disc", "star"])
+
+
+def test_junk_is_not_an_adapter(random_vit_t):
+    with pytest.raises(AdapterMismatchError, match="not a samloop adapter"):
+        load_adapter_model(b"\x00" * 100, random_vit_t, 128)
+
+
+def test_hot_swap_and_reset(random_vit_t):
+    live = new_adapter_model(random_vit_t, 128, ["x"])
+    fresh_prediction = _embed_mean(live)
+    other = _perturb(new_adapter_model(random_vit_t, 128, CLASSES), seed=5)
+    live.apply_artifact(*read_artifact(other.to_bytes()))
+    assert live.class_names == CLASSES
+    assert _embed_mean(live) == pytest.approx(_embed_mean(other), abs=1e-6)
+    live.reset_to_base()
+    assert _embed_mean(live) == pytest.approx(fresh_prediction, abs=1e-6)
+
+
+def _embed_mean(model):
+    image = np.full((64, 64, 3), 90, np.uint8)
+    image[10:40, 20:50] = 200
+    return float(Predictor(model, precision="fp32").embed([image])[0].embedding.abs().mean())
+
+
+def test_set_classes_keeps_known_prompts(model, random_vit_t):
+    clone = new_adapter_model(random_vit_t, 128, CLASSES)
+    clone.class_prompts.data.copy_(model.class_prompts.data)
+    clone.set_classes(["triangle", "star", "disc"])
+    assert clone.class_names == ["triangle", "star", "disc"]
+    assert torch.equal(clone.class_prompts[0], model.class_prompts[2])
+    assert torch.equal(clone.class_prompts[2], model.class_prompts[0])
+    with pytest.raises(ValueError, match="unique"):
+        clone.set_classes(["a", "a"])
+
+
+def test_full_fine_tune_artifact_is_larger(random_vit_t):
+    lora = new_adapter_model(random_vit_t, 128, CLASSES, AdapterConfig(decoder="lora")).to_bytes()
+    full = new_adapter_model(random_vit_t, 128, CLASSES, AdapterConfig(encoder="full", decoder="lora")).to_bytes()
+    assert len(lora) < 1_000_000 < 10 * len(lora) < len(full)
+    assert read_artifact(full)[0]["adapter_config"]["encoder"] == "full"
+
+
+@pytest.mark.parametrize("option", [{"encoder": "half"}, {"decoder": "x"}, {"lora_rank": 0}, {"prompt_tokens": 0},
+                                    {"norm_statistics": "sometimes"}, {"lora_alpha": -1}])
+def test_adapter_config_checks_itself(option):
+    with pytest.raises(ValueError, match=next(iter(option))):
+        AdapterConfig(**option)
+
+
+def test_model_label_says_random():
+    assert model_label(new_adapter_model(resolve_checkpoint("vit_t", "random"), 128, ["a"]).base) \
+        == "samloop-vit_t-128-RANDOM-WEIGHTS"
+
+
+@pytest.mark.parametrize("kind", ["rgb", "gray", "rgba", "uint16"])
+def test_every_image_kind_gives_masks_at_original_resolution(model, kind):
+    rng = np.random.default_rng(1)
+    shapes = {"rgb": (61, 83, 3), "gray": (61, 83), "rgba": (61, 83, 4), "uint16": (61, 83, 3)}
+    array = rng.integers(0, 65535 if kind == "uint16" else 255, shapes[kind]).astype(
+        np.uint16 if kind == "uint16" else np.uint8)
+    predictor = Predictor(model)
+    embedding = predictor.embed([to_rgb_uint8(array)])[0]
+    assert predictor.predict_classes(embedding).label_map.shape == (61, 83)
+    clicked = predictor.predict_prompt(embedding, points=np.array([[40, 30]]), point_labels=np.array([1]),
+                                       box=np.array([10, 10, 70, 50]), class_name="disc")
+    assert clicked.mask.shape == (61, 83) and clicked.mask.dtype == bool
+
+
+def test_class_map_has_one_class_per_pixel(model):
+    predictor = Predictor(model)
+    image = (np.random.default_rng(2).random((90, 70, 3)) * 255).astype(np.uint8)
+    prediction = predictor.predict_classes(predictor.embed([image])[0])
+    assert prediction.label_map.max() <= len(CLASSES)
+    masks = [prediction.mask(n) for n in CLASSES]
+    assert (np.sum(masks, axis=0) <= 1).all()
+    assert set(prediction.scores) == {n for n, m in zip(CLASSES, masks, strict=True) if m.any()}
+    assert all(0 <= s <= 1 for s in prediction.scores.values())
+
+
+def test_prompt_needs_a_point_or_box(model):
+    predictor = Predictor(model)
+    embedding = predictor.embed([np.zeros((32, 32, 3), np.uint8)])[0]
+    with pytest.raises(ValueError, match="at least one point or a box"):
+        predictor.predict_prompt(embedding)
+    with pytest.raises(ValueError, match="2 points but 1 point labels"):
+        predictor.predict_prompt(embedding, points=np.array([[1, 1], [2, 2]]), point_labels=np.array([1]))

@@ -1,0 +1,273 @@
+"""Inference with a SamAdapter: image embeddings, promptless class masks and prompted masks."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from training.model.adapter import SamAdapter
+
+# Class maps are resolved at most at this many times the model's input area, then resized
+# nearest-neighbour to the original: bounds memory for huge images at a small cost in edge detail.
+MAX_RESOLVE_AREA_FACTOR = 4
+
+
+@dataclass
+class ImageEmbedding:
+    """One image's encoder output and the geometry needed to map masks back."""
+
+    embedding: torch.Tensor  # 1 x 256 x G x G
+    input_size: tuple[int, int]  # (h, w) after the longest-side resize
+    original_size: tuple[int, int]  # (H, W) of the image as given
+
+    @property
+    def nbytes(self) -> int:
+        return self.embedding.element_size() * self.embedding.nelement()
+
+
+@dataclass
+class ClassPrediction:
+    """Per-pixel class map for one image.
+
+    label_map: H x W uint8 (original resolution); 0 is background, k is ``class_names[k-1]``.
+    scores: class name -> confidence in [0, 1] (mean probability inside its region times the
+        decoder's predicted IoU), only for classes with a non-empty region.
+    """
+
+    class_names: list[str]
+    label_map: np.ndarray
+    scores: dict[str, float]
+
+    def mask(self, class_name: str) -> np.ndarray:
+        return self.label_map == self.class_names.index(class_name) + 1
+
+
+@dataclass
+class PromptPrediction:
+    mask: np.ndarray  # H x W bool, original resolution
+    score: float  # the decoder's predicted IoU
+
+
+def autocast_dtype(device: torch.device, requested: str = "auto") -> torch.dtype | None:
+    """bf16 where the hardware runs it natively, else None (fp32). ``requested``: auto|bf16|fp32."""
+    if requested == "fp32":
+        return None
+    if requested == "bf16":
+        return torch.bfloat16
+    if requested != "auto":
+        raise ValueError(f"precision must be auto, bf16 or fp32, got {requested!r}")
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if cpu_has_native_bf16() else None
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    # CPU flags do not change while the process runs; /proc/cpuinfo is read once.
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = fh.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+class Predictor:
+    """Stateless inference helpers over a SamAdapter (callers hold any locks and caches).
+
+    ``channels_last=True`` switches the image encoder's weights to the channels-last memory
+    format (in place, on the shared model) and feeds it channels-last batches: oneDNN's CPU
+    convolutions skip their layout reorders then (vit_t encoder ~25% faster on CPU, fp32 and bf16;
+    same outputs within float rounding). For long-lived inference models, not for a model in training.
+
+    ``threads``: intra-op threads per call on CPU. None: torch's setting. ``"free"``: torch's setting
+    capped, at each call, to the cores no other process is running on right now (Linux, from
+    /proc). Every op is a parallel region that waits for all its threads: when another process (a
+    training worker) keeps the cores busy, a second thread that the kernel has descheduled made a
+    click 10-70x slower than one thread on a 2-core machine, while on idle cores 2 threads are ~1.8x
+    faster than one (benchmarks/hotspots.py).
+    """
+
+    def __init__(self, model: SamAdapter, precision: str = "auto", threshold: float = 0.5,
+                 channels_last: bool = False, threads: int | str | None = None) -> None:
+        if not (threads is None or threads == "free" or (isinstance(threads, int) and threads >= 1)):
+            raise ValueError(f"threads must be None, 'free' or a positive integer, got {threads!r}")
+        self.model = model
+        self.autocast = autocast_dtype(model.device, precision)
+        self.threshold = threshold
+        self.channels_last = channels_last
+        self.threads = threads
+        self.max_threads = torch.get_num_threads()
+        if channels_last:
+            model.sam.image_encoder.to(memory_format=torch.channels_last)
+
+    def _autocast(self):
+        if self.autocast is None:
+            return torch.autocast(self.model.device.type, enabled=False)
+        return torch.autocast(self.model.device.type, dtype=self.autocast)
+
+    def _threads(self) -> AbstractContextManager:
+        if self.threads is None or self.model.device.type != "cpu":
+            return nullcontext()
+        count = self.threads if isinstance(self.threads, int) else min(self.max_threads, free_cores())
+        return intra_op_threads(count)
+
+    def embed(self, images: list[np.ndarray], batch_size: int = 4) -> list[ImageEmbedding]:
+        """Encode H x W x 3 uint8 RGB images, ``batch_size`` at a time."""
+        with self._threads():
+            return self._embed(images, batch_size)
+
+    @torch.inference_mode()
+    def _embed(self, images: list[np.ndarray], batch_size: int) -> list[ImageEmbedding]:
+        out: list[ImageEmbedding] = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            prepared = [self.model.preprocess(image) for image in chunk]
+            batch = torch.stack([tensor for tensor, _ in prepared]).to(self.model.device)
+            if self.channels_last:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            with self._autocast():
+                embeddings = self.model.encode(batch).float()
+            for image, (_, input_size), emb in zip(chunk, prepared, embeddings, strict=True):
+                out.append(ImageEmbedding(emb.unsqueeze(0).clone(), input_size, tuple(image.shape[:2])))
+        return out
+
+    def predict_classes(self, image: ImageEmbedding, class_names: list[str] | None = None) -> ClassPrediction:
+        """Promptless masks for ``class_names`` (default all adapter classes), resolved per pixel."""
+        with self._threads():
+            return self._predict_classes(image, class_names)
+
+    @torch.inference_mode()
+    def _predict_classes(self, image: ImageEmbedding, class_names: list[str] | None) -> ClassPrediction:
+        names = list(self.model.class_names if class_names is None else class_names)
+        unknown = [n for n in names if n not in self.model.class_names]
+        if unknown:
+            raise ValueError(f"classes {unknown} are not in the adapter's classes {self.model.class_names}")
+        if not names:
+            return ClassPrediction([], np.zeros(image.original_size, np.uint8), {})
+        indices = [self.model.class_names.index(n) for n in names]
+        with self._autocast():
+            low_res, iou = self.model.class_logits(image.embedding.to(self.model.device), indices)
+        work_size = _resolve_size(image.original_size, self.model.image_size)
+        probs = torch.sigmoid(self.model.upscale(low_res.float(), image.input_size, work_size))
+        best_prob, best = probs.max(dim=0)
+        labels = torch.where(best_prob > self.threshold, best + 1, torch.zeros_like(best)).to(torch.uint8)
+        label_map = labels.cpu().numpy()
+        if work_size != image.original_size:
+            import cv2  # local: only huge images take this path
+
+            label_map = cv2.resize(label_map, image.original_size[::-1], interpolation=cv2.INTER_NEAREST)
+        scores = {}
+        for k, name in enumerate(names):
+            region = labels == k + 1
+            if bool(region.any()):
+                confidence = float(probs[k][region].mean())
+                scores[name] = confidence * float(iou[k, 0].clamp(0, 1))
+        return ClassPrediction(names, label_map, scores)
+
+    def predict_prompt(self, image: ImageEmbedding, points: np.ndarray | None = None,
+                       point_labels: np.ndarray | None = None, box: np.ndarray | None = None,
+                       class_name: str | None = None) -> PromptPrediction:
+        """One mask from positive/negative points and/or a box.
+
+        Args:
+            points: N x 2 (x, y) pixels in the original image.
+            point_labels: N values, 1 positive, 0 negative.
+            box: (x0, y0, x1, y1) pixels in the original image.
+            class_name: conditions the mask on that class's learned prompt when the adapter has it.
+        """
+        with self._threads():
+            return self._predict_prompt(image, points, point_labels, box, class_name)
+
+    @torch.inference_mode()
+    def _predict_prompt(self, image: ImageEmbedding, points: np.ndarray | None, point_labels: np.ndarray | None,
+                        box: np.ndarray | None, class_name: str | None) -> PromptPrediction:
+        if points is None and box is None:
+            raise ValueError("an interactive prediction needs at least one point or a box")
+        h, w = image.original_size
+        sx, sy = image.input_size[1] / w, image.input_size[0] / h
+        device = self.model.device
+        coords = labels = box_t = None
+        if points is not None:
+            pts = np.asarray(points, dtype=np.float32).reshape(-1, 2) * np.array([sx, sy], np.float32)
+            coords = torch.from_numpy(pts).to(device)[None]
+            lab = np.ones(len(pts)) if point_labels is None else np.asarray(point_labels).reshape(-1)
+            if len(lab) != len(pts):
+                raise ValueError(f"{len(pts)} points but {len(lab)} point labels")
+            labels = torch.from_numpy(lab.astype(np.int64)).to(device)[None]
+        if box is not None:
+            b = np.asarray(box, dtype=np.float32).reshape(4) * np.array([sx, sy, sx, sy], np.float32)
+            box_t = torch.from_numpy(b).to(device)[None]
+        class_index = self.model.class_names.index(class_name) if class_name in self.model.class_names else None
+        # Several clicks are ambiguous less often than one: one click asks for 3 candidates, like SAM's demo.
+        multimask = box is None and (coords is None or coords.shape[1] == 1)
+        with self._autocast():
+            low_res, iou = self.model.prompt_logits(image.embedding.to(device), coords, labels, box_t,
+                                                    [class_index], multimask=multimask)
+        best = int(iou[0].argmax())
+        logits = self.model.upscale(low_res[0, best : best + 1, None].float(), image.input_size, (h, w))
+        return PromptPrediction(mask=(logits[0] > 0).cpu().numpy(), score=float(iou[0, best].clamp(0, 1)))
+
+
+def free_cores() -> int:
+    """CPU cores (of this process's affinity) that no other process's thread is running on now, at least 1.
+
+    The kernel's count of runnable threads (/proc/loadavg) minus this process's own runnable
+    threads (a just-finished op's helper threads may still be spinning). Without /proc: all cores.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        with open("/proc/loadavg") as fh:
+            running = int(fh.read().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return cores
+    if running <= 1:  # only the caller: skip the per-thread scan
+        return cores
+    return max(1, cores - max(0, running - _own_running_threads()))
+
+
+def _own_running_threads() -> int:
+    count = 0
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return 1
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        state = stat[stat.rfind(")") + 2 : stat.rfind(")") + 3]
+        count += state == "R"
+    return max(1, count)
+
+
+@contextmanager
+def intra_op_threads(count: int) -> Iterator[None]:
+    """Run the block with ``count`` torch intra-op threads (the setting is per calling thread with
+    OpenMP; callers serialise model work, e.g. under the model service's lock)."""
+    previous = torch.get_num_threads()
+    if previous == count:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _resolve_size(original: tuple[int, int], image_size: int) -> tuple[int, int]:
+    h, w = original
+    limit = MAX_RESOLVE_AREA_FACTOR * image_size * image_size
+    if h * w <= limit:
+        return original
+    scale = (limit / (h * w)) ** 0.5
+    return max(1, int(h * scale)), max(1, int(w * scale))

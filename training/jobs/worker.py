@@ -1,0 +1,114 @@
+"""``python -m training.jobs.worker``: an rq worker for samloop's training queue(s) on REDIS_URL.
+
+Each worker process runs one job at a time; more workers (on this or other machines sharing
+Redis and Label Studio) run more projects at once. A GPU worker takes one job at a time by
+running exactly one worker process per GPU, e.g. ``CUDA_VISIBLE_DEVICES=0 python -m
+training.jobs.worker --worker-class spawn``: ``spawn`` starts every job in a fresh interpreter (no CUDA
+state inherited across ``fork``, GPU memory returned when the job ends).
+
+Worker classes: ``fork`` (default: each job in a forked child, so a crash, OOM kill or timeout
+takes down only that job), ``spawn`` (a fresh process per job), ``simple`` (in this process: for
+tests and debugging; a timeout is still enforced with SIGALRM).
+
+``--nice N`` (default ``$SAMLOOP_WORKER_NICE``, else 0) lowers the worker's CPU priority, and its
+jobs' with it: on a machine that also serves clicks, training then takes only the cycles that
+clicks leave (the embedded worker of ``make run`` starts at nice 10).
+
+rq's scheduler runs inside the worker (``--no-scheduler`` turns it off): it is what re-enqueues a
+failed job after its Retry back-off. Registry maintenance (which retries jobs whose worker was
+killed) runs every ``--maintenance-interval`` seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from rq import Queue, SimpleWorker, SpawnWorker, Worker
+
+from training.jobs.redis_conn import connect
+from training.jobs.scheduler import DEFAULT_QUEUE
+
+__all__ = ["WORKER_CLASSES", "build_worker", "main"]
+
+log = logging.getLogger(__name__)
+
+WORKER_CLASSES: dict[str, type[Worker] | type[SimpleWorker]] = {
+    "fork": Worker, "spawn": SpawnWorker, "simple": SimpleWorker,
+}
+
+
+def build_worker(connection, queues: list[str], worker_class: str = "fork", name: str | None = None,
+                 maintenance_interval: int = 60) -> Worker | SimpleWorker:
+    """An rq worker on ``queues`` (highest priority first)."""
+    if worker_class not in WORKER_CLASSES:
+        raise ValueError(f"worker class {worker_class!r} is not one of {', '.join(WORKER_CLASSES)}")
+    if not queues or not all(isinstance(q, str) and q for q in queues):
+        raise ValueError(f"need at least one queue name, got {queues!r}")
+    cls = WORKER_CLASSES[worker_class]
+    return cls([Queue(q, connection=connection) for q in queues], connection=connection, name=name,
+               maintenance_interval=maintenance_interval)
+
+
+def _niceness(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 19:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 (normal) to 19 (lowest priority), "
+                                         f"got {text!r}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training.jobs.worker",
+                                     description="Run a samloop training worker (rq) against REDIS_URL.")
+    parser.add_argument("--url", default=os.environ.get("REDIS_URL", ""),
+                        help="Redis URL (default: $REDIS_URL); redis://, rediss:// or unix://")
+    parser.add_argument("--queues", default=os.environ.get("SAMLOOP_QUEUES", DEFAULT_QUEUE),
+                        help=f"comma-separated queue names, highest priority first (default: {DEFAULT_QUEUE})")
+    parser.add_argument("--worker-class", choices=sorted(WORKER_CLASSES), default="fork")
+    parser.add_argument("--burst", action="store_true", help="stop when the queues are empty")
+    parser.add_argument("--max-jobs", type=int, default=None)
+    parser.add_argument("--name", default=None)
+    parser.add_argument("--no-scheduler", action="store_true", help="do not run rq's scheduler (retry back-off)")
+    parser.add_argument("--maintenance-interval", type=int, default=60)
+    parser.add_argument("--nice", type=_niceness, default=os.environ.get("SAMLOOP_WORKER_NICE", "0"),
+                        help="CPU priority of the worker and its jobs, 0 (normal) to 19 (lowest); "
+                             "default: $SAMLOOP_WORKER_NICE or 0")
+    parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    level = args.log_level.upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Our own log lines say what happens; the SDK and httpx would add one line per HTTP request.
+    for noisy in ("label_studio_sdk", "httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    if not args.url:
+        print("error: REDIS_URL is not set. Set it to the Redis the backend uses, or run `make run`, which "
+              "starts an embedded Redis together with a worker.", file=sys.stderr)
+        return 2
+    try:
+        connection = connect(args.url, socket_timeout=None)
+        queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+        worker = build_worker(connection, queues, args.worker_class, args.name, args.maintenance_interval)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.nice:
+        os.nice(args.nice)
+    log.info("training worker %s (%s, nice %d) listening on %s at %s", worker.name, args.worker_class,
+             os.getpriority(os.PRIO_PROCESS, 0), ", ".join(queues), args.url.split("@")[-1])
+    worker.work(burst=args.burst, max_jobs=args.max_jobs, with_scheduler=not args.no_scheduler,
+                logging_level=level)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

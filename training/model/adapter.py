@@ -1,0 +1,338 @@
+"""SAM with a LoRA adapter and one learned prompt per class, and its safetensors artifact.
+
+Coordinates: images enter as H x W x 3 uint8 RGB; the model sees them resized so the longest
+side is ``image_size`` and padded at the bottom/right (SAM's convention). Point and box prompts
+are (x, y) pixels in the original image unless a docstring says otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import safetensors.torch
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, inject_adapter_in_model
+from segment_anything.modeling import Sam
+from torch import nn
+
+from training.model.config import AdapterConfig
+
+ARTIFACT_FORMAT = "samloop-adapter/1"
+ADAPTER_INIT_SEED = 0
+
+
+class AdapterMismatchError(ValueError):
+    """An adapter does not belong to this base model or class list."""
+
+
+@dataclass(frozen=True)
+class BaseIdentity:
+    """The base model an adapter is bound to."""
+
+    model_type: str
+    checkpoint_sha256: str
+    image_size: int
+
+    def to_dict(self) -> dict:
+        return {"model_type": self.model_type, "checkpoint_sha256": self.checkpoint_sha256,
+                "image_size": self.image_size}
+
+    @property
+    def is_random(self) -> bool:
+        return self.checkpoint_sha256 == "random"
+
+
+def _freeze(module: nn.Module) -> None:
+    for param in module.parameters():
+        param.requires_grad_(False)
+
+
+def _inject_lora(module: nn.Module, config: AdapterConfig, targets: list[str]) -> None:
+    lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha,
+                      lora_dropout=config.lora_dropout, target_modules=targets)
+    try:
+        inject_adapter_in_model(lora, module)
+    except ValueError as exc:
+        raise ValueError(f"LoRA target modules {targets} not found in {type(module).__name__}: {exc}") from exc
+    for name, param in module.named_parameters():
+        if "lora_" in name:
+            param.requires_grad_(True)
+
+
+def _check_class_names(class_names: list[str]) -> None:
+    if not class_names or len(set(class_names)) != len(class_names):
+        raise ValueError(f"class names must be non-empty and unique, got {class_names!r}")
+
+
+class SamAdapter(nn.Module):
+    """A SAM model whose encoder/decoder carry the parts named by ``AdapterConfig``.
+
+    ``class_prompts`` has shape (C, T, 256): T learned sparse tokens for each of the C classes,
+    fed to the mask decoder in place of point/box prompts.
+    """
+
+    def __init__(self, sam: Sam, base: BaseIdentity, class_names: list[str], config: AdapterConfig) -> None:
+        super().__init__()
+        _check_class_names(class_names)
+        self.sam = sam
+        self.base = base
+        self.config = config
+        self.class_names = list(class_names)
+        _freeze(sam)
+        # peft draws LoRA A matrices from the global RNG: seed it so the same config gives the same
+        # starting adapter in every process (reproducible training runs).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(ADAPTER_INIT_SEED)
+            if config.encoder == "lora":
+                _inject_lora(sam.image_encoder, config, config.lora_targets)
+            if config.decoder == "lora":
+                _inject_lora(sam.mask_decoder, config, config.decoder_lora_targets)
+        if config.encoder == "full":
+            for param in sam.image_encoder.parameters():
+                param.requires_grad_(True)
+        if config.decoder == "train":
+            for param in sam.mask_decoder.parameters():
+                param.requires_grad_(True)
+        dim = sam.prompt_encoder.embed_dim
+        generator = torch.Generator().manual_seed(len(class_names))
+        self.class_prompts = nn.Parameter(torch.randn(len(class_names), config.prompt_tokens, dim,
+                                                      generator=generator))
+        # What "no adapter" means for this model: LoRA B matrices are zero, so the base acts alone.
+        self._base_state = {k: v.clone() for k, v in self.adapter_state().items() if k != "class_prompts"}
+        self.eval()
+
+    # ----- modes -------------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> SamAdapter:
+        super().train(mode)
+        if mode and not self.updates_norm_statistics:
+            self.sam.image_encoder.eval()
+        return self
+
+    @property
+    def updates_norm_statistics(self) -> bool:
+        return self.config.updates_norm_statistics(self.base.is_random)
+
+    @property
+    def image_size(self) -> int:
+        return self.sam.image_encoder.img_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.class_prompts.device
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def trainable_parameter_count(self) -> int:
+        return sum(p.numel() for p in self.trainable_parameters())
+
+    # ----- image side ----------------------------------------------------------------------------
+    def input_size(self, original_size: tuple[int, int]) -> tuple[int, int]:
+        """(h, w) of an image of ``original_size`` after resizing its longest side to image_size."""
+        height, width = original_size
+        scale = self.image_size / max(height, width)
+        return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
+
+    def preprocess(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+        """H x W x 3 uint8 RGB -> (3 x S x S normalised float tensor, (h, w) before padding)."""
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected an H x W x 3 uint8 image, got shape {image.shape} dtype {image.dtype}")
+        new_h, new_w = self.input_size(image.shape[:2])
+        shrinking = new_h * new_w < image.shape[0] * image.shape[1]
+        resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+        tensor = torch.from_numpy(resized).permute(2, 0, 1).float()
+        sam = self.sam
+        tensor = (tensor - sam.pixel_mean.cpu()) / sam.pixel_std.cpu()
+        padded = F.pad(tensor, (0, self.image_size - new_w, 0, self.image_size - new_h))
+        return padded, (new_h, new_w)
+
+    def encode(self, batch: torch.Tensor) -> torch.Tensor:
+        """B x 3 x S x S preprocessed images -> B x 256 x S/16 x S/16 embeddings."""
+        return self.sam.image_encoder(batch)
+
+    # ----- decoder side ------------------------------------------------------------------------------
+    def _decode(self, embedding: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor,
+                multimask: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.sam.mask_decoder(
+            image_embeddings=embedding,
+            image_pe=self.sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask,
+        )
+
+    def _no_mask_dense(self, count: int) -> torch.Tensor:
+        pe = self.sam.prompt_encoder
+        grid = pe.image_embedding_size
+        return pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(count, -1, grid[0], grid[1])
+
+    def class_logits(self, embedding: torch.Tensor, class_indices: list[int] | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Promptless masks for classes of one image.
+
+        Args:
+            embedding: 1 x 256 x G x G image embedding.
+            class_indices: indices into ``class_names`` (default all).
+        Returns:
+            (K x 1 x 4G x 4G low-resolution mask logits, K x 1 predicted IoU).
+        """
+        prompts = self.class_prompts if class_indices is None else self.class_prompts[class_indices]
+        return self._decode(embedding, prompts, self._no_mask_dense(prompts.shape[0]))
+
+    def prompt_logits(self, embedding: torch.Tensor, coords: torch.Tensor | None, labels: torch.Tensor | None,
+                      box: torch.Tensor | None, class_indices: list[int | None] | None = None,
+                      multimask: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masks for point/box prompts on one image, optionally conditioned on class prompts.
+
+        Args:
+            embedding: 1 x 256 x G x G.
+            coords: B x N x 2 (x, y) in the model's input frame (after resize), or None.
+            labels: B x N, 1 positive / 0 negative, or None.
+            box: B x 4 (x0, y0, x1, y1) in the input frame, or None.
+            class_indices: B entries; a class index adds that class's learned tokens to that prompt
+                (None entries, or None for all, leave the prompt as SAM's own).
+        Returns:
+            (B x M x 4G x 4G logits, B x M IoU predictions); M is 3 with multimask else 1.
+        """
+        points = (coords, labels) if coords is not None else None
+        sparse, dense = self.sam.prompt_encoder(points=points, boxes=box, masks=None)
+        if class_indices is not None and any(i is not None for i in class_indices):
+            if len(class_indices) != sparse.shape[0]:
+                raise ValueError(f"{len(class_indices)} class indices for {sparse.shape[0]} prompts")
+            # Rows without a class get zero tokens: attention still sees them, but they carry nothing.
+            tokens = torch.stack([
+                self.class_prompts[i] if i is not None else torch.zeros_like(self.class_prompts[0])
+                for i in class_indices
+            ])
+            sparse = torch.cat([sparse, tokens.to(sparse.dtype)], dim=1)
+        return self._decode(embedding, sparse, dense, multimask)
+
+    def set_classes(self, class_names: list[str]) -> None:
+        """Change the class list: known classes keep their prompts, new ones get fresh prompts."""
+        _check_class_names(class_names)
+        if list(class_names) == self.class_names:
+            return
+        generator = torch.Generator().manual_seed(len(class_names))
+        fresh = torch.randn(len(class_names), *self.class_prompts.shape[1:], generator=generator)
+        rows = [
+            self.class_prompts.detach()[self.class_names.index(n)].cpu() if n in self.class_names else fresh[k]
+            for k, n in enumerate(class_names)
+        ]
+        self.class_prompts = nn.Parameter(torch.stack(rows).to(self.device))
+        self.class_names = list(class_names)
+
+    def upscale(self, low_res: torch.Tensor, input_size: tuple[int, int], out_size: tuple[int, int]) -> torch.Tensor:
+        """K x 1 x 4G x 4G logits -> K x out_h x out_w logits (padding removed)."""
+        # Crop the padding at low resolution first: cheaper than upsampling the padded square.
+        scale = low_res.shape[-1] / self.image_size
+        crop_h = max(1, round(input_size[0] * scale))
+        crop_w = max(1, round(input_size[1] * scale))
+        cropped = low_res[..., :crop_h, :crop_w].float()
+        return F.interpolate(cropped, out_size, mode="bilinear", align_corners=False)[:, 0]
+
+    # ----- artifact ------------------------------------------------------------------------------------
+    def adapter_state(self) -> dict[str, torch.Tensor]:
+        """The tensors this adapter owns (what is saved), keyed by this module's state_dict names."""
+        state = {"class_prompts": self.class_prompts}
+        full_prefixes = []
+        if self.config.encoder == "full":
+            full_prefixes.append("sam.image_encoder.")
+        if self.config.decoder == "train":
+            full_prefixes.append("sam.mask_decoder.")
+        norm_buffers = self._norm_buffer_names() if self.updates_norm_statistics else set()
+        for name, tensor in self.state_dict(keep_vars=True).items():
+            if "lora_" in name or name in norm_buffers or any(name.startswith(p) for p in full_prefixes):
+                state[name] = tensor
+        return {k: v.detach() for k, v in state.items()}
+
+    def _norm_buffer_names(self) -> set[str]:
+        names = set()
+        for module_name, module in self.sam.image_encoder.named_modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                names.update(f"sam.image_encoder.{module_name}.{b}" for b, _ in module.named_buffers())
+        return names
+
+    def to_bytes(self, metadata: dict | None = None) -> bytes:
+        """Serialise the adapter (safetensors) with its identity and ``metadata`` in the header."""
+        header = {
+            "format": ARTIFACT_FORMAT,
+            "base": self.base.to_dict(),
+            "class_names": self.class_names,
+            "adapter_config": self.config.to_dict(),
+            "created": time.time(),
+            **(metadata or {}),
+        }
+        tensors = {k: v.contiguous().cpu() for k, v in self.adapter_state().items()}
+        return safetensors.torch.save(tensors, metadata={"samloop": json.dumps(header)})
+
+    def load_adapter_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        own = self.adapter_state()
+        missing = sorted(set(own) - set(tensors))
+        unexpected = sorted(set(tensors) - set(own))
+        if missing or unexpected:
+            raise AdapterMismatchError(
+                f"adapter tensors do not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        for name, tensor in tensors.items():
+            if own[name].shape != tensor.shape:
+                raise AdapterMismatchError(
+                    f"adapter tensor {name} has shape {tuple(tensor.shape)}, model has {tuple(own[name].shape)}"
+                )
+        self.load_state_dict(tensors, strict=False)
+        # TinyViT caches attention biases on eval(); refresh them after new encoder weights.
+        self.sam.image_encoder.train(self.sam.image_encoder.training)
+
+
+    def apply_artifact(self, header: dict, tensors: dict[str, torch.Tensor]) -> None:
+        """Swap in another adapter with the same AdapterConfig (class count may differ)."""
+        check_base(header, self.base)
+        config = AdapterConfig.from_dict(header.get("adapter_config", {}))
+        if config != self.config:
+            raise AdapterMismatchError(f"adapter config {config} differs from this model's {self.config}")
+        prompts = tensors["class_prompts"].to(self.device)
+        self.class_prompts = nn.Parameter(prompts.clone(), requires_grad=True)
+        self.class_names = list(header["class_names"])
+        self.load_adapter_state(tensors)
+
+    def reset_to_base(self) -> None:
+        """Make the model behave as the plain base model (keeps the class prompts)."""
+        self.load_adapter_state({**self._base_state, "class_prompts": self.class_prompts.detach()})
+
+
+def read_artifact(data: bytes) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Parse adapter bytes -> (metadata header, tensors). Raises AdapterMismatchError if not an adapter."""
+    try:
+        tensors = safetensors.torch.load(data)
+        header = json.loads(_safetensors_metadata(data).get("samloop", "{}"))
+    except Exception as exc:  # safetensors raises its own error types for junk input
+        raise AdapterMismatchError(f"not a samloop adapter file: {exc}") from exc
+    if header.get("format") != ARTIFACT_FORMAT:
+        raise AdapterMismatchError(f"not a samloop adapter (format {header.get('format')!r})")
+    return header, tensors
+
+
+def _safetensors_metadata(data: bytes) -> dict:
+    size = int.from_bytes(data[:8], "little")
+    return json.loads(data[8 : 8 + size]).get("__metadata__", {})
+
+
+def check_base(header: dict, base: BaseIdentity) -> None:
+    have = header.get("base", {})
+    if have != base.to_dict():
+        raise AdapterMismatchError(
+            f"adapter was trained on {have.get('model_type')} (checkpoint {str(have.get('checkpoint_sha256'))[:12]}, "
+            f"{have.get('image_size')} px), but this base model is {base.model_type} "
+            f"(checkpoint {base.checkpoint_sha256[:12]}, {base.image_size} px)"
+        )
+
+
+def check_classes(header: dict, class_names: list[str]) -> None:
+    if header.get("class_names") != list(class_names):
+        raise AdapterMismatchError(
+            f"adapter classes {header.get('class_names')} differ from the expected {list(class_names)}"
+        )
