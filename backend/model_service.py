@@ -18,12 +18,15 @@ from dataclasses import dataclass
 import numpy as np
 import redis
 import torch
+from cachetools import LRUCache
 
 from backend.embedding_cache import EmbeddingCache
 from backend.settings import Settings
 from backend.versioning import model_version
-from training.inference.predictor import ClassPrediction, ImageEmbedding, Predictor, PromptPrediction, autocast_dtype
-from training.model.adapter import AdapterMismatchError, SamAdapter, check_base, read_artifact
+from training.inference.predictor import ClassPrediction, ImageEmbedding, Predictor, PromptPrediction
+from training.inference.runtime import autocast_dtype, resolve_device
+from training.model.adapter import SamAdapter
+from training.model.artifact import AdapterMismatchError, Artifact, read_artifact
 from training.model.config import AdapterConfig
 from training.model.loading import base_identity, model_label
 from training.model.weights import load_base_model, resolve_checkpoint
@@ -39,14 +42,6 @@ MAX_LIVE_MODELS = 2
 BASE_ENCODER = "base"
 # Errors that mean "the registry cannot be asked right now" (Redis down, disk trouble).
 REGISTRY_OUTAGE = (RegistryError, redis.RedisError, OSError)
-
-
-def pick_device(requested: str) -> torch.device:
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ValueError("DEVICE=cuda but torch sees no CUDA device (torch.cuda.is_available() is False)")
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
 
 
 def _config_key(config: AdapterConfig) -> str:
@@ -74,8 +69,7 @@ class PreparedAdapter:
     choice: AdapterChoice
     class_names: list[str]
     config: AdapterConfig
-    header: dict | None = None
-    tensors: dict[str, torch.Tensor] | None = None
+    artifact: Artifact | None = None
 
     @property
     def target(self) -> tuple[str, int] | None:
@@ -102,7 +96,7 @@ class ModelService:
     def __init__(self, settings: Settings, registry: AdapterRegistry) -> None:
         self.settings = settings
         self.registry = registry
-        self.device = pick_device(settings.DEVICE)
+        self.device = resolve_device(settings.DEVICE)
         self.weights = resolve_checkpoint(settings.SAM_MODEL, settings.SAM_CHECKPOINT, settings.SAMLOOP_MODEL_CACHE)
         self.base = base_identity(self.weights, settings.SAM_IMAGE_SIZE)
         self.cache = EmbeddingCache(settings.EMBEDDING_CACHE_MB * MB)
@@ -114,7 +108,8 @@ class ModelService:
         self._lock = threading.RLock()
         self._artifact_lock = threading.Lock()
         self._live: OrderedDict[str, _LiveModel] = OrderedDict()
-        self._artifacts: OrderedDict[tuple[str, int], tuple[dict, dict[str, torch.Tensor]]] = OrderedDict()
+        # Parsed artifacts, or why one does not fit this base (so a refused version is not re-read).
+        self._artifacts: LRUCache[tuple[str, int], Artifact | AdapterMismatchError] = LRUCache(ARTIFACT_CACHE_ENTRIES)
         self._last_active: dict[str, int | None] = {}
         self._refused: set[tuple[str | None, int | None]] = set()
         self._default_key = _config_key(AdapterConfig())
@@ -163,9 +158,7 @@ class ModelService:
         if not choice.trained:
             return PreparedAdapter(choice, [], AdapterConfig())
         try:
-            header, tensors = self._artifact(choice.project, choice.version)
-            check_base(header, self.base)
-            config = AdapterConfig.from_dict(header.get("adapter_config", {}))
+            artifact = self._artifact(choice.project, choice.version)
         except VersionNotFound as exc:
             if choice.pinned:
                 log.error("project %s: pinned adapter version %s is gone (%s); using the active version",
@@ -174,28 +167,35 @@ class ModelService:
             log.error("project %s: adapter version %s not found (%s); predicting without adapter",
                       choice.project, choice.version, exc)
             return self.prepare(self.untrained)
-        except (*REGISTRY_OUTAGE, AdapterMismatchError, ValueError, KeyError) as exc:
+        except (*REGISTRY_OUTAGE, AdapterMismatchError) as exc:
             # Said loudly once per version, then quietly: every request would repeat it.
             level = logging.DEBUG if (choice.project, choice.version) in self._refused else logging.ERROR
             self._refused.add((choice.project, choice.version))
             log.log(level, "project %s: adapter version %s is not usable here (%s); predicting without adapter",
                     choice.project, choice.version, exc)
             return self.prepare(self.untrained)
-        return PreparedAdapter(choice, list(header["class_names"]), config, header, tensors)
+        return PreparedAdapter(choice, list(artifact.header.class_names), artifact.header.config, artifact)
 
-    def _artifact(self, project: str, version: int) -> tuple[dict, dict[str, torch.Tensor]]:
+    def _artifact(self, project: str, version: int) -> Artifact:
+        """The version's parsed artifact, checked against this base once: versions never change."""
         key = (project, version)
         with self._artifact_lock:
-            if key in self._artifacts:
-                self._artifacts.move_to_end(key)
-                return self._artifacts[key]
+            cached = self._artifacts.get(key)
+        if isinstance(cached, AdapterMismatchError):
+            raise cached
+        if cached is not None:
+            return cached
         _, data = self.registry.load(project, version)
-        parsed = read_artifact(data)
+        try:
+            parsed: Artifact | AdapterMismatchError = read_artifact(data)
+            parsed.header.check_base(self.base)
+        except AdapterMismatchError as exc:
+            parsed = exc
         with self._artifact_lock:
             self._artifacts[key] = parsed
-            while len(self._artifacts) > ARTIFACT_CACHE_ENTRIES:
-                self._artifacts.popitem(last=False)
-        log.info("project %s: loaded adapter version %s (%d tensors)", project, version, len(parsed[1]))
+        if isinstance(parsed, AdapterMismatchError):
+            raise parsed
+        log.info("project %s: loaded adapter version %s (%d tensors)", project, version, len(parsed.tensors))
         return parsed
 
     # ----- live models ---------------------------------------------------------------------------
@@ -230,7 +230,7 @@ class ModelService:
             if prepared.target is None:
                 live.model.reset_to_base()
             else:
-                live.model.apply_artifact(prepared.header, prepared.tensors)
+                live.model.apply_artifact(prepared.artifact)
                 log.info("applied adapter %s", prepared.choice.model_version)
             live.applied = prepared.target
         return live

@@ -6,7 +6,7 @@ which tasks are already predicted, so every answer must use the same spelling.
 
 from __future__ import annotations
 
-from training.model.adapter import BaseIdentity
+from training.model.artifact import BaseIdentity
 from training.model.loading import model_label
 
 

@@ -54,7 +54,7 @@ def describe() -> dict[str, Any]:
     """JSON-safe description of this machine and software, taken at the start of a run."""
     import torch
 
-    from training.inference.predictor import autocast_dtype, cpu_has_native_bf16
+    from training.inference.runtime import autocast_dtype, cpu_has_native_bf16
 
     cpu = _cpuinfo()
     on_gpu = torch.cuda.is_available()

@@ -22,7 +22,7 @@ from training.inference.predictor import Predictor
 from training.learn.config import TrainConfig
 from training.learn.evaluation import evaluate
 from training.learn.trainer import TrainProgress, train_adapter
-from training.model.adapter import AdapterMismatchError, read_artifact
+from training.model.artifact import AdapterMismatchError, read_artifact
 from training.model.builders import MODEL_BUILDERS
 from training.model.config import DECODER_MODES, ENCODER_MODES, AdapterConfig
 from training.model.loading import load_adapter_model, new_adapter_model
@@ -155,12 +155,11 @@ def _adapter_bytes(args: argparse.Namespace) -> bytes:
 
 def _load_model(args: argparse.Namespace):
     data = _adapter_bytes(args)
-    header, _ = read_artifact(data)
-    base = header.get("base", {})
+    base = read_artifact(data).header.base
     # The adapter says what it was trained on; command-line defaults should not contradict it silently.
-    if base.get("image_size") and base["image_size"] != args.image_size:
-        logging.getLogger(__name__).info("using the adapter's image size %s", base["image_size"])
-        args.image_size = base["image_size"]
+    if base.image_size != args.image_size:
+        logging.getLogger(__name__).info("using the adapter's image size %s", base.image_size)
+        args.image_size = base.image_size
     return load_adapter_model(data, _base_weights(args), args.image_size)
 
 

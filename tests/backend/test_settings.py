@@ -5,7 +5,7 @@ from pydantic import ValidationError
 
 from backend.settings import Settings
 from backend.versioning import model_version
-from training.model.adapter import BaseIdentity
+from training.model.artifact import BaseIdentity
 
 
 def test_defaults(monkeypatch):

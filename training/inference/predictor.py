@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import functools
-import os
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from training.inference import runtime
 from training.model.adapter import SamAdapter
 
 # Class maps are resolved at most at this many times the model's input area, then resized
@@ -54,30 +52,6 @@ class PromptPrediction:
     score: float  # the decoder's predicted IoU
 
 
-def autocast_dtype(device: torch.device, requested: str = "auto") -> torch.dtype | None:
-    """bf16 where the hardware runs it natively, else None (fp32). ``requested``: auto|bf16|fp32."""
-    if requested == "fp32":
-        return None
-    if requested == "bf16":
-        return torch.bfloat16
-    if requested != "auto":
-        raise ValueError(f"precision must be auto, bf16 or fp32, got {requested!r}")
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if cpu_has_native_bf16() else None
-
-
-@functools.cache
-def cpu_has_native_bf16() -> bool:
-    # CPU flags do not change while the process runs; /proc/cpuinfo is read once.
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = fh.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 class Predictor:
     """Stateless inference helpers over a SamAdapter (callers hold any locks and caches).
 
@@ -99,7 +73,7 @@ class Predictor:
         if not (threads is None or threads == "free" or (isinstance(threads, int) and threads >= 1)):
             raise ValueError(f"threads must be None, 'free' or a positive integer, got {threads!r}")
         self.model = model
-        self.autocast = autocast_dtype(model.device, precision)
+        self.autocast = runtime.autocast_dtype(model.device, precision)
         self.threshold = threshold
         self.channels_last = channels_last
         self.threads = threads
@@ -115,8 +89,8 @@ class Predictor:
     def _threads(self) -> AbstractContextManager:
         if self.threads is None or self.model.device.type != "cpu":
             return nullcontext()
-        count = self.threads if isinstance(self.threads, int) else min(self.max_threads, free_cores())
-        return intra_op_threads(count)
+        count = self.threads if isinstance(self.threads, int) else min(self.max_threads, runtime.free_cores())
+        return runtime.intra_op_threads(count)
 
     def embed(self, images: list[np.ndarray], batch_size: int = 4) -> list[ImageEmbedding]:
         """Encode H x W x 3 uint8 RGB images, ``batch_size`` at a time."""
@@ -213,55 +187,6 @@ class Predictor:
         best = int(iou[0].argmax())
         logits = self.model.upscale(low_res[0, best : best + 1, None].float(), image.input_size, (h, w))
         return PromptPrediction(mask=(logits[0] > 0).cpu().numpy(), score=float(iou[0, best].clamp(0, 1)))
-
-
-def free_cores() -> int:
-    """CPU cores (of this process's affinity) that no other process's thread is running on now, at least 1.
-
-    The kernel's count of runnable threads (/proc/loadavg) minus this process's own runnable
-    threads (a just-finished op's helper threads may still be spinning). Without /proc: all cores.
-    """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        with open("/proc/loadavg") as fh:
-            running = int(fh.read().split()[3].split("/")[0])
-    except (OSError, ValueError, IndexError):
-        return cores
-    if running <= 1:  # only the caller: skip the per-thread scan
-        return cores
-    return max(1, cores - max(0, running - _own_running_threads()))
-
-
-def _own_running_threads() -> int:
-    count = 0
-    try:
-        tids = os.listdir("/proc/self/task")
-    except OSError:
-        return 1
-    for tid in tids:
-        try:
-            with open(f"/proc/self/task/{tid}/stat") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        state = stat[stat.rfind(")") + 2 : stat.rfind(")") + 3]
-        count += state == "R"
-    return max(1, count)
-
-
-@contextmanager
-def intra_op_threads(count: int) -> Iterator[None]:
-    """Run the block with ``count`` torch intra-op threads (the setting is per calling thread with
-    OpenMP; callers serialise model work, e.g. under the model service's lock)."""
-    previous = torch.get_num_threads()
-    if previous == count:
-        yield
-        return
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _resolve_size(original: tuple[int, int], image_size: int) -> tuple[int, int]:

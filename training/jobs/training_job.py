@@ -40,7 +40,8 @@ from training.labelstudio.export import ExportError, LabelStudioSource, export_d
 from training.learn.config import TrainConfig
 from training.learn.evaluation import evaluate
 from training.learn.trainer import TrainProgress, train_adapter
-from training.model.adapter import AdapterMismatchError, SamAdapter
+from training.model.adapter import SamAdapter
+from training.model.artifact import AdapterMismatchError
 from training.model.config import AdapterConfig
 from training.model.loading import load_adapter_model, new_adapter_model
 from training.model.weights import BaseWeights, resolve_checkpoint

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from training.data.dataset import Sample, SegmentationDataset
-from training.inference.predictor import autocast_dtype
+from training.inference.runtime import autocast_dtype
 from training.learn.config import TrainConfig
 from training.learn.losses import mask_loss
 from training.model.adapter import SamAdapter

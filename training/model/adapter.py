@@ -1,4 +1,4 @@
-"""SAM with a LoRA adapter and one learned prompt per class, and its safetensors artifact.
+"""SAM with a LoRA adapter and one learned prompt per class (its file format: ``artifact``).
 
 Coordinates: images enter as H x W x 3 uint8 RGB; the model sees them resized so the longest
 side is ``image_size`` and padded at the bottom/right (SAM's convention). Point and box prompts
@@ -7,44 +7,18 @@ are (x, y) pixels in the original image unless a docstring says otherwise.
 
 from __future__ import annotations
 
-import json
-import time
-from dataclasses import dataclass
-
 import cv2
 import numpy as np
-import safetensors.torch
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, inject_adapter_in_model
 from segment_anything.modeling import Sam
 from torch import nn
 
+from training.model.artifact import AdapterHeader, AdapterMismatchError, Artifact, BaseIdentity, write_artifact
 from training.model.config import AdapterConfig
 
-ARTIFACT_FORMAT = "samloop-adapter/1"
 ADAPTER_INIT_SEED = 0
-
-
-class AdapterMismatchError(ValueError):
-    """An adapter does not belong to this base model or class list."""
-
-
-@dataclass(frozen=True)
-class BaseIdentity:
-    """The base model an adapter is bound to."""
-
-    model_type: str
-    checkpoint_sha256: str
-    image_size: int
-
-    def to_dict(self) -> dict:
-        return {"model_type": self.model_type, "checkpoint_sha256": self.checkpoint_sha256,
-                "image_size": self.image_size}
-
-    @property
-    def is_random(self) -> bool:
-        return self.checkpoint_sha256 == "random"
 
 
 def _freeze(module: nn.Module) -> None:
@@ -259,16 +233,8 @@ class SamAdapter(nn.Module):
 
     def to_bytes(self, metadata: dict | None = None) -> bytes:
         """Serialise the adapter (safetensors) with its identity and ``metadata`` in the header."""
-        header = {
-            "format": ARTIFACT_FORMAT,
-            "base": self.base.to_dict(),
-            "class_names": self.class_names,
-            "adapter_config": self.config.to_dict(),
-            "created": time.time(),
-            **(metadata or {}),
-        }
-        tensors = {k: v.contiguous().cpu() for k, v in self.adapter_state().items()}
-        return safetensors.torch.save(tensors, metadata={"samloop": json.dumps(header)})
+        header = AdapterHeader(self.base, list(self.class_names), self.config, extra=dict(metadata or {}))
+        return write_artifact(header, self.adapter_state())
 
     def load_adapter_state(self, tensors: dict[str, torch.Tensor]) -> None:
         own = self.adapter_state()
@@ -288,51 +254,17 @@ class SamAdapter(nn.Module):
         self.sam.image_encoder.train(self.sam.image_encoder.training)
 
 
-    def apply_artifact(self, header: dict, tensors: dict[str, torch.Tensor]) -> None:
+    def apply_artifact(self, artifact: Artifact) -> None:
         """Swap in another adapter with the same AdapterConfig (class count may differ)."""
-        check_base(header, self.base)
-        config = AdapterConfig.from_dict(header.get("adapter_config", {}))
-        if config != self.config:
-            raise AdapterMismatchError(f"adapter config {config} differs from this model's {self.config}")
-        prompts = tensors["class_prompts"].to(self.device)
+        header = artifact.header
+        header.check_base(self.base)
+        if header.config != self.config:
+            raise AdapterMismatchError(f"adapter config {header.config} differs from this model's {self.config}")
+        prompts = artifact.tensors["class_prompts"].to(self.device)
         self.class_prompts = nn.Parameter(prompts.clone(), requires_grad=True)
-        self.class_names = list(header["class_names"])
-        self.load_adapter_state(tensors)
+        self.class_names = list(header.class_names)
+        self.load_adapter_state(artifact.tensors)
 
     def reset_to_base(self) -> None:
         """Make the model behave as the plain base model (keeps the class prompts)."""
         self.load_adapter_state({**self._base_state, "class_prompts": self.class_prompts.detach()})
-
-
-def read_artifact(data: bytes) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Parse adapter bytes -> (metadata header, tensors). Raises AdapterMismatchError if not an adapter."""
-    try:
-        tensors = safetensors.torch.load(data)
-        header = json.loads(_safetensors_metadata(data).get("samloop", "{}"))
-    except Exception as exc:  # safetensors raises its own error types for junk input
-        raise AdapterMismatchError(f"not a samloop adapter file: {exc}") from exc
-    if header.get("format") != ARTIFACT_FORMAT:
-        raise AdapterMismatchError(f"not a samloop adapter (format {header.get('format')!r})")
-    return header, tensors
-
-
-def _safetensors_metadata(data: bytes) -> dict:
-    size = int.from_bytes(data[:8], "little")
-    return json.loads(data[8 : 8 + size]).get("__metadata__", {})
-
-
-def check_base(header: dict, base: BaseIdentity) -> None:
-    have = header.get("base", {})
-    if have != base.to_dict():
-        raise AdapterMismatchError(
-            f"adapter was trained on {have.get('model_type')} (checkpoint {str(have.get('checkpoint_sha256'))[:12]}, "
-            f"{have.get('image_size')} px), but this base model is {base.model_type} "
-            f"(checkpoint {base.checkpoint_sha256[:12]}, {base.image_size} px)"
-        )
-
-
-def check_classes(header: dict, class_names: list[str]) -> None:
-    if header.get("class_names") != list(class_names):
-        raise AdapterMismatchError(
-            f"adapter classes {header.get('class_names')} differ from the expected {list(class_names)}"
-        )

@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-import logging
-
-from training.model.adapter import (
-    AdapterMismatchError,
-    BaseIdentity,
-    SamAdapter,
-    check_base,
-    check_classes,
-    read_artifact,
-)
+from training.model.adapter import SamAdapter
+from training.model.artifact import BaseIdentity, read_artifact
 from training.model.config import AdapterConfig
 from training.model.weights import BaseWeights, load_base_model
-
-log = logging.getLogger(__name__)
 
 
 def base_identity(weights: BaseWeights, image_size: int) -> BaseIdentity:
@@ -32,17 +22,13 @@ def new_adapter_model(weights: BaseWeights, image_size: int, class_names: list[s
 def load_adapter_model(data: bytes, weights: BaseWeights, image_size: int,
                        expected_classes: list[str] | None = None) -> SamAdapter:
     """Rebuild a saved adapter on the base model; mismatched base or classes raise AdapterMismatchError."""
-    header, tensors = read_artifact(data)
+    artifact = read_artifact(data)
     base = base_identity(weights, image_size)
-    check_base(header, base)
+    artifact.header.check_base(base)
     if expected_classes is not None:
-        check_classes(header, expected_classes)
-    try:
-        config = AdapterConfig.from_dict(header["adapter_config"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise AdapterMismatchError(f"adapter has an unreadable config: {exc}") from exc
-    model = SamAdapter(load_base_model(weights, image_size), base, header["class_names"], config)
-    model.apply_artifact(header, tensors)
+        artifact.header.check_classes(expected_classes)
+    model = SamAdapter(load_base_model(weights, image_size), base, artifact.header.class_names, artifact.header.config)
+    model.apply_artifact(artifact)
     return model
 
 

@@ -1,12 +1,11 @@
 """The predictor's CPU options (channels-last encoder, intra-op thread control) keep results unchanged."""
 
-import os
 
 import numpy as np
 import pytest
 import torch
 
-import training.inference.predictor as predictor_module
+from training.inference import runtime
 from training.inference.predictor import Predictor
 from training.model.loading import new_adapter_model
 from training.model.weights import resolve_checkpoint
@@ -63,26 +62,13 @@ def test_free_threads_follow_the_cores_other_processes_leave(monkeypatch):
     hook = model.sam.mask_decoder.register_forward_hook(lambda *_: seen.append(torch.get_num_threads()))
     try:
         for free in (1, 64):
-            monkeypatch.setattr(predictor_module, "free_cores", lambda free=free: free)
+            monkeypatch.setattr(runtime, "free_cores", lambda free=free: free)
             predictor.predict_prompt(embedding, np.array([[10.0, 10.0]]))
     finally:
         hook.remove()
     assert seen == [1, predictor.max_threads]
 
 
-def test_free_cores_is_between_one_and_the_core_count():
-    assert 1 <= predictor_module.free_cores() <= len(os.sched_getaffinity(0))
+def test_zero_threads_are_refused():
     with pytest.raises(ValueError, match="threads"):
         Predictor(tiny_model(["a"]), threads=0)
-
-
-@pytest.mark.parametrize("native, expected", [(True, torch.bfloat16), (False, None)])
-def test_auto_precision_uses_bf16_only_on_cpus_that_run_it_natively(monkeypatch, native, expected):
-    # Emulated bf16 made the vit_t encoder 10-50x slower than fp32 on a CPU without avx512_bf16.
-    monkeypatch.setattr(predictor_module, "cpu_has_native_bf16", lambda: native)
-    cpu = torch.device("cpu")
-    assert predictor_module.autocast_dtype(cpu, "auto") == expected
-    assert predictor_module.autocast_dtype(cpu, "bf16") == torch.bfloat16
-    assert predictor_module.autocast_dtype(cpu, "fp32") is None
-    with pytest.raises(ValueError, match="auto, bf16 or fp32"):
-        predictor_module.autocast_dtype(cpu, "fp16")

@@ -4,7 +4,7 @@ import torch
 
 from training.data.images import to_rgb_uint8
 from training.inference.predictor import Predictor
-from training.model.adapter import AdapterMismatchError, read_artifact
+from training.model.artifact import AdapterHeader, AdapterMismatchError, read_artifact
 from training.model.config import AdapterConfig
 from training.model.loading import load_adapter_model, model_label, new_adapter_model
 from training.model.weights import resolve_checkpoint
@@ -47,9 +47,10 @@ def test_round_trip_gives_identical_predictions(model, random_vit_t):
     assert torch.equal(ea.embedding, eb.embedding)
     pa, pb = a.predict_classes(ea), b.predict_classes(eb)
     assert np.array_equal(pa.label_map, pb.label_map) and pa.scores == pb.scores
-    header, _ = read_artifact(data)
-    assert header["note"] == "test" and header["class_names"] == CLASSES
-    assert header["base"] == {"model_type": "vit_t", "checkpoint_sha256": "random", "image_size": 128}
+    header = read_artifact(data).header
+    assert header.extra["note"] == "test" and header.class_names == CLASSES
+    assert header.base.to_dict() == {"model_type": "vit_t", "checkpoint_sha256": "random", "image_size": 128}
+    assert header.to_json()["note"] == "test"
 
 
 def test_adapter_on_another_base_fails_clearly(model, random_vit_t):
@@ -74,7 +75,7 @@ def test_hot_swap_and_reset(random_vit_t):
     live = new_adapter_model(random_vit_t, 128, ["x"])
     fresh_prediction = _embed_mean(live)
     other = _perturb(new_adapter_model(random_vit_t, 128, CLASSES), seed=5)
-    live.apply_artifact(*read_artifact(other.to_bytes()))
+    live.apply_artifact(read_artifact(other.to_bytes()))
     assert live.class_names == CLASSES
     assert _embed_mean(live) == pytest.approx(_embed_mean(other), abs=1e-6)
     live.reset_to_base()
@@ -102,7 +103,7 @@ def test_full_fine_tune_artifact_is_larger(random_vit_t):
     lora = new_adapter_model(random_vit_t, 128, CLASSES, AdapterConfig(decoder="lora")).to_bytes()
     full = new_adapter_model(random_vit_t, 128, CLASSES, AdapterConfig(encoder="full", decoder="lora")).to_bytes()
     assert len(lora) < 1_000_000 < 10 * len(lora) < len(full)
-    assert read_artifact(full)[0]["adapter_config"]["encoder"] == "full"
+    assert read_artifact(full).header.config.encoder == "full"
 
 
 @pytest.mark.parametrize("option", [{"encoder": "half"}, {"decoder": "x"}, {"lora_rank": 0}, {"prompt_tokens": 0},
@@ -149,3 +150,14 @@ def test_prompt_needs_a_point_or_box(model):
         predictor.predict_prompt(embedding)
     with pytest.raises(ValueError, match="2 points but 1 point labels"):
         predictor.predict_prompt(embedding, points=np.array([[1, 1], [2, 2]]), point_labels=np.array([1]))
+
+
+def test_a_header_without_its_base_is_refused_with_a_reason(model):
+    good = AdapterHeader.from_json(read_artifact(model.to_bytes()).header.to_json())
+    assert good.class_names == CLASSES and good.config == model.config
+    broken = {**good.to_json()}
+    del broken["base"]
+    with pytest.raises(AdapterMismatchError, match="adapter header is unreadable.*base"):
+        AdapterHeader.from_json(broken)
+    with pytest.raises(AdapterMismatchError, match="not a samloop adapter"):
+        AdapterHeader.from_json({**good.to_json(), "format": "other/1"})
