@@ -16,43 +16,33 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import redis
-from fastapi import Body, Depends, FastAPI, HTTPException, Request
+from fastapi import Body, Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
-from backend.errors import install_error_handlers
+from backend.errors import ParameterError, install_error_handlers, registry_access
 from backend.image_source import ImageSource
-from backend.label_config import LabelConfigError, parse_label_config
-from backend.model_service import REGISTRY_OUTAGE, ModelService
+from backend.model_service import ModelService
 from backend.predict import PredictionService
 from backend.project_settings import (
     ProjectSettingsStore,
     SettingsError,
-    StoreUnavailable,
     parse_extra_params,
     validate_changes,
 )
-from backend.prompts import PromptError
-from backend.schemas import ActivateRequest, PredictRequest, SetupRequest, WebhookRequest, project_id
+from backend.schemas import ActivateRequest, PredictRequest, SetupRequest, WebhookRequest
 from backend.security import PayloadLimitMiddleware, require_basic_auth, require_webhook_auth
 from backend.settings import Settings
 from backend.training_link import rq_scheduler, start_embedded_worker
 from backend.versioning import model_version
-from backend.webhook import (
-    QueueUnavailable,
-    RecordingScheduler,
-    TrainingScheduler,
-    WebhookError,
-    WebhookHandler,
-    event_project,
-    labeled_tasks,
-)
+from backend.webhook import RecordingScheduler, TrainingScheduler, WebhookHandler, event_project, labeled_tasks
 from training.jobs.embedded import EmbeddedTraining
 from training.jobs.redis_conn import RedisHandle, open_redis
-from training.registry import AdapterRegistry, LocalRegistry, RedisRegistry, VersionNotFound
+from training.labelstudio.label_config import parse_label_config
+from training.labelstudio.projects import project_id
+from training.registry import AdapterRegistry, LocalRegistry, RedisRegistry
 
 log = logging.getLogger(__name__)
 
@@ -178,89 +168,79 @@ def _project_param(project: str) -> str:
     try:
         return project_id(project)
     except ValueError as exc:
-        raise HTTPException(422, detail=str(exc)) from exc
+        raise ParameterError(str(exc)) from exc
+
+
+# ----- the Label Studio protocol ---------------------------------------------------------------------
 
 
 def _add_protocol_routes(app: FastAPI) -> None:
     protected = [Depends(require_basic_auth)]
+    app.add_api_route("/", health, methods=["GET"])
+    app.add_api_route("/health", health, methods=["GET"])
+    app.add_api_route("/setup", setup, methods=["POST"], dependencies=protected)
+    app.add_api_route("/predict", predict, methods=["POST"], dependencies=protected,
+                      openapi_extra=_json_body_doc(PredictRequest))
+    app.add_api_route("/webhook", webhook, methods=["POST"], dependencies=[Depends(require_webhook_auth)])
+    app.add_api_route("/versions", versions, methods=["GET"], dependencies=protected)
 
-    @app.get("/health")
-    @app.get("/")
-    async def health(request: Request) -> dict:
-        services = services_of(request)
-        return {"status": "UP", "model_class": "samloop", **services.models.describe(),
-                "embedding_cache": services.models.cache.stats(),
-                "encoded_images": services.models.encoded_images}
 
-    @app.post("/setup", dependencies=protected)
-    def setup(request: Request, body: SetupRequest) -> dict:
-        services = services_of(request)
-        try:
-            parse_label_config(body.label_config)
-            changes = parse_extra_params(body.extra_params)
-        except (LabelConfigError, SettingsError) as exc:
-            raise HTTPException(422, detail=str(exc)) from exc
-        project = body.project
-        pinned = changes.get("pinned_version")
-        if pinned is not None:
-            _check_version_exists(services, project, pinned)
-        try:
-            # Without switches there is nothing to write: a Redis outage must not fail LS's connect.
-            current = services.store.update(project, changes) if changes else services.store.get(project)
-        except StoreUnavailable as exc:
-            raise HTTPException(503, detail=str(exc)) from exc
-        services.store.remember_project(project, body.label_config)
-        services.images.remember_setup(project, body.hostname, body.access_token)
-        prepared = services.models.prepare(services.models.choose(project, current.pinned_version))
-        log.info("setup project %s: model_version %s, settings %s", project, prepared.choice.model_version,
-                 current.model_dump())
-        return {"model_version": prepared.choice.model_version}
+async def health(request: Request) -> dict:
+    services = services_of(request)
+    return {"status": "UP", "model_class": "samloop", **services.models.describe(),
+            "embedding_cache": services.models.cache.stats(),
+            "encoded_images": services.models.encoded_images}
 
-    @app.post("/predict", dependencies=protected, openapi_extra=_json_body_doc(PredictRequest))
-    async def predict(request: Request) -> dict:
-        # The raw body goes straight to pydantic's JSON parser (see parse_json_body), off the event loop.
-        raw = await request.body()
-        return await run_in_threadpool(_predict, services_of(request), raw)
 
-    @app.post("/webhook", dependencies=[Depends(require_webhook_auth)])
-    def webhook(request: Request, body: WebhookRequest) -> JSONResponse:
-        services = services_of(request)
-        event = body.model_dump()
-        try:
-            project = event_project(event)
-            outcome = services.webhook.handle(body.action, project, labeled_tasks(event))
-        except (WebhookError, ValueError) as exc:
-            raise HTTPException(422, detail=str(exc)) from exc
-        except QueueUnavailable as exc:
-            raise HTTPException(503, detail=str(exc)) from exc
-        return JSONResponse(outcome, status_code=201 if outcome["status"] == "accepted" else 200)
+def setup(request: Request, body: SetupRequest) -> dict:
+    services = services_of(request)
+    parse_label_config(body.label_config)
+    changes = parse_extra_params(body.extra_params)
+    project = body.project
+    pinned = changes.get("pinned_version")
+    if pinned is not None:
+        _check_version_exists(services, project, pinned)
+    # Without switches there is nothing to write: a Redis outage must not fail LS's connect.
+    current = services.store.update(project, changes) if changes else services.store.get(project)
+    services.store.remember_project(project, body.label_config)
+    services.images.remember_setup(project, body.hostname, body.access_token)
+    prepared = services.models.prepare(services.models.choose(project, current.pinned_version))
+    log.info("setup project %s: model_version %s, settings %s", project, prepared.choice.model_version,
+             current.model_dump())
+    return {"model_version": prepared.choice.model_version}
 
-    @app.get("/versions", dependencies=protected)
-    def versions(request: Request, project: str | None = None) -> dict:
-        services = services_of(request)
-        projects = [_project_param(project)] if project is not None else _all_projects(services)
-        base = services.models.base
-        listed, details, active = [], [], {}
-        try:
-            for name in projects:
-                for info in services.registry.versions(name):
-                    version = model_version(base, name, info.version)
-                    listed.append(version)
-                    details.append({"model_version": version, **info.to_dict()})
-                    if info.active:
-                        active[name] = version
-        except REGISTRY_OUTAGE as exc:
-            raise HTTPException(503, detail=f"adapter registry unreachable: {exc}") from exc
-        untrained = model_version(base, None, None)
-        return {"versions": [untrained, *listed], "active": active, "details": details}
+
+async def predict(request: Request) -> dict:
+    # The raw body goes straight to pydantic's JSON parser (see parse_json_body), off the event loop.
+    raw = await request.body()
+    return await run_in_threadpool(_predict, services_of(request), raw)
 
 
 def _predict(services: Services, raw: bytes) -> dict:
-    body = parse_json_body(PredictRequest, raw)
-    try:
-        return services.predictions.predict(body)
-    except PromptError as exc:
-        raise HTTPException(422, detail=str(exc)) from exc
+    return services.predictions.predict(parse_json_body(PredictRequest, raw))
+
+
+def webhook(request: Request, body: WebhookRequest) -> JSONResponse:
+    event = body.model_dump()
+    outcome = services_of(request).webhook.handle(body.action, event_project(event), labeled_tasks(event))
+    return JSONResponse(outcome, status_code=201 if outcome["status"] == "accepted" else 200)
+
+
+def versions(request: Request, project: str | None = None) -> dict:
+    services = services_of(request)
+    projects = [_project_param(project)] if project is not None else _all_projects(services)
+    base = services.models.base
+    listed, details, active = [], [], {}
+    with registry_access():
+        for name in projects:
+            for info in services.registry.versions(name):
+                version = model_version(base, name, info.version)
+                listed.append(version)
+                details.append({"model_version": version, **info.to_dict()})
+                if info.active:
+                    active[name] = version
+    untrained = model_version(base, None, None)
+    return {"versions": [untrained, *listed], "active": active, "details": details}
 
 
 def parse_json_body(model: type[BodyModel], raw: bytes) -> BodyModel:
@@ -285,69 +265,59 @@ def _json_body_doc(model: type[BaseModel]) -> dict:
 
 
 def _all_projects(services: Services) -> list[str]:
-    try:
+    with registry_access():
         known = set(services.registry.projects())
-    except REGISTRY_OUTAGE as exc:
-        raise HTTPException(503, detail=f"adapter registry unreachable: {exc}") from exc
     known |= set(services.store.projects())
     return sorted(known, key=lambda p: (len(p), p))
 
 
 def _check_version_exists(services: Services, project: str, version: int) -> None:
-    try:
+    with registry_access():
         stored = [info.version for info in services.registry.versions(project)]
-    except REGISTRY_OUTAGE as exc:
-        raise HTTPException(503, detail=f"adapter registry unreachable: {exc}") from exc
     if version not in stored:
-        raise HTTPException(422, detail=f"pinned_version {version} does not exist for project {project}; "
-                                        f"stored versions: {stored or 'none'}")
+        raise SettingsError(f"pinned_version {version} does not exist for project {project}; "
+                            f"stored versions: {stored or 'none'}")
+
+
+# ----- the admin API ---------------------------------------------------------------------------------
 
 
 def _add_admin_routes(app: FastAPI) -> None:
     protected = [Depends(require_basic_auth)]
+    app.add_api_route("/projects/{project}/settings", get_settings, methods=["GET"], dependencies=protected)
+    app.add_api_route("/projects/{project}/settings", patch_settings, methods=["PATCH"], dependencies=protected)
+    app.add_api_route("/projects/{project}/activate", activate, methods=["POST"], dependencies=protected)
+    app.add_api_route("/projects/{project}/events", events, methods=["GET"], dependencies=protected)
 
-    @app.get("/projects/{project}/settings", dependencies=protected)
-    def get_settings(request: Request, project: str) -> dict:
-        project = _project_param(project)
-        services = services_of(request)
-        settings = services.store.get(project)
-        choice = services.models.choose(project, settings.pinned_version)
-        return {"project": project, "settings": settings.model_dump(), "model_version": choice.model_version}
 
-    @app.patch("/projects/{project}/settings", dependencies=protected)
-    def patch_settings(request: Request, project: str, changes: dict[str, Any] = Body(...)) -> dict:  # noqa: B008
-        project = _project_param(project)
-        services = services_of(request)
-        try:
-            checked = validate_changes(changes)
-            if checked.get("pinned_version") is not None:
-                _check_version_exists(services, project, checked["pinned_version"])
-            settings = services.store.update(project, checked)
-        except SettingsError as exc:
-            raise HTTPException(422, detail=str(exc)) from exc
-        except StoreUnavailable as exc:
-            raise HTTPException(503, detail=str(exc)) from exc
-        choice = services.models.choose(project, settings.pinned_version)
-        return {"project": project, "settings": settings.model_dump(), "model_version": choice.model_version}
+def get_settings(request: Request, project: str) -> dict:
+    project = _project_param(project)
+    services = services_of(request)
+    settings = services.store.get(project)
+    choice = services.models.choose(project, settings.pinned_version)
+    return {"project": project, "settings": settings.model_dump(), "model_version": choice.model_version}
 
-    @app.post("/projects/{project}/activate", dependencies=protected)
-    def activate(request: Request, project: str, body: ActivateRequest) -> dict:
-        project = _project_param(project)
-        services = services_of(request)
-        try:
-            info = services.registry.activate(project, body.version)
-        except VersionNotFound as exc:
-            raise HTTPException(404, detail=str(exc)) from exc
-        except REGISTRY_OUTAGE as exc:
-            raise HTTPException(503, detail=f"adapter registry unreachable: {exc}") from exc
-        log.info("project %s: version %s activated through the admin API", project, body.version)
-        return {"project": project, "active": model_version(services.models.base, project, info.version)}
 
-    @app.get("/projects/{project}/events", dependencies=protected)
-    def events(request: Request, project: str) -> dict:
-        project = _project_param(project)
-        try:
-            counts = services_of(request).webhook.counts(project)
-        except redis.RedisError as exc:
-            raise HTTPException(503, detail=f"Redis unreachable: {exc}") from exc
-        return {"project": project, "events": counts}
+def patch_settings(request: Request, project: str, changes: dict[str, Any] = Body(...)) -> dict:  # noqa: B008
+    project = _project_param(project)
+    services = services_of(request)
+    checked = validate_changes(changes)
+    if checked.get("pinned_version") is not None:
+        _check_version_exists(services, project, checked["pinned_version"])
+    settings = services.store.update(project, checked)
+    choice = services.models.choose(project, settings.pinned_version)
+    return {"project": project, "settings": settings.model_dump(), "model_version": choice.model_version}
+
+
+def activate(request: Request, project: str, body: ActivateRequest) -> dict:
+    project = _project_param(project)
+    services = services_of(request)
+    with registry_access():
+        info = services.registry.activate(project, body.version)
+    log.info("project %s: version %s activated through the admin API", project, body.version)
+    return {"project": project, "active": model_version(services.models.base, project, info.version)}
+
+
+def events(request: Request, project: str) -> dict:
+    project = _project_param(project)
+    return {"project": project, "events": services_of(request).webhook.counts(project)}

@@ -1,15 +1,63 @@
 """Error answers: every bad request gets a 4xx whose ``detail`` names the problem; anything
-unexpected becomes a JSON 500 with a message (and a logged traceback), never an HTML page."""
+unexpected becomes a JSON 500 with a message (and a logged traceback), never an HTML page.
+
+``STATUS_OF`` is the one map from domain errors to HTTP statuses: endpoints raise the domain
+error and ``install_error_handlers`` answers it with that status and the error's message.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from backend.model_service import REGISTRY_OUTAGE
+from backend.project_settings import SettingsError
+from backend.prompts import PromptError
+from backend.webhook import WebhookError
+from training.jobs.redis_conn import RedisUnavailable
+from training.labelstudio.label_config import LabelConfigError
+from training.registry import VersionNotFound
+
+__all__ = ["STATUS_OF", "ParameterError", "RegistryUnavailable", "install_error_handlers", "registry_access"]
+
 log = logging.getLogger(__name__)
+
+
+class ParameterError(ValueError):
+    """A path or query parameter is malformed; the message names it."""
+
+
+class RegistryUnavailable(RuntimeError):
+    """The adapter registry's storage (Redis or the adapter directory) failed."""
+
+
+STATUS_OF: dict[type[Exception], int] = {
+    LabelConfigError: 422,
+    SettingsError: 422,
+    WebhookError: 422,
+    PromptError: 422,
+    ParameterError: 422,
+    VersionNotFound: 404,
+    RedisUnavailable: 503,
+    RegistryUnavailable: 503,
+}
+
+
+@contextmanager
+def registry_access() -> Iterator[None]:
+    """Around registry calls: a storage failure becomes ``RegistryUnavailable`` (503); a missing
+    version stays ``VersionNotFound`` (404)."""
+    try:
+        yield
+    except VersionNotFound:
+        raise
+    except REGISTRY_OUTAGE as exc:
+        raise RegistryUnavailable(f"adapter registry unreachable: {exc}") from exc
 
 
 def _location(loc: tuple) -> str:
@@ -37,7 +85,18 @@ def describe_validation(exc: RequestValidationError) -> tuple[str, list[dict]]:
     return "; ".join(problems) or "invalid request", details
 
 
+async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
+    status = next(STATUS_OF[kind] for kind in type(exc).__mro__ if kind in STATUS_OF)
+    # An outage is the operator's business; a bad request only the caller's.
+    log.log(logging.WARNING if status >= 500 else logging.INFO, "%s %s: %d %s", request.method, request.url.path,
+            status, exc)
+    return JSONResponse({"detail": str(exc)}, status_code=status)
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    for kind in STATUS_OF:
+        app.add_exception_handler(kind, _domain_error)
+
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, details = describe_validation(exc)

@@ -16,6 +16,8 @@ from typing import Any
 import redis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from training.jobs.redis_conn import RedisUnavailable
+
 log = logging.getLogger(__name__)
 
 
@@ -33,10 +35,6 @@ SWITCHES = tuple(ProjectSettings.model_fields)
 
 class SettingsError(ValueError):
     """Bad switch names or values; the message names them."""
-
-
-class StoreUnavailable(RuntimeError):
-    """Redis cannot be reached to read or write project settings."""
 
 
 def parse_extra_params(raw: Any) -> dict[str, Any]:
@@ -110,7 +108,7 @@ class ProjectSettingsStore:
         return settings
 
     def update(self, project: str, changes: dict[str, Any]) -> ProjectSettings:
-        """Apply validated ``changes``; raises SettingsError or StoreUnavailable."""
+        """Apply validated ``changes``; raises SettingsError or RedisUnavailable."""
         changes = validate_changes(changes)
         current = self.get(project)
         updated = current.model_copy(update=changes)
@@ -120,7 +118,7 @@ class ProjectSettingsStore:
             pipe.sadd(self._projects_key, project)
             pipe.execute()
         except redis.RedisError as exc:
-            raise StoreUnavailable(f"cannot save settings of project {project}: Redis unreachable ({exc})") from exc
+            raise RedisUnavailable(f"cannot save settings of project {project}: Redis unreachable ({exc})") from exc
         with self._lock:
             self._memory[project] = updated
         if changes:

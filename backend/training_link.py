@@ -10,18 +10,16 @@ the worker through its environment.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from backend.settings import Settings
 from training.jobs.embedded import EmbeddedTraining
 from training.jobs.redis_conn import RedisHandle
-
-log = logging.getLogger(__name__)
+from training.jobs.scheduler import TrainingScheduler
 
 
 def job_settings(settings: Settings) -> dict[str, Any]:
-    """``training.jobs.training_job.JobSettings`` fields from the backend's settings (same environment names)."""
+    """``training.jobs.settings.JobSettings`` fields from the backend's settings (same environment names)."""
     return {
         "label_studio_url": settings.LABEL_STUDIO_URL,
         "label_studio_api_key": "",  # from the worker's own environment: job arguments sit in Redis
@@ -44,18 +42,13 @@ def job_settings(settings: Settings) -> dict[str, Any]:
     }
 
 
-def rq_scheduler(handle: RedisHandle, settings: Settings):
-    """The rq TrainingScheduler on the backend's Redis (a ``backend.webhook.TrainingScheduler``)."""
-    from training.jobs.scheduler import TrainingScheduler  # local: rq is only needed once training is wired
+def rq_scheduler(handle: RedisHandle, settings: Settings) -> TrainingScheduler:
+    """The rq TrainingScheduler on the backend's Redis (a ``backend.webhook.TrainingScheduler``).
 
-    values = job_settings(settings)
-    try:
-        from training.jobs.training_job import JobSettings
-
-        JobSettings.from_dict({k: v for k, v in values.items() if v != ""})  # refuse a mismatch at startup
-    except ImportError as exc:
-        log.warning("training.jobs.training_job is not importable (%s); jobs will fail until it is", exc)
-    return TrainingScheduler(handle.client, values, min_annotations=settings.TRAIN_MIN_ANNOTATIONS,
+    Raises ValueError naming a setting the training job would refuse (the scheduler checks the job
+    settings when it computes the job timeout): at startup, not later in the worker.
+    """
+    return TrainingScheduler(handle.client, job_settings(settings), min_annotations=settings.TRAIN_MIN_ANNOTATIONS,
                              prefix=settings.SAMLOOP_REDIS_PREFIX)
 
 

@@ -16,22 +16,10 @@ import redis
 
 from backend.project_settings import ProjectSettingsStore
 from backend.schemas import project_id
+from training.jobs.actions import FORCED_ACTIONS, KNOWN_ACTIONS, TRAINING_ACTIONS
+from training.jobs.redis_conn import RedisUnavailable
 
 log = logging.getLogger(__name__)
-
-# Actions that may change what the adapter should learn; START_TRAINING is the "Start Training" button.
-TRAINING_ACTIONS = frozenset(
-    {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED", "ANNOTATIONS_DELETED", "START_TRAINING"}
-)
-FORCED_ACTIONS = frozenset({"START_TRAINING"})
-# Every other action Label Studio (community and enterprise) emits: acknowledged and ignored.
-OTHER_LS_ACTIONS = frozenset({
-    "PROJECT_CREATED", "PROJECT_UPDATED", "PROJECT_DELETED",
-    "TASKS_CREATED", "TASKS_DELETED",
-    "LABEL_LINK_CREATED", "LABEL_LINK_UPDATED", "LABEL_LINK_DELETED",
-    "REVIEW_CREATED", "REVIEW_UPDATED", "REVIEWS_DELETED",
-})
-KNOWN_ACTIONS = TRAINING_ACTIONS | OTHER_LS_ACTIONS
 
 
 @runtime_checkable
@@ -39,8 +27,9 @@ class TrainingScheduler(Protocol):
     """Receives training triggers; implemented by ``training.jobs.scheduler`` (rq, debounced).
 
     ``schedule`` is called from the web request: it must return within milliseconds (enqueue,
-    never train) and may raise ``redis.RedisError`` when the queue is unreachable (the webhook
-    then answers 503 so Label Studio's delivery is visibly failed, not silently lost).
+    never train) and may raise ``redis.RedisError`` (e.g. ``RedisUnavailable``) when the queue is
+    unreachable (the webhook then answers 503 so Label Studio's delivery is visibly failed, not
+    silently lost).
 
     Args:
         project: Label Studio project id, e.g. "3".
@@ -76,13 +65,9 @@ class WebhookError(ValueError):
     """The event is not a Label Studio event we can handle; the message says why."""
 
 
-class QueueUnavailable(RuntimeError):
-    """Redis (event counters or the training queue) cannot be reached."""
-
-
 def event_project(event: dict[str, Any]) -> str | None:
     """The project id of an event: ``project`` as an object with ``id``, a number, or "<id>.<ts>";
-    else the project of its task or annotation."""
+    else the project of its task or annotation. Raises WebhookError naming a malformed id."""
     candidates = [event.get("project")]
     for key in ("task", "annotation"):
         item = event.get(key)
@@ -93,7 +78,10 @@ def event_project(event: dict[str, Any]) -> str | None:
             candidate = candidate.get("id")
         if candidate is None:
             continue
-        return project_id(candidate)
+        try:
+            return project_id(candidate)
+        except ValueError as exc:
+            raise WebhookError(str(exc)) from exc
     return None
 
 
@@ -136,7 +124,7 @@ class WebhookHandler:
         try:
             outcome = self.scheduler.schedule(project, action, force, labeled_tasks=labeled_tasks)
         except redis.RedisError as exc:
-            raise QueueUnavailable(f"cannot queue training for project {project}: Redis unreachable ({exc})") from exc
+            raise RedisUnavailable(f"cannot queue training for project {project}: Redis unreachable ({exc})") from exc
         return {"status": "accepted", "action": action, "project": project, "training": outcome}
 
     def _count(self, project: str, action: str) -> None:
@@ -146,11 +134,15 @@ class WebhookHandler:
             pipe.hset(self.counter_key(project), "last_event_at", f"{time.time():.3f}")
             pipe.execute()
         except redis.RedisError as exc:
-            raise QueueUnavailable(f"cannot record the {action} event of project {project}: "
+            raise RedisUnavailable(f"cannot record the {action} event of project {project}: "
                                    f"Redis unreachable ({exc})") from exc
 
     def counts(self, project: str) -> dict[str, int | float]:
-        raw = self.client.hgetall(self.counter_key(project))
+        """Events per action and ``last_event_at``; raises RedisUnavailable."""
+        try:
+            raw = self.client.hgetall(self.counter_key(project))
+        except redis.RedisError as exc:
+            raise RedisUnavailable(f"Redis unreachable: {exc}") from exc
         out: dict[str, int | float] = {}
         for key, value in raw.items():
             name = key.decode() if isinstance(key, bytes) else key

@@ -5,9 +5,9 @@ from backend.project_settings import (
     ProjectSettings,
     ProjectSettingsStore,
     SettingsError,
-    StoreUnavailable,
     parse_extra_params,
 )
+from training.jobs.redis_conn import RedisUnavailable
 
 DEAD_REDIS = "redis://127.0.0.1:1/0"
 
@@ -64,7 +64,7 @@ def test_redis_down_reads_fall_back_and_writes_fail_clearly(redis_client, redis_
     store.client = redis.Redis.from_url(DEAD_REDIS, socket_connect_timeout=0.2)
     assert store.get("6").split_instances is True
     assert store.get("unknown") == ProjectSettings()
-    with pytest.raises(StoreUnavailable, match="Redis unreachable"):
+    with pytest.raises(RedisUnavailable, match="Redis unreachable"):
         store.update("6", {"predictions": False})
     store.remember_project("6", "<View/>")  # logged, not raised
     assert "6" in store.projects()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import redis
 
-from backend.webhook import KNOWN_ACTIONS, TRAINING_ACTIONS
+from training.jobs.actions import KNOWN_ACTIONS, TRAINING_ACTIONS
 
 DEAD = "redis://127.0.0.1:1/0"
 
