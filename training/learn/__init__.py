@@ -2,8 +2,12 @@
 
 - ``config``: ``TrainConfig`` (steps, time budget, learning rate, loss weights; checked on construction).
 - ``losses``: focal, dice and IoU-prediction losses on masked logits.
-- ``trainer``: ``train_adapter``, the loop (warmup + cosine, augmentation, budgets, early stop, progress).
+- ``embeddings``: base-encoder embeddings of training images, from the shared store or encoded once.
+- ``trainer``: ``train_adapter``, the loop (warmup + cosine, augmentation, budgets, early stop, progress);
+  a frozen-encoder adapter trains on stored embeddings and never runs the encoder in its loop.
 - ``evaluation``: per-class IoU/Dice of promptless predictions on a dataset.
+- ``clicks``: simulated interactive clicks (largest-error-centre clicker), IoU@k and NoC@85/90 per object
+  and dataset, and the rule that says when a decoder is better on clicks.
 
 Imports ``training.model``, ``training.inference`` and ``training.data``.
 """

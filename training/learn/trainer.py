@@ -1,4 +1,4 @@
-"""The training loop: LoRA + class prompts (+ decoder) from a handful of labeled images."""
+"""The training loop: class prompts + decoder (+ encoder LoRA) from a handful of labeled images."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from training.data.dataset import Sample, SegmentationDataset
 from training.inference.runtime import autocast_dtype
 from training.learn.config import TrainConfig
+from training.learn.embeddings import TrainingEmbeddings
 from training.learn.losses import mask_loss
 from training.model.adapter import SamAdapter
 
@@ -50,11 +51,13 @@ class TrainResult:
 
 @dataclass
 class PreparedSample:
-    """A sample in the model's frame: S x S padded image, low-resolution targets, valid region."""
+    """A sample in the model's frame: S x S padded image (or its stored embedding), low-resolution
+    targets, valid region."""
 
-    image: torch.Tensor  # 3 x S x S, normalised
+    image: torch.Tensor | None  # 3 x S x S, normalised; None when training on stored embeddings
     targets: torch.Tensor  # C x L x L in [0, 1], L = S / 4 (the decoder's output size)
     valid: torch.Tensor  # L x L, 1 inside the image
+    embedding: torch.Tensor | None = None  # 1 x 256 x G x G from the frozen base encoder
 
 
 def prepare_sample(model: SamAdapter, image: np.ndarray, masks: np.ndarray) -> PreparedSample:
@@ -72,11 +75,17 @@ def prepare_sample(model: SamAdapter, image: np.ndarray, masks: np.ndarray) -> P
 
 
 class SampleCache:
-    """Prepared samples, plain and horizontally flipped, computed once each."""
+    """Prepared samples, plain and horizontally flipped, computed once each.
 
-    def __init__(self, model: SamAdapter, samples: list[Sample]) -> None:
+    With ``embeddings`` (a frozen encoder) each sample carries its stored embedding instead of its
+    image: flips are separate images with embeddings of their own, and photometric jitter is off.
+    """
+
+    def __init__(self, model: SamAdapter, samples: list[Sample], embeddings: TrainingEmbeddings | None = None
+                 ) -> None:
         self.model = model
         self.samples = samples
+        self.embeddings = embeddings
         self._cache: dict[tuple[int, bool], PreparedSample] = {}
 
     def get(self, index: int, flip: bool) -> PreparedSample:
@@ -86,8 +95,17 @@ class SampleCache:
             image, masks = sample.image, sample.masks
             if flip:
                 image, masks = image[:, ::-1].copy(), masks[:, :, ::-1].copy()
-            self._cache[key] = prepare_sample(self.model, image, masks)
+            prepared = prepare_sample(self.model, image, masks)
+            if self.embeddings is not None:
+                prepared = PreparedSample(None, prepared.targets, prepared.valid, self.embeddings.embed(image))
+            self._cache[key] = _to(prepared, self.model.device)
         return self._cache[key]
+
+    def fill(self, flips: bool) -> None:
+        """Prepare every sample (and its flip) now, so encoding is not timed as training."""
+        for index in range(len(self.samples)):
+            for flip in (False, True) if flips else (False,):
+                self.get(index, flip)
 
 
 def _photometric_jitter(image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -100,8 +118,8 @@ def _photometric_jitter(image: torch.Tensor, generator: torch.Generator) -> torc
 def _sample_points(target: torch.Tensor, valid: torch.Tensor, rng: np.random.Generator, scale: float
                    ) -> tuple[np.ndarray, np.ndarray] | None:
     """One positive point inside the target and one negative outside, in input-frame pixels."""
-    inside = np.argwhere((target > 0.5).numpy())
-    outside = np.argwhere(((target < 0.5) & (valid > 0)).numpy())
+    inside = np.argwhere((target > 0.5).cpu().numpy())
+    outside = np.argwhere(((target < 0.5) & (valid > 0)).cpu().numpy())
     if len(inside) == 0:
         return None
     points = [inside[rng.integers(len(inside))]]
@@ -141,123 +159,160 @@ def _image_loss(model: SamAdapter, embedding: torch.Tensor, sample: PreparedSamp
                      config.focal_weight, config.dice_weight, config.iou_weight)
     if not config.point_prompt_weight:
         return loss
-    # Interactive clicks go through the same adapted encoder and decoder: train that path too, with and
-    # without the class tokens, so adapting for promptless masks does not unlearn clicking.
+    return loss + config.point_prompt_weight * _point_prompt_loss(model, embedding, sample, config, rng)
+
+
+def _point_prompt_loss(model: SamAdapter, embedding: torch.Tensor, sample: PreparedSample, config: TrainConfig,
+                       rng: np.random.Generator) -> torch.Tensor | float:
+    """Interactive clicks go through the adapted decoder too: train that path, with and without the
+    class tokens, so adapting for promptless masks does not unlearn clicking. One present class per
+    image and step (each click is its own decoder pass, so more would multiply the step's cost)."""
     scale = model.image_size / sample.targets.shape[-1]
-    rows, coords, labels, classes = [], [], [], []
-    for k in range(sample.targets.shape[0]):
-        picked = _sample_points(sample.targets[k], sample.valid, rng, scale)
-        if picked is None:
-            continue
-        rows.append(k)
-        coords.append(picked[0])
-        labels.append(picked[1])
-        classes.append(k if rng.random() < 0.5 else None)
-    if not rows:
-        return loss
+    present = [k for k in range(sample.targets.shape[0]) if bool((sample.targets[k] > 0.5).any())]
+    if not present:
+        return 0.0
+    k = present[int(rng.integers(len(present)))]
+    coords, labels = _sample_points(sample.targets[k], sample.valid, rng, scale)
     device = embedding.device
     point_logits, point_iou = model.prompt_logits(
-        embedding, torch.from_numpy(np.stack(coords)).to(device), torch.from_numpy(np.stack(labels)).to(device),
-        None, classes,
+        embedding, torch.from_numpy(coords[None]).to(device), torch.from_numpy(labels[None]).to(device),
+        None, [k if rng.random() < 0.5 else None],
     )
-    point_loss = mask_loss(point_logits[:, 0], point_iou[:, 0], sample.targets[rows], sample.valid,
-                           config.focal_weight, config.dice_weight, config.iou_weight)
-    return loss + config.point_prompt_weight * point_loss
+    return mask_loss(point_logits[:, 0], point_iou[:, 0], sample.targets[k : k + 1], sample.valid,
+                     config.focal_weight, config.dice_weight, config.iou_weight)
+
+
+@dataclass
+class _Plateau:
+    """Early stop: no ``min_improvement`` of the loss's moving average for ``patience`` steps."""
+
+    config: TrainConfig
+    best: float = float("inf")
+    best_step: int = 0
+    ema: float | None = None
+
+    def stalled(self, step: int, value: float) -> bool:
+        self.ema = value if self.ema is None else 0.9 * self.ema + 0.1 * value
+        if self.ema < self.best * (1 - self.config.min_improvement):
+            self.best, self.best_step = self.ema, step
+            return False
+        return step > self.config.warmup_steps and step - self.best_step >= self.config.patience
+
+
+class _Loop:
+    """One training run's state: the model, its data, the optimiser and the random streams."""
+
+    def __init__(self, model: SamAdapter, dataset: SegmentationDataset, config: TrainConfig,
+                 embeddings: TrainingEmbeddings | None) -> None:
+        torch.manual_seed(config.seed)
+        self.model, self.config, self.size = model, config, len(dataset)
+        self.rng = np.random.default_rng(config.seed)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.cache = SampleCache(model, list(dataset.samples), embeddings)
+        self.optimizer = _optimizer(model, config)
+        self.amp = autocast_dtype(model.device, config.precision)
+        self.order: list[int] = []
+
+    def batch(self) -> list[PreparedSample]:
+        indices = []
+        while len(indices) < min(self.config.batch_size, self.size):
+            if not self.order:
+                self.order = list(self.rng.permutation(self.size))
+            indices.append(int(self.order.pop()))
+        return [self.cache.get(i, flip=self.config.augment and bool(self.rng.random() < 0.5)) for i in indices]
+
+    def embed(self, prepared: list[PreparedSample]) -> torch.Tensor:
+        if prepared[0].embedding is not None:
+            return torch.cat([p.embedding for p in prepared])
+        jitter = self.config.augment
+        images = torch.stack([_photometric_jitter(p.image, self.generator) if jitter else p.image for p in prepared])
+        device = self.model.device
+        with torch.autocast(device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+            embeddings = self.model.encode(images.to(device))
+        # The decoder stays in fp32: it is small, and bf16 transposed-convolution gradients were
+        # about 10x slower than fp32 on this CPU.
+        return embeddings.float()
+
+    def step(self, step: int) -> float:
+        for group in self.optimizer.param_groups:
+            group.setdefault("base_lr", group["lr"])
+            group["lr"] = group["base_lr"] * _lr_factor(step, self.config)
+        prepared = self.batch()
+        embeddings = self.embed(prepared)
+        loss = sum(_image_loss(self.model, embeddings[i : i + 1], p, self.config, self.rng)
+                   for i, p in enumerate(prepared)) / len(prepared)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.trainable_parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(f"training loss became {value} at step {step + 1}; lower the learning rate")
+        return value
 
 
 def train_adapter(model: SamAdapter, dataset: SegmentationDataset, config: TrainConfig,
-                  progress: Callable[[TrainProgress], None] | None = None) -> TrainResult:
+                  progress: Callable[[TrainProgress], None] | None = None,
+                  embeddings: TrainingEmbeddings | None = None) -> TrainResult:
     """Train ``model``'s adapter parts on ``dataset`` in place; returns the loss history.
 
     The dataset's classes must be the model's classes in the same order (``model.set_classes``).
-    The model is left in eval mode.
+    With a frozen image encoder, ``embeddings`` (default: in memory, no store) gives each image's
+    embedding once, before the loop; the encoder never runs inside it. The model is left in eval mode.
     """
     if list(dataset.class_names) != list(model.class_names):
         raise ValueError(f"dataset classes {dataset.class_names} differ from the model's {model.class_names}; "
                          "call model.set_classes(dataset.class_names) first")
     if len(dataset) == 0:
         raise ValueError("cannot train on an empty dataset")
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
-    device = model.device
-    cache = SampleCache(model, list(dataset.samples))
-    optimizer = _optimizer(model, config)
-    amp = autocast_dtype(device, config.precision)
-    log.info("training %d trainable parameters on %d images for up to %d steps%s (%s)",
+    if model.config.encoder == "frozen" and embeddings is None:
+        embeddings = TrainingEmbeddings(model, None, config.precision)
+    loop = _Loop(model, dataset, config, embeddings)
+    if embeddings is not None:
+        loop.cache.fill(flips=config.augment)
+    log.info("training %d trainable parameters on %d images for up to %d steps%s (%s%s)",
              model.trainable_parameter_count(), len(dataset), config.max_steps,
-             f" / {config.max_seconds:.0f} s" if config.max_seconds else "", "bf16" if amp else "fp32")
+             f" / {config.max_seconds:.0f} s" if config.max_seconds else "", "bf16" if loop.amp else "fp32",
+             ", on stored embeddings" if embeddings is not None else "")
     model.train()
-    losses: list[float] = []
-    order: list[int] = []
-    best, best_step, ema = float("inf"), 0, None
-    stopped = "max_steps"
-    start = time.monotonic()
     try:
-        for step in range(config.max_steps):
-            for group in optimizer.param_groups:
-                group.setdefault("base_lr", group["lr"])
-                group["lr"] = group["base_lr"] * _lr_factor(step, config)
-            batch = []
-            while len(batch) < min(config.batch_size, len(dataset)):
-                if not order:
-                    order = list(rng.permutation(len(dataset)))
-                batch.append(int(order.pop()))
-            prepared = [cache.get(i, flip=config.augment and bool(rng.random() < 0.5)) for i in batch]
-            images = torch.stack([
-                _photometric_jitter(p.image, generator) if config.augment else p.image for p in prepared
-            ]).to(device)
-            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                embeddings = model.encode(images)
-            # The decoder stays in fp32: it is small, and bf16 transposed-convolution gradients were
-            # about 10x slower than fp32 on this CPU.
-            embeddings = embeddings.float()
-            loss = sum(
-                _image_loss(model, embeddings[i : i + 1], _to(p, device), config, rng)
-                for i, p in enumerate(prepared)
-            ) / len(prepared)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), config.grad_clip)
-            optimizer.step()
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise FloatingPointError(f"training loss became {value} at step {step + 1}; lower the learning rate")
-            losses.append(value)
-            elapsed = time.monotonic() - start
-            if progress is not None:
-                per_step = elapsed / (step + 1)
-                remaining = per_step * (config.max_steps - step - 1)
-                if config.max_seconds:
-                    remaining = min(remaining, max(0.0, config.max_seconds - elapsed))
-                progress(TrainProgress(step + 1, config.max_steps, value, elapsed, remaining))
-            ema = value if ema is None else 0.9 * ema + 0.1 * value
-            if ema < best * (1 - config.min_improvement):
-                best, best_step = ema, step
-            elif step > config.warmup_steps and step - best_step >= config.patience:
-                stopped = "plateau"
-                break
-            if config.max_seconds and elapsed >= config.max_seconds:
-                stopped = "max_seconds"
-                break
+        losses, seconds, stopped = _run(loop, progress)
     finally:
         model.eval()
     window = max(1, min(5, len(losses) // 4 or 1))
-    result = TrainResult(
-        steps=len(losses),
-        seconds=time.monotonic() - start,
-        first_loss=float(np.mean(losses[:window])),
-        final_loss=float(np.mean(losses[-window:])),
-        stopped_because=stopped,
-        losses=losses,
-    )
+    result = TrainResult(steps=len(losses), seconds=seconds, first_loss=float(np.mean(losses[:window])),
+                         final_loss=float(np.mean(losses[-window:])), stopped_because=stopped, losses=losses)
     log.info("trained %d steps in %.1f s: loss %.4f -> %.4f (%s)", result.steps, result.seconds,
              result.first_loss, result.final_loss, stopped)
     return result
 
 
+def _run(loop: _Loop, progress: Callable[[TrainProgress], None] | None) -> tuple[list[float], float, str]:
+    """The steps, until max_steps, max_seconds or a plateau: (losses, seconds, why it stopped)."""
+    config = loop.config
+    losses: list[float] = []
+    plateau = _Plateau(config)
+    start = time.monotonic()
+    for step in range(config.max_steps):
+        value = loop.step(step)
+        losses.append(value)
+        elapsed = time.monotonic() - start
+        if progress is not None:
+            remaining = elapsed / (step + 1) * (config.max_steps - step - 1)
+            if config.max_seconds:
+                remaining = min(remaining, max(0.0, config.max_seconds - elapsed))
+            progress(TrainProgress(step + 1, config.max_steps, value, elapsed, remaining))
+        if plateau.stalled(step, value):
+            return losses, time.monotonic() - start, "plateau"
+        if config.max_seconds and elapsed >= config.max_seconds:
+            return losses, time.monotonic() - start, "max_seconds"
+    return losses, time.monotonic() - start, "max_steps"
+
+
 def _to(sample: PreparedSample, device: torch.device) -> PreparedSample:
     if device.type == "cpu":
         return sample
-    return PreparedSample(sample.image.to(device), sample.targets.to(device), sample.valid.to(device))
+    image = sample.image.to(device) if sample.image is not None else None
+    embedding = sample.embedding.to(device) if sample.embedding is not None else None
+    return PreparedSample(image, sample.targets.to(device), sample.valid.to(device), embedding)

@@ -151,12 +151,37 @@ class SamAdapter(nn.Module):
 
         Args:
             embedding: 1 x 256 x G x G image embedding.
-            class_indices: indices into ``class_names`` (default all).
+            class_indices: indices into ``class_names`` (default all). With joint decoding every
+                class is decoded together (classes see each other) and these are picked after.
         Returns:
             (K x 1 x 4G x 4G low-resolution mask logits, K x 1 predicted IoU).
         """
+        if self.config.class_decoding == "joint":
+            logits, iou = self._joint_class_logits(embedding)
+            if class_indices is None:
+                return logits, iou
+            return logits[class_indices], iou[class_indices]
         prompts = self.class_prompts if class_indices is None else self.class_prompts[class_indices]
         return self._decode(embedding, prompts, self._no_mask_dense(prompts.shape[0]))
+
+    def _joint_class_logits(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every class in one pass of SAM's two-way transformer: the C x T class tokens follow SAM's
+        IoU and mask tokens; the output of each class's first token drives the first mask
+        hypernetwork and the IoU head, in place of SAM's own mask token."""
+        decoder = self.sam.mask_decoder
+        count, per_class, dim = self.class_prompts.shape
+        tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight,
+                            self.class_prompts.reshape(count * per_class, dim)]).unsqueeze(0)
+        src = embedding + self._no_mask_dense(1)
+        _, channels, height, width = src.shape
+        hs, src = decoder.transformer(src, self.sam.prompt_encoder.get_dense_pe(), tokens)
+        first = 1 + decoder.num_mask_tokens + torch.arange(count, device=hs.device) * per_class
+        class_out = hs[0, first]  # C x 256
+        upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(1, channels, height, width))
+        hyper = decoder.output_hypernetworks_mlps[0](class_out)  # C x 32
+        masks = hyper @ upscaled.flatten(2)[0]  # C x (4G * 4G)
+        iou = decoder.iou_prediction_head(class_out)[:, :1]
+        return masks.reshape(count, 1, *upscaled.shape[-2:]), iou
 
     def prompt_logits(self, embedding: torch.Tensor, coords: torch.Tensor | None, labels: torch.Tensor | None,
                       box: torch.Tensor | None, class_indices: list[int | None] | None = None,

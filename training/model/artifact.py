@@ -67,7 +67,8 @@ class AdapterHeader:
             raise AdapterMismatchError(f"not a samloop adapter (format {shown!r})")
         try:
             base = BaseIdentity(**raw["base"])
-            config = AdapterConfig.from_dict(raw.get("adapter_config") or {})
+            # Adapters written before joint class decoding decoded each class on its own.
+            config = AdapterConfig.from_dict({"class_decoding": "separate", **(raw.get("adapter_config") or {})})
             class_names = [str(name) for name in raw["class_names"]]
             created = float(raw.get("created") or 0.0)
         except (KeyError, TypeError, ValueError) as exc:

@@ -27,8 +27,16 @@ def model(random_vit_t):
     return _perturb(new_adapter_model(random_vit_t, 128, CLASSES))
 
 
-def test_default_adapter_trains_lora_and_prompts_only(random_vit_t):
+def test_default_adapter_leaves_the_encoder_frozen(random_vit_t):
     model = new_adapter_model(random_vit_t, 128, CLASSES)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert model.config.kind == "decoder" and "class_prompts" in names
+    assert names and not any(n.startswith("sam.image_encoder.") for n in names)
+    assert any(n.startswith("sam.mask_decoder.") for n in names)
+
+
+def test_encoder_kind_trains_lora_and_prompts(random_vit_t):
+    model = new_adapter_model(random_vit_t, 128, CLASSES, AdapterConfig.for_kind("encoder"))
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     encoder_lora = [n for n in names if n.startswith("sam.image_encoder.")]
     assert encoder_lora and all("lora_" in n and ".attn.qkv." in n for n in encoder_lora)
@@ -161,3 +169,23 @@ def test_a_header_without_its_base_is_refused_with_a_reason(model):
         AdapterHeader.from_json(broken)
     with pytest.raises(AdapterMismatchError, match="not a samloop adapter"):
         AdapterHeader.from_json({**good.to_json(), "format": "other/1"})
+
+
+def test_joint_decoding_gives_every_class_from_one_decoder_pass(model):
+    calls = []
+    hook = model.sam.mask_decoder.transformer.register_forward_hook(lambda *_: calls.append(1))
+    embedding = torch.randn(1, 256, 8, 8)
+    try:
+        logits, iou = model.class_logits(embedding)
+        picked, picked_iou = model.class_logits(embedding, [2, 0])
+    finally:
+        hook.remove()
+    assert logits.shape == (3, 1, 32, 32) and iou.shape == (3, 1)
+    assert len(calls) == 2  # one transformer pass per call, not one per class
+    assert torch.equal(picked, logits[[2, 0]]) and torch.equal(picked_iou, iou[[2, 0]])
+
+
+def test_adapters_from_before_joint_decoding_keep_decoding_each_class_alone(model):
+    old = read_artifact(model.to_bytes()).header.to_json()
+    del old["adapter_config"]["class_decoding"]
+    assert AdapterHeader.from_json(old).config.class_decoding == "separate"
