@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from backend.image_source import ImageFetchError, ImageSource
-from backend.label_config import LabelConfigError, LabelSetup, parse_label_config
 from backend.model_service import ModelService, PreparedAdapter
 from backend.project_settings import ProjectSettings, ProjectSettingsStore
 from backend.prompts import Prompt, parse_context
@@ -25,6 +24,7 @@ from backend.regions import mask_regions, task_score
 from backend.schemas import PredictRequest, TaskModel
 from training.data.images import image_digest
 from training.inference.predictor import ImageEmbedding
+from training.labelstudio.label_config import LabelConfigError, LabelSetup, parse_label_config
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from backend.label_config import KEYPOINT, RECTANGLE
+from training.labelstudio.label_config import KEYPOINT, RECTANGLE
 
 _POINT_TYPES = {KEYPOINT, "keypoint"}
 _BOX_TYPES = {RECTANGLE, "rectangle"}

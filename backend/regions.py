@@ -11,7 +11,7 @@ import uuid
 import cv2
 import numpy as np
 
-from backend.label_config import BRUSH, POLYGON, LabelSetup
+from training.labelstudio.label_config import BRUSH, POLYGON, LabelSetup
 
 # Regions smaller than this many pixels are speckle, not objects worth an annotator's attention.
 MIN_REGION_PIXELS = 16

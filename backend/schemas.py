@@ -3,30 +3,11 @@ LS adds fields between versions)."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-_PROJECT_RE = re.compile(r"(\d{1,18})(?:\.\d+)?")
-
-
-def project_id(value: Any) -> str:
-    """Label Studio's project reference -> its id as a string.
-
-    Accepts an int (3), a numeric string ("3") or /setup's "<id>.<created timestamp>" ("3.1712345678").
-    """
-    if isinstance(value, bool) or value is None:
-        raise ValueError(f"project must be a project id like 3 or '3.1712345678', got {value!r}")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError(f"project id must not be negative, got {value}")
-        return str(value)
-    if isinstance(value, str):
-        match = _PROJECT_RE.fullmatch(value.strip())
-        if match:
-            return str(int(match.group(1)))
-    raise ValueError(f"project must be a project id like 3 or '3.1712345678', got {value!r}")
+from training.labelstudio.projects import project_id
 
 
 class _LSModel(BaseModel):

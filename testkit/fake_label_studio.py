@@ -349,6 +349,19 @@ def rectangle_region(x: float, y: float, w: float, h: float, size: tuple[int, in
     }
 
 
+def box_polygon(mask: np.ndarray) -> list[tuple[float, float]]:
+    """The pixel-edge corners of a mask's bounding box, clockwise from the top left: polygon vertices."""
+    ys, xs = np.nonzero(mask)
+    x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+    return [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two bool masks (1.0 when both are empty)."""
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
 def png_bytes(image: np.ndarray, exif_orientation: int | None = None, fmt: str = "PNG") -> bytes:
     pil = Image.fromarray(image)
     buffer = io.BytesIO()
@@ -373,6 +386,18 @@ BRUSH_POLYGON_CONFIG = """<View>
   </PolygonLabels>
   <KeyPointLabels name="kp" toName="image" smart="true"><Label value="disc"/><Label value="box"/></KeyPointLabels>
   <RectangleLabels name="rect" toName="image" smart="true"><Label value="disc"/><Label value="box"/></RectangleLabels>
+</View>"""
+
+
+# Brush a, b; polygon b, c (overlapping and disjoint); plain rectangle a, d; smart rectangle and keypoint e.
+# The classes are the brush's a, b; every mask control gives training masks, for a and b only.
+SEVERAL_CONTROLS_CONFIG = """<View>
+  <Image name="image" value="$image"/>
+  <PolygonLabels name="poly" toName="image"><Label value="b"/><Label value="c"/></PolygonLabels>
+  <BrushLabels name="tag" toName="image"><Label value="a"/><Label value="b"/></BrushLabels>
+  <RectangleLabels name="rect" toName="image"><Label value="a"/><Label value="d"/></RectangleLabels>
+  <RectangleLabels name="smart_rect" toName="image" smart="true"><Label value="e"/></RectangleLabels>
+  <KeyPointLabels name="kp" toName="image" smart="true"><Label value="e"/></KeyPointLabels>
 </View>"""
 
 

@@ -1,7 +1,25 @@
+import numpy as np
 import pytest
 
-from backend.label_config import BRUSH, KEYPOINT, POLYGON, RECTANGLE, LabelConfigError, parse_label_config
-from tests.backend.conftest import BRUSH_CONFIG, CHOICES_CONFIG, POLYGON_CONFIG
+from testkit.fake_label_studio import (
+    SEVERAL_CONTROLS_CONFIG,
+    FakeLabelStudio,
+    brush_region,
+    polygon_region,
+    rectangle_region,
+)
+from tests.backend.conftest import (
+    BRUSH_CONFIG,
+    CHOICES_CONFIG,
+    POLYGON_CONFIG,
+    brush_task,
+    encode,
+    noise_image,
+    predict_body,
+)
+from training.labelstudio.client import LabelStudioSource
+from training.labelstudio.export import export_dataset
+from training.labelstudio.label_config import BRUSH, KEYPOINT, POLYGON, RECTANGLE, LabelConfigError, parse_label_config
 
 
 def test_brush_config_with_smart_prompts():
@@ -52,3 +70,29 @@ def test_prompt_label_maps_to_the_output_label_of_the_same_name_else_the_first()
 def test_unusable_configs_are_refused_with_a_reason(config, words):
     with pytest.raises(LabelConfigError, match=words.replace("<", ".").replace(">", ".")):
         parse_label_config(config)
+
+
+def test_the_backend_emits_the_classes_the_export_trains_on(backend, project, shared_server, tmp_path):
+    setup = parse_label_config(SEVERAL_CONTROLS_CONFIG)
+    size = (48, 64)
+    # Training: one annotation with regions of every mask control and every label.
+    with FakeLabelStudio() as ls:
+        ls.add_project(int(project), SEVERAL_CONTROLS_CONFIG)
+        url = ls.add_image(int(project), "a.png", encode(noise_image(*size, seed=3)))
+        everything = np.ones(size, bool)
+        regions = [brush_region(everything, label) for label in ("a", "b")]
+        regions += [polygon_region([(0, 0), (64, 0), (64, 48)], size, label) for label in ("b", "c")]
+        regions += [rectangle_region(0, 0, 10, 10, size, label) for label in ("a", "d")]
+        ls.add_task(int(project), {"image": url}, [{"result": regions}])
+        source = LabelStudioSource(ls.url, ls.legacy_token, retries=0, timeout=5)
+        trained = export_dataset(source, project, tmp_path).dataset
+    assert trained.class_names == list(setup.labels) == ["a", "b"]
+    # Serving: an adapter that knows every label of the config still only emits the classes.
+    backend.publish(project, ["a", "b", "c", "d", "e"], seed=1)
+    task = brush_task(1, shared_server.add(f"/{project}-classes.png", encode(noise_image(217, 333, 4))), int(project))
+    (result,) = backend.client.post("/predict", json=predict_body(project, [task], SEVERAL_CONTROLS_CONFIG)).json()[
+        "results"]
+    assert result["result"], "a random adapter still predicts some regions"
+    for region in result["result"]:
+        assert (region["from_name"], region["type"], region["to_name"]) == ("tag", BRUSH, "image")
+        assert set(region["value"][BRUSH]) <= set(trained.class_names)

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 from label_studio_sdk.converter.brush import decode_rle
 
-from backend.label_config import parse_label_config
 from backend.regions import encode_brush, instances, mask_polygons, mask_regions, task_score
 from tests.backend.conftest import BRUSH_CONFIG, POLYGON_CONFIG
+from training.labelstudio.label_config import parse_label_config
 
 
 def blob_mask(height: int, width: int) -> np.ndarray:

@@ -11,34 +11,16 @@ from label_studio_sdk.converter.brush import mask2rle
 from testkit.fake_label_studio import (
     BRUSH_POLYGON_CONFIG,
     FakeLabelStudio,
+    box_polygon,
     brush_region,
+    iou,
     plain_file_server,
     png_bytes,
     polygon_region,
-    rectangle_region,
     synthetic_scene,
 )
-from training.labelstudio.export import (
-    ExportError,
-    LabelStudioError,
-    LabelStudioSource,
-    annotation_masks,
-    export_dataset,
-    mask_schema,
-    pick_annotation,
-    project_id_of,
-)
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 1.0
-
-
-def box_polygon(mask: np.ndarray) -> list[tuple[float, float]]:
-    ys, xs = np.nonzero(mask)
-    x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
-    return [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+from training.labelstudio.client import LabelStudioError, LabelStudioSource
+from training.labelstudio.export import export_dataset
 
 
 def source(ls: FakeLabelStudio, **kw) -> LabelStudioSource:
@@ -59,71 +41,6 @@ def add_scene_task(ls: FakeLabelStudio, seed: int, **annotation) -> tuple[int, n
     result = [brush_region(masks["disc"], "disc"), polygon_region(box_polygon(masks["box"]), image.shape[:2], "box")]
     task = ls.add_task(7, {"image": url}, [{"result": result, **annotation}])
     return task, image, masks
-
-
-# ----- pure parts -----------------------------------------------------------------------------------
-
-
-def test_project_id_parsing():
-    assert project_id_of("12.1716912345") == 12
-    assert project_id_of(3) == 3
-    with pytest.raises(ValueError, match="abc"):
-        project_id_of("abc")
-
-
-def test_schema_takes_mask_controls_and_skips_smart_prompts():
-    schema = mask_schema(BRUSH_POLYGON_CONFIG)
-    assert schema.image_name == "image" and schema.image_key == "image"
-    assert schema.controls == {"tag": "brushlabels", "poly": "polygonlabels"}
-    assert schema.class_names == ["disc", "box"]
-
-
-def test_schema_plain_rectangles_count_and_missing_controls_fail():
-    config = ('<View><Image name="img" value="$url"/><RectangleLabels name="r" toName="img">'
-              '<Label value="car"/></RectangleLabels></View>')
-    assert mask_schema(config).controls == {"r": "rectanglelabels"}
-    with pytest.raises(ExportError, match="no BrushLabels"):
-        mask_schema('<View><Image name="i" value="$i"/><Choices name="c" toName="i"><Choice value="a"/>'
-                    '</Choices></View>')
-
-
-def test_pick_annotation_latest_non_cancelled_and_ground_truth_first():
-    task = {"annotations": [
-        {"id": 1, "updated_at": "2026-01-01T10:00:00Z"},
-        {"id": 2, "updated_at": "2026-01-03T10:00:00Z", "was_cancelled": True},
-        {"id": 3, "updated_at": "2026-01-02T10:00:00Z"},
-    ]}
-    assert pick_annotation(task)["id"] == 3
-    task["annotations"][0]["ground_truth"] = True
-    assert pick_annotation(task)["id"] == 1
-    assert pick_annotation({"annotations": [{"id": 9, "was_cancelled": True}]}) is None
-
-
-def test_masks_from_brush_polygon_and_rectangles():
-    schema = mask_schema(BRUSH_POLYGON_CONFIG.replace('smart="true"><Label value="disc"/><Label value="box"/>'
-                                                      '</RectangleLabels>', '><Label value="box"/></RectangleLabels>'))
-    image, truth = synthetic_scene(3)
-    size = image.shape[:2]
-    masks = annotation_masks([brush_region(truth["disc"], "disc")], schema, *size)
-    assert np.array_equal(masks["disc"], truth["disc"])
-    masks = annotation_masks([polygon_region(box_polygon(truth["box"]), size, "box")], schema, *size)
-    assert iou(masks["box"], truth["box"]) > 0.97
-    rect = annotation_masks([rectangle_region(10, 20, 30, 15, size, "box")], schema, *size)["box"]
-    assert rect[20:35, 10:40].all() and rect.sum() == pytest.approx(30 * 15, rel=0.1)
-    # 90 degrees clockwise about the top-left corner: the box hangs down-left of (x, y).
-    rotated = annotation_masks([rectangle_region(60, 10, 30, 15, size, "box", rotation=90)], schema, *size)["box"]
-    expected = np.zeros(size, dtype=bool)
-    expected[10:40, 45:60] = True
-    assert iou(rotated, expected) > 0.9
-
-
-def test_unknown_labels_other_images_and_unfinished_polygons_are_ignored():
-    schema = mask_schema(BRUSH_POLYGON_CONFIG)
-    mask = np.ones((8, 8), dtype=bool)
-    other_image = brush_region(mask, "disc", to_name="other")
-    unknown_label = brush_region(mask, "cat")
-    line = polygon_region([(1, 1), (5, 5)], (8, 8), "box")
-    assert annotation_masks([other_image, unknown_label, line], schema, 8, 8) == {}
 
 
 # ----- export against the fake server ---------------------------------------------------------------------
