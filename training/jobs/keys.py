@@ -18,14 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["CLAIM", "FINISH", "REFRESH", "RELEASE_QUEUED", "SCHEDULE", "ProjectKeys", "check_project", "text"]
-
-
-def check_project(project: str) -> str:
-    """``project`` if it can be part of a key (no spaces, ':' or glob characters); else ValueError naming it."""
-    if not isinstance(project, str) or not project or len(project) > 128 or any(c in project for c in " :*?[]{}"):
-        raise ValueError(f"project must be a non-empty id without spaces, ':' or glob characters, got {project!r}")
-    return project
+__all__ = ["CLAIM", "FINISH", "REFRESH", "RELEASE_QUEUED", "SCHEDULE", "ProjectKeys", "text"]
 
 
 def text(value: bytes | str | None) -> str | None:

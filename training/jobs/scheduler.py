@@ -38,9 +38,10 @@ from rq import Queue, Retry
 from rq.job import Job
 
 from training.jobs.actions import FORCED_ACTIONS, TRAINING_ACTIONS
-from training.jobs.keys import RELEASE_QUEUED, SCHEDULE, ProjectKeys, check_project, text
+from training.jobs.keys import RELEASE_QUEUED, SCHEDULE, ProjectKeys, text
 from training.jobs.redis_conn import RedisUnavailable
 from training.jobs.settings import JobSettings
+from training.labelstudio.projects import project_id
 
 __all__ = ["DEFAULT_JOB", "DEFAULT_QUEUE", "TrainingScheduler"]
 
@@ -115,7 +116,7 @@ class TrainingScheduler:
                    job_timeout=job.timeout, retry_intervals=tuple(job.retry_intervals or ()))
 
     def keys(self, project: str) -> ProjectKeys:
-        return ProjectKeys(self.prefix, check_project(project))
+        return ProjectKeys(self.prefix, project_id(project))
 
     # ----- the webhook side ----------------------------------------------------------------------
     def schedule(self, project: str, action: str, force: bool = False, labeled_tasks: int | None = None) -> dict:
