@@ -59,11 +59,13 @@ class PredictionService:
         """Raises PromptError (a malformed interactive context); everything else is a per-task outcome."""
         project = request.project_id()
         prompt = parse_context(request.context)
-        if project is not None:
-            self.store.remember_project(project, request.label_config)
-        settings = self.store.get(project) if project is not None else ProjectSettings()
+        if project is None:
+            settings, stored_config = ProjectSettings(), None
+        else:
+            # One store round trip: the switches, the stored label config, and noting the project.
+            settings, stored_config = self.store.read(project, request.label_config)
         choice = self.models.choose(project, settings.pinned_version)
-        config_text = request.label_config or (self.store.label_config(project) if project is not None else None)
+        config_text = request.label_config or stored_config
         if not config_text:
             return self._empty(request.tasks, choice.model_version,
                                f"no label_config in the request and none stored for project {project}: "

@@ -95,8 +95,47 @@ class ProjectSettingsStore:
             raw = self.client.get(self._key(project, "settings"))
         except redis.RedisError as exc:
             log.warning("project %s: Redis unreachable (%s); using the last known settings", project, exc)
-            with self._lock:
-                return self._memory.get(project, ProjectSettings())
+            return self._last_known(project)
+        return self._settings_from(project, raw)
+
+    def read(self, project: str, label_config: str | None = None) -> tuple[ProjectSettings, str | None]:
+        """What a /predict needs, in one round trip: the switches and the label config.
+
+        ``label_config`` (the request's) is recorded like ``remember_project`` does and returned;
+        without one, the stored config is (None if there is none). Redis down: the last known
+        switches and the config this process has seen, with a warning.
+        """
+        with self._lock:
+            record = self._needs_record(project, label_config)
+            config = label_config if label_config is not None else self._configs.get(project)
+        if config is not None and not record:
+            return self.get(project), config  # the usual request: one GET, cheaper than a pipeline of one
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(self._key(project, "settings"))
+        if config is None:
+            pipe.get(self._key(project, "label_config"))
+        if record:
+            self._queue_record(pipe, project, label_config)
+        try:
+            replies = pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("project %s: Redis unreachable (%s); using the last known settings", project, exc)
+            return self._last_known(project), config
+        if config is None:
+            config = _text(replies[1])
+        with self._lock:
+            if record:
+                self._seen.add(project)
+            if config is not None:
+                self._configs[project] = config
+        return self._settings_from(project, replies[0]), config
+
+    def _last_known(self, project: str) -> ProjectSettings:
+        with self._lock:
+            return self._memory.get(project, ProjectSettings())
+
+    def _settings_from(self, project: str, raw: bytes | str | None) -> ProjectSettings:
+        """Stored switches parsed (defaults when absent or unreadable), and kept for outages."""
         settings = ProjectSettings()
         if raw:
             try:
@@ -128,13 +167,11 @@ class ProjectSettingsStore:
     def remember_project(self, project: str, label_config: str | None = None) -> None:
         """Note that ``project`` exists and keep its label config (Redis is written only on a change)."""
         with self._lock:
-            if project in self._seen and (label_config is None or self._configs.get(project) == label_config):
+            if not self._needs_record(project, label_config):
                 return
         try:
             pipe = self.client.pipeline()
-            pipe.sadd(self._projects_key, project)
-            if label_config is not None:
-                pipe.set(self._key(project, "label_config"), label_config)
+            self._queue_record(pipe, project, label_config)
             pipe.execute()
         except redis.RedisError as exc:
             log.warning("project %s: cannot record the project in Redis (%s)", project, exc)
@@ -143,6 +180,15 @@ class ProjectSettingsStore:
             self._seen.add(project)
             if label_config is not None:
                 self._configs[project] = label_config
+
+    def _needs_record(self, project: str, label_config: str | None) -> bool:
+        """Whether Redis lacks the project or this config (the caller holds the lock)."""
+        return project not in self._seen or (label_config is not None and self._configs.get(project) != label_config)
+
+    def _queue_record(self, pipe: redis.client.Pipeline, project: str, label_config: str | None) -> None:
+        pipe.sadd(self._projects_key, project)
+        if label_config is not None:
+            pipe.set(self._key(project, "label_config"), label_config)
 
     def label_config(self, project: str) -> str | None:
         with self._lock:
@@ -153,9 +199,9 @@ class ProjectSettingsStore:
         except redis.RedisError as exc:
             log.warning("project %s: Redis unreachable (%s); no stored label config", project, exc)
             return None
-        if raw is None:
+        config = _text(raw)
+        if config is None:
             return None
-        config = raw.decode() if isinstance(raw, bytes) else raw
         with self._lock:
             self._configs[project] = config
         return config
@@ -168,3 +214,7 @@ class ProjectSettingsStore:
             with self._lock:
                 return sorted(self._seen | set(self._memory) | set(self._configs))
         return sorted(m.decode() if isinstance(m, bytes) else m for m in members)
+
+
+def _text(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value

@@ -68,3 +68,15 @@ def test_redis_down_reads_fall_back_and_writes_fail_clearly(redis_client, redis_
         store.update("6", {"predictions": False})
     store.remember_project("6", "<View/>")  # logged, not raised
     assert "6" in store.projects()
+
+
+def test_read_gives_switches_and_label_config_and_notes_the_project(redis_client, redis_prefix):
+    store = ProjectSettingsStore(redis_client, redis_prefix)
+    store.update("7", {"predictions": False})
+    assert store.read("7", "<View/>") == (ProjectSettings(predictions=False), "<View/>")
+    other = ProjectSettingsStore(redis_client, redis_prefix)  # another process: nothing in memory
+    assert other.read("7") == (ProjectSettings(predictions=False), "<View/>")
+    assert other.read("8") == (ProjectSettings(), None)
+    assert {"7", "8"} <= set(other.projects())
+    other.client = redis.Redis.from_url(DEAD_REDIS, socket_connect_timeout=0.2)
+    assert other.read("7") == (ProjectSettings(predictions=False), "<View/>")  # logged, not raised
