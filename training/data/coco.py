@@ -24,6 +24,7 @@ import numpy as np
 
 from training.data.dataset import DatasetError, Sample, SegmentationDataset
 from training.data.images import ImageError, load_image
+from training.data.polygons import fill_polygon
 
 __all__ = ["load_coco", "decode_rle_string", "rle_to_mask", "polygons_to_mask"]
 
@@ -98,28 +99,7 @@ def polygons_to_mask(polygons: Sequence[Sequence[float]], height: int, width: in
         points = np.asarray(polygon, dtype=np.float64).reshape(-1, 2)
         if not np.isfinite(points).all():
             raise ValueError(f"polygon {number} has non-finite coordinates: {polygon!r:.80}")
-        mask |= _fill_even_odd(points[:, 0], points[:, 1], height, width)
-    return mask
-
-
-def _fill_even_odd(xs: np.ndarray, ys: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Scanline fill at pixel-centre rows; (xs, ys) are the closed polygon's vertices."""
-    mask = np.zeros((height, width), dtype=bool)
-    x_next, y_next = np.roll(xs, -1), np.roll(ys, -1)
-    centres = np.arange(height, dtype=np.float64)[:, None] + 0.5
-    # Half-open test so a vertex exactly on a row centre is counted once.
-    crosses = (ys[None, :] <= centres) != (y_next[None, :] <= centres)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = (centres - ys[None, :]) / (y_next - ys)[None, :]
-    x_at = xs[None, :] + t * (x_next - xs)[None, :]
-    for row in np.flatnonzero(crosses.any(axis=1)):
-        xs_row = np.sort(x_at[row, crosses[row]])
-        for left, right in zip(xs_row[0::2], xs_row[1::2], strict=True):
-            # Columns whose centre c + 0.5 lies in [left, right).
-            first = max(int(np.ceil(left - 0.5)), 0)
-            stop = min(int(np.ceil(right - 0.5)), width)
-            if stop > first:
-                mask[row, first:stop] = True
+        mask |= fill_polygon(points, height, width)
     return mask
 
 

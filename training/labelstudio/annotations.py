@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 from label_studio_sdk.converter.brush import decode_rle
 
+from training.data.polygons import fill_polygon
 from training.labelstudio.label_config import BRUSH, POLYGON, LabelSetup
 
 __all__ = ["TaskSkipped", "annotation_masks", "pick_annotation"]
@@ -62,37 +63,13 @@ def _percent_points(points: Iterable[Sequence[float]], height: int, width: int) 
     return np.stack([array[:, 0] * width / 100.0, array[:, 1] * height / 100.0], axis=1)
 
 
-def _fill(polygon_px: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Even-odd scanline fill: a pixel is inside when its centre (j + 0.5, i + 0.5) is.
-
-    cv2.fillPoly also paints the outline's pixels, which grows every shape by about a pixel.
-    """
-    mask = np.zeros((height, width), dtype=bool)
-    x0, y0 = polygon_px[:, 0], polygon_px[:, 1]
-    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
-    centres = np.arange(height, dtype=np.float64)[:, None] + 0.5
-    # Half-open in y so a scanline through a vertex counts its two edges once.
-    crosses = (np.minimum(y0, y1) <= centres) & (centres < np.maximum(y0, y1))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        xs = np.where(crosses, x0 + (centres - y0) * (x1 - x0) / (y1 - y0), np.nan)
-    xs.sort(axis=1)  # NaNs sort last
-    for row in np.nonzero(crosses.any(axis=1))[0]:
-        hits = xs[row][: int(crosses[row].sum())]
-        for left, right in zip(hits[0::2], hits[1::2], strict=False):
-            start = max(0, int(np.ceil(left - 0.5)))
-            stop = min(width, int(np.ceil(right - 0.5)))
-            if stop > start:
-                mask[row, start:stop] = True
-    return mask
-
-
 def _polygon_mask(value: dict, height: int, width: int) -> np.ndarray | None:
     points = value.get("points")
     if not isinstance(points, list):
         raise TaskSkipped(f"polygon has no points list: {str(value)[:80]}")
     if len(points) < 3:
         return None  # an unfinished polygon covers nothing
-    return _fill(_percent_points(points, height, width), height, width)
+    return fill_polygon(_percent_points(points, height, width), height, width)
 
 
 def _rectangle_mask(value: dict, height: int, width: int) -> np.ndarray:
@@ -109,7 +86,7 @@ def _rectangle_mask(value: dict, height: int, width: int) -> np.ndarray:
     along_w = np.array([cos, sin]) * (w * width / 100.0)
     along_h = np.array([-sin, cos]) * (h * height / 100.0)
     corners = np.stack([origin, origin + along_w, origin + along_w + along_h, origin + along_h])
-    return _fill(corners, height, width)
+    return fill_polygon(corners, height, width)
 
 
 def _rle_length(rle: list[int]) -> int:
