@@ -14,6 +14,8 @@ from training.model.adapter import SamAdapter
 # Class maps are resolved at most at this many times the model's input area, then resized
 # nearest-neighbour to the original: bounds memory for huge images at a small cost in edge detail.
 MAX_RESOLVE_AREA_FACTOR = 4
+# Which decoder answers clicks: the adapter's, or SAM's own (see SamAdapter.base_mask_decoder).
+CLICK_DECODERS = ("adapter", "base")
 
 
 @dataclass
@@ -66,10 +68,14 @@ class Predictor:
     training worker) keeps the cores busy, a second thread that the kernel has descheduled made a
     click 10-70x slower than one thread on a 2-core machine, while on idle cores 2 threads are ~1.8x
     faster than one (benchmarks/hotspots.py).
+
+    ``clicks``: which decoder answers ``predict_prompt`` by default, ``adapter`` or ``base`` (SAM's own).
     """
 
     def __init__(self, model: SamAdapter, precision: str = "auto", threshold: float = 0.5,
-                 channels_last: bool = False, threads: int | str | None = None) -> None:
+                 channels_last: bool = False, threads: int | str | None = None, clicks: str = "adapter") -> None:
+        if clicks not in CLICK_DECODERS:
+            raise ValueError(f"clicks must be one of {', '.join(CLICK_DECODERS)}, got {clicks!r}")
         if not (threads is None or threads == "free" or (isinstance(threads, int) and threads >= 1)):
             raise ValueError(f"threads must be None, 'free' or a positive integer, got {threads!r}")
         self.model = model
@@ -77,6 +83,7 @@ class Predictor:
         self.threshold = threshold
         self.channels_last = channels_last
         self.threads = threads
+        self.clicks = clicks
         self.max_threads = torch.get_num_threads()
         if channels_last:
             model.sam.image_encoder.to(memory_format=torch.channels_last)
@@ -147,7 +154,7 @@ class Predictor:
 
     def predict_prompt(self, image: ImageEmbedding, points: np.ndarray | None = None,
                        point_labels: np.ndarray | None = None, box: np.ndarray | None = None,
-                       class_name: str | None = None) -> PromptPrediction:
+                       class_name: str | None = None, decoder: str | None = None) -> PromptPrediction:
         """One mask from positive/negative points and/or a box.
 
         Args:
@@ -155,13 +162,18 @@ class Predictor:
             point_labels: N values, 1 positive, 0 negative.
             box: (x0, y0, x1, y1) pixels in the original image.
             class_name: conditions the mask on that class's learned prompt when the adapter has it.
+            decoder: ``adapter`` (the adapter's decoder) or ``base`` (SAM's own, without class tokens);
+                None: the predictor's ``clicks`` setting.
         """
+        decoder = decoder or self.clicks
+        if decoder not in CLICK_DECODERS:
+            raise ValueError(f"decoder must be one of {', '.join(CLICK_DECODERS)}, got {decoder!r}")
         with self._threads():
-            return self._predict_prompt(image, points, point_labels, box, class_name)
+            return self._predict_prompt(image, points, point_labels, box, class_name, decoder == "base")
 
     @torch.inference_mode()
     def _predict_prompt(self, image: ImageEmbedding, points: np.ndarray | None, point_labels: np.ndarray | None,
-                        box: np.ndarray | None, class_name: str | None) -> PromptPrediction:
+                        box: np.ndarray | None, class_name: str | None, base: bool) -> PromptPrediction:
         if points is None and box is None:
             raise ValueError("an interactive prediction needs at least one point or a box")
         h, w = image.original_size
@@ -183,7 +195,7 @@ class Predictor:
         multimask = box is None and (coords is None or coords.shape[1] == 1)
         with self._autocast():
             low_res, iou = self.model.prompt_logits(image.embedding.to(device), coords, labels, box_t,
-                                                    [class_index], multimask=multimask)
+                                                    [class_index], multimask=multimask, base_decoder=base)
         best = int(iou[0].argmax())
         logits = self.model.upscale(low_res[0, best : best + 1, None].float(), image.input_size, (h, w))
         return PromptPrediction(mask=(logits[0] > 0).cpu().numpy(), score=float(iou[0, best].clamp(0, 1)))

@@ -36,6 +36,8 @@ ENV_NAMES = {
     "TRAIN_MAX_SECONDS": "train_max_seconds",
     "TRAIN_MIN_ANNOTATIONS": "min_annotations",
     "TRAIN_PROMOTE_TOLERANCE": "promote_tolerance",
+    "SAMLOOP_ADAPTER": "adapter_kind",
+    "EMBEDDING_STORE_MB": "embedding_store_mb",
 }
 
 
@@ -48,6 +50,11 @@ class JobSettings:
         redis:// URL = ``open_registry(registry)``.
     Step budget: ``steps_per_image`` x training images, clamped to [min_steps, max_steps]; the
         wall-clock budget ``train_max_seconds`` applies too, whichever ends first.
+    adapter_kind: ``decoder`` (frozen encoder, trained on stored embeddings) or ``encoder`` (encoder
+        LoRA); ``adapter_options`` refine it. A project's kind comes from its settings in the backend.
+    embedding_store_mb: bound of the on-disk embedding store ``<data_dir>/embeddings``, shared with
+        the backend when both use the same data directory.
+    click_max_clicks: the simulated clicker's budget per held-out object (NoC is capped at it).
     """
 
     label_studio_url: str = ""
@@ -68,7 +75,10 @@ class JobSettings:
     max_steps: int = 500
     batch_size: int = 4
     train_options: dict[str, Any] = field(default_factory=dict)
+    adapter_kind: str = "decoder"
     adapter_options: dict[str, Any] = field(default_factory=dict)
+    embedding_store_mb: int = 4096
+    click_max_clicks: int = 20
     promote_tolerance: float = 0.01
     holdout_every: int = 5
     holdout_min: int = 5
@@ -83,7 +93,7 @@ class JobSettings:
     def __post_init__(self) -> None:
         ints = {"image_size": 64, "keep_versions": 1, "steps_per_image": 1, "min_steps": 1, "max_steps": 1,
                 "batch_size": 1, "holdout_every": 2, "holdout_min": 0, "min_annotations": 0,
-                "export_max_side": 16, "ls_retries": 0}
+                "export_max_side": 16, "ls_retries": 0, "embedding_store_mb": 1, "click_max_clicks": 1}
         for name, low in ints.items():
             value = getattr(self, name)
             if isinstance(value, str) and value.strip().lstrip("-").isdigit():
@@ -110,7 +120,7 @@ class JobSettings:
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         TrainConfig.from_dict({**self.train_options, "max_steps": 1})  # fail here, not after the export
-        AdapterConfig.from_dict(self.adapter_options)
+        AdapterConfig.for_kind(self.adapter_kind, **self.adapter_options)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

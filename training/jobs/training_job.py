@@ -32,6 +32,9 @@ from rq import get_current_job
 from rq.job import Job
 
 from training.data.dataset import SegmentationDataset, split_holdout
+from training.inference.embedding_store import MB, EmbeddingStore
+from training.inference.predictor import ImageEmbedding
+from training.inference.runtime import resolve_device
 from training.jobs.progress import JobProgress
 from training.jobs.project_run import ProjectRun
 from training.jobs.scheduler import TrainingScheduler
@@ -39,7 +42,9 @@ from training.jobs.settings import JobSettings, step_budget
 from training.labelstudio.client import LabelStudioSource
 from training.labelstudio.export import ExportResult, export_dataset
 from training.labelstudio.label_config import LabelConfigError
+from training.learn.click_gate import click_gate
 from training.learn.config import TrainConfig
+from training.learn.embeddings import TrainingEmbeddings
 from training.learn.evaluation import evaluate
 from training.learn.trainer import TrainResult, train_adapter
 from training.model.adapter import SamAdapter
@@ -52,12 +57,6 @@ from training.registry import AdapterRegistry, RedisRegistry, open_registry
 __all__ = ["run_training_job", "train_project"]
 
 log = logging.getLogger(__name__)
-
-
-def _device(requested: str) -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
 
 
 @dataclass
@@ -88,6 +87,16 @@ class _Verdict:
     candidate: dict
     promote: bool
     decision: str
+    clicks: dict  # click_gate's choice of decoder for clicks, with both decoders' click metrics
+
+
+def stored_embeddings(model: SamAdapter, store: EmbeddingStore, settings: JobSettings) -> TrainingEmbeddings | None:
+    """Embeddings from the shared store for a frozen-encoder model; None for one with its own encoder."""
+    return TrainingEmbeddings(model, store, settings.precision) if model.config.encoder == "frozen" else None
+
+
+def _embedded(source: TrainingEmbeddings | None, dataset: SegmentationDataset) -> list[ImageEmbedding] | None:
+    return None if source is None else [source.get(sample.image) for sample in dataset.samples]
 
 
 # ----- pieces ----------------------------------------------------------------------------------------
@@ -128,12 +137,15 @@ def initial_model(active: SamAdapter | None, active_version: int | None, weights
 
     Returns (model with ``class_names``, warm-started?, why).
     """
-    wanted = AdapterConfig.from_dict(settings.adapter_options)
-    if active is not None and (not settings.adapter_options or active.config == wanted):
+    wanted = AdapterConfig.for_kind(settings.adapter_kind, **settings.adapter_options)
+    # Without explicit options any adapter of the wanted kind warm-starts; a change of kind starts afresh.
+    same = active is not None and (active.config == wanted or (not settings.adapter_options
+                                                               and active.config.kind == wanted.kind))
+    if same:
         new = [n for n in class_names if n not in active.class_names]
         active.set_classes(class_names)
         return active, True, f"warm start from version {active_version}" + (f", new classes {new}" if new else "")
-    why = "no usable active adapter" if active is None else "the adapter configuration changed"
+    why = "no usable active adapter" if active is None else f"the adapter configuration changed ({wanted.kind} kind)"
     return new_adapter_model(weights, settings.image_size, class_names, wanted), False, f"{why}: training from scratch"
 
 
@@ -187,7 +199,7 @@ def export_tasks(project: str, settings: JobSettings, progress: JobProgress) -> 
 
 
 def score_active(registry: AdapterRegistry, project: str, weights: BaseWeights, settings: JobSettings,
-                 data: _Data, device: torch.device, progress: JobProgress) -> _Active:
+                 data: _Data, device: torch.device, store: EmbeddingStore, progress: JobProgress) -> _Active:
     """Load the active adapter and score it on the held-out tasks (when there are both)."""
     version, active, note = load_active(registry, project, weights, settings)
     log.info("project %s: %s", project, note)
@@ -197,31 +209,49 @@ def score_active(registry: AdapterRegistry, project: str, weights: BaseWeights, 
         active.set_classes(data.dataset.class_names)
         active.to(device)
         progress.stage("evaluating", f"scoring the active version {version} on {len(data.holdout)} held-out tasks")
-        metrics = evaluate(active, data.holdout, settings.precision)
+        embeddings = _embedded(stored_embeddings(active, store, settings), data.holdout)
+        metrics = evaluate(active, data.holdout, settings.precision, embeddings)
     return _Active(version, active, metrics)
 
 
-def train_candidate(model: SamAdapter, data: _Data, settings: JobSettings, progress: JobProgress
-                    ) -> tuple[TrainConfig, TrainResult]:
-    """Train ``model`` in place within the step and time budgets; returns the options used and the result."""
+def train_candidate(model: SamAdapter, data: _Data, settings: JobSettings, store: EmbeddingStore,
+                    progress: JobProgress) -> tuple[TrainConfig, TrainResult]:
+    """Train ``model`` in place within the step and time budgets; returns the options used and the result.
+
+    A frozen-encoder model trains on stored embeddings: the images are encoded first (those the
+    backend or an earlier run stored cost nothing), then the loop runs on the decoder alone."""
     config = TrainConfig.from_dict({
         "batch_size": settings.batch_size, "precision": settings.precision, **settings.train_options,
         "max_steps": step_budget(len(data.train_set), settings), "max_seconds": settings.train_max_seconds,
     })
-    progress.stage("training", f"training for up to {config.max_steps} steps / {config.max_seconds:.0f} s",
-                   step=0, max_steps=config.max_steps)
-    return config, train_adapter(model, data.train_set, config, progress=progress.on_train)
+    embeddings = stored_embeddings(model, store, settings)
+    if embeddings is not None:
+        progress.stage("encoding", f"embedding {len(data.train_set)} training images (stored embeddings are reused)")
+
+    def started() -> None:
+        progress.stage("training", f"training for up to {config.max_steps} steps / {config.max_seconds:.0f} s",
+                       step=0, max_steps=config.max_steps, encoded=embeddings.encoded if embeddings else None)
+
+    return config, train_adapter(model, data.train_set, config, progress=progress.on_train, embeddings=embeddings,
+                                 on_ready=started)
 
 
-def judge_candidate(model: SamAdapter, data: _Data, active: _Active, settings: JobSettings,
+def judge_candidate(model: SamAdapter, data: _Data, active: _Active, settings: JobSettings, store: EmbeddingStore,
                     progress: JobProgress) -> _Verdict:
-    """Score the candidate (held-out tasks, else the training set) and decide whether it is promoted."""
+    """Score the candidate (held-out tasks, else the training set), decide whether it is promoted, and
+    which decoder answers its clicks (simulated clicks on the held-out tasks)."""
     has_holdout = len(data.holdout) > 0
     evaluated_on = "holdout" if has_holdout else "training set (no held-out tasks)"
     progress.stage("evaluating", f"scoring the candidate on the {evaluated_on}")
-    candidate = evaluate(model, data.holdout if has_holdout else data.train_set, settings.precision)
+    scored = data.holdout if has_holdout else data.train_set
+    source = stored_embeddings(model, store, settings)
+    embeddings = _embedded(source, scored)
+    candidate = evaluate(model, scored, settings.precision, embeddings)
     promote, decision = _decide(candidate, active.metrics, settings.promote_tolerance, has_holdout, active.version)
-    return _Verdict(evaluated_on, candidate, promote, decision)
+    clicks = click_gate(model, data.holdout, settings.precision, embeddings if has_holdout else None,
+                        settings.click_max_clicks)
+    log.info("clicks: %s decoder (%s)", clicks["decoder"], clicks["reason"])
+    return _Verdict(evaluated_on, candidate, promote, decision, clicks)
 
 
 def _metadata(project: str, job_id: str | None, model: SamAdapter, start: tuple[bool, str], data: _Data,
@@ -243,7 +273,8 @@ def _metadata(project: str, job_id: str | None, model: SamAdapter, start: tuple[
         "train": result.to_dict(),
         "train_config": config.to_dict(),
         "metrics": {"evaluated_on": verdict.evaluated_on, "candidate": verdict.candidate, "active": active.metrics,
-                    "active_version": active.version, "tolerance": settings.promote_tolerance},
+                    "active_version": active.version, "tolerance": settings.promote_tolerance,
+                    "clicks": verdict.clicks},
         "promoted": verdict.promote,
         "decision": verdict.decision,
     }
@@ -254,7 +285,9 @@ def publish_candidate(registry: AdapterRegistry, project: str, model: SamAdapter
     """Publish the candidate (active if promoted) and return the job's outcome."""
     promote, decision = metadata["promoted"], metadata["decision"]
     progress.stage("publishing", f"publishing: {decision}")
-    artifact = model.to_bytes({"training": {"project": project, "job_id": metadata["job_id"], "promoted": promote}})
+    clicks_decoder = metadata["metrics"]["clicks"]["decoder"]
+    artifact = model.to_bytes({"training": {"project": project, "job_id": metadata["job_id"], "promoted": promote},
+                               "clicks_decoder": clicks_decoder})
     info = registry.publish(project, artifact, metadata, activate=promote)
     outcome = {
         "status": "promoted" if promote else "not_promoted",
@@ -289,15 +322,16 @@ def train_project(project: str, settings: JobSettings, progress: JobProgress | N
         return data
     weights = resolve_checkpoint(settings.model_type, settings.checkpoint, settings.model_cache or None)
     registry = open_job_registry(settings, job)
-    device = _device(settings.device)
-    active = score_active(registry, project, weights, settings, data, device, progress)
+    device = resolve_device(settings.device)
+    store = EmbeddingStore(Path(settings.data_dir) / "embeddings", settings.embedding_store_mb * MB)
+    active = score_active(registry, project, weights, settings, data, device, store, progress)
     model, warm, start_reason = initial_model(active.model, active.version, weights, settings,
                                               data.dataset.class_names)
     active.model = None  # a separate fresh model was built: let the old one go before training
     model.to(device)
     log.info("project %s: %s", project, start_reason)
-    trained = train_candidate(model, data, settings, progress)
-    verdict = judge_candidate(model, data, active, settings, progress)
+    trained = train_candidate(model, data, settings, store, progress)
+    verdict = judge_candidate(model, data, active, settings, store, progress)
     metadata = _metadata(project, job.id if job is not None else None, model, (warm, start_reason), data, trained,
                          active, verdict, settings)
     return publish_candidate(registry, project, model, metadata, data, started, progress)

@@ -14,7 +14,7 @@ import torch
 
 from training.data.images import image_digest
 from training.inference.embedding_store import EmbeddingStore, embedding_key
-from training.inference.predictor import Predictor
+from training.inference.predictor import ImageEmbedding, Predictor
 from training.model.adapter import SamAdapter
 
 log = logging.getLogger(__name__)
@@ -38,10 +38,14 @@ class TrainingEmbeddings:
         self.predictor = Predictor(model, precision=precision)
         self.encoded = 0  # images that went through the encoder (tests and progress)
         self.reused = 0  # images found in the store
+        self._memo: dict[str, ImageEmbedding] = {}  # this run's embeddings, by image digest
 
-    def embed(self, image: np.ndarray) -> torch.Tensor:
-        """1 x 256 x G x G float32 embedding on the model's device (a plain tensor, safe for autograd)."""
-        key = embedding_key(self.model.base, image_digest(image))
+    def get(self, image: np.ndarray) -> ImageEmbedding:
+        """The image's embedding (1 x 256 x G x G float32 on the CPU) with its geometry."""
+        digest = image_digest(image)
+        if digest in self._memo:
+            return self._memo[digest]
+        key = embedding_key(self.model.base, digest)
         found = self.store.get(key) if self.store is not None else None
         if found is not None:
             self.reused += 1
@@ -51,4 +55,10 @@ class TrainingEmbeddings:
             if self.store is not None:
                 self.store.put(key, found)
         # Outside inference mode a clone is an ordinary tensor that autograd may save.
-        return found.embedding.clone().to(self.model.device)
+        found = ImageEmbedding(found.embedding.clone().cpu(), found.input_size, found.original_size)
+        self._memo[digest] = found
+        return found
+
+    def embed(self, image: np.ndarray) -> torch.Tensor:
+        """The image's embedding tensor on the model's device, for training."""
+        return self.get(image).embedding.to(self.model.device)

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from training.data.dataset import SegmentationDataset
-from training.inference.predictor import Predictor
+from training.inference.predictor import ImageEmbedding, Predictor
 from training.model.adapter import SamAdapter
 
 
-def evaluate(model: SamAdapter, dataset: SegmentationDataset, precision: str = "auto") -> dict:
+def evaluate(model: SamAdapter, dataset: SegmentationDataset, precision: str = "auto",
+             embeddings: Sequence[ImageEmbedding] | None = None) -> dict:
     """Dataset-level IoU and Dice per class (pixels summed over images), and their means.
+
+    ``embeddings``: one per sample under ``model``'s encoder (e.g. from the embedding store, shared by
+    every frozen-encoder model on this base); None encodes each image.
 
     Classes are matched by name; a class with no pixels in either prediction or truth over the whole
     dataset is left out of the means (it has no IoU to speak of). Returns JSON-safe numbers.
@@ -20,8 +26,10 @@ def evaluate(model: SamAdapter, dataset: SegmentationDataset, precision: str = "
     pred_sum = dict.fromkeys(classes, 0)
     true_sum = dict.fromkeys(classes, 0)
     predictor = Predictor(model, precision=precision)
-    for sample in dataset.samples:
-        embedding = predictor.embed([sample.image])[0]
+    if embeddings is not None and len(embeddings) != len(dataset):
+        raise ValueError(f"{len(embeddings)} embeddings for {len(dataset)} samples")
+    for index, sample in enumerate(dataset.samples):
+        embedding = predictor.embed([sample.image])[0] if embeddings is None else embeddings[index]
         prediction = predictor.predict_classes(embedding, classes)
         for name in classes:
             pred = prediction.mask(name)

@@ -254,12 +254,14 @@ class _Loop:
 
 def train_adapter(model: SamAdapter, dataset: SegmentationDataset, config: TrainConfig,
                   progress: Callable[[TrainProgress], None] | None = None,
-                  embeddings: TrainingEmbeddings | None = None) -> TrainResult:
+                  embeddings: TrainingEmbeddings | None = None,
+                  on_ready: Callable[[], None] | None = None) -> TrainResult:
     """Train ``model``'s adapter parts on ``dataset`` in place; returns the loss history.
 
     The dataset's classes must be the model's classes in the same order (``model.set_classes``).
     With a frozen image encoder, ``embeddings`` (default: in memory, no store) gives each image's
-    embedding once, before the loop; the encoder never runs inside it. The model is left in eval mode.
+    embedding once, before the loop; the encoder never runs inside it. ``on_ready`` is called when the
+    data is prepared and the loop starts. The model is left in eval mode.
     """
     if list(dataset.class_names) != list(model.class_names):
         raise ValueError(f"dataset classes {dataset.class_names} differ from the model's {model.class_names}; "
@@ -275,6 +277,8 @@ def train_adapter(model: SamAdapter, dataset: SegmentationDataset, config: Train
              model.trainable_parameter_count(), len(dataset), config.max_steps,
              f" / {config.max_seconds:.0f} s" if config.max_seconds else "", "bf16" if loop.amp else "fp32",
              ", on stored embeddings" if embeddings is not None else "")
+    if on_ready is not None:
+        on_ready()
     model.train()
     try:
         losses, seconds, stopped = _run(loop, progress)

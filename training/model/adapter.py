@@ -7,6 +7,8 @@ are (x, y) pixels in the original image unless a docstring says otherwise.
 
 from __future__ import annotations
 
+import copy
+
 import cv2
 import numpy as np
 import torch
@@ -58,6 +60,11 @@ class SamAdapter(nn.Module):
         self.config = config
         self.class_names = list(class_names)
         _freeze(sam)
+        # SAM's own decoder, kept apart from the adapted one: clicks are answered by it unless the
+        # adapter's decoder measured better on clicks (not saved: it is the base model's).
+        # Only with the base encoder: after an adapted encoder, SAM's decoder would not be SAM.
+        own = config.decoder != "frozen" and config.encoder == "frozen"
+        self.base_mask_decoder = copy.deepcopy(sam.mask_decoder) if own else None
         # peft draws LoRA A matrices from the global RNG: seed it so the same config gives the same
         # starting adapter in every process (reproducible training runs).
         with torch.random.fork_rng(devices=[]):
@@ -131,8 +138,9 @@ class SamAdapter(nn.Module):
 
     # ----- decoder side ------------------------------------------------------------------------------
     def _decode(self, embedding: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor,
-                multimask: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.sam.mask_decoder(
+                multimask: bool = False, base: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        decoder = self.base_mask_decoder if base and self.base_mask_decoder is not None else self.sam.mask_decoder
+        return decoder(
             image_embeddings=embedding,
             image_pe=self.sam.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,
@@ -185,7 +193,7 @@ class SamAdapter(nn.Module):
 
     def prompt_logits(self, embedding: torch.Tensor, coords: torch.Tensor | None, labels: torch.Tensor | None,
                       box: torch.Tensor | None, class_indices: list[int | None] | None = None,
-                      multimask: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                      multimask: bool = False, base_decoder: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Masks for point/box prompts on one image, optionally conditioned on class prompts.
 
         Args:
@@ -195,12 +203,13 @@ class SamAdapter(nn.Module):
             box: B x 4 (x0, y0, x1, y1) in the input frame, or None.
             class_indices: B entries; a class index adds that class's learned tokens to that prompt
                 (None entries, or None for all, leave the prompt as SAM's own).
+            base_decoder: answer with SAM's own decoder (and no class tokens) instead of the adapter's.
         Returns:
             (B x M x 4G x 4G logits, B x M IoU predictions); M is 3 with multimask else 1.
         """
         points = (coords, labels) if coords is not None else None
         sparse, dense = self.sam.prompt_encoder(points=points, boxes=box, masks=None)
-        if class_indices is not None and any(i is not None for i in class_indices):
+        if not base_decoder and class_indices is not None and any(i is not None for i in class_indices):
             if len(class_indices) != sparse.shape[0]:
                 raise ValueError(f"{len(class_indices)} class indices for {sparse.shape[0]} prompts")
             # Rows without a class get zero tokens: attention still sees them, but they carry nothing.
@@ -209,7 +218,7 @@ class SamAdapter(nn.Module):
                 for i in class_indices
             ])
             sparse = torch.cat([sparse, tokens.to(sparse.dtype)], dim=1)
-        return self._decode(embedding, sparse, dense, multimask)
+        return self._decode(embedding, sparse, dense, multimask, base=base_decoder)
 
     def set_classes(self, class_names: list[str]) -> None:
         """Change the class list: known classes keep their prompts, new ones get fresh prompts."""

@@ -37,7 +37,7 @@ def test_threads_apply_during_model_calls_only_and_keep_results():
     before = torch.get_num_threads()
     seen = []
     hooks = [module.register_forward_hook(lambda *_: seen.append(torch.get_num_threads()))
-             for module in (model.sam.image_encoder, model.sam.mask_decoder)]
+             for module in (model.sam.image_encoder, model.sam.mask_decoder.transformer)]
     try:
         points, labels = np.array([[30.0, 40.0], [80.0, 20.0]]), np.array([1, 0])
         a = plain.predict_prompt(embedding, points, labels, class_name="a")
