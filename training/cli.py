@@ -15,9 +15,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
-from training.data.dataset import DatasetError, SegmentationDataset, load_coco, load_mask_folder, split_fraction
-from training.data.images import ImageError, load_image
+from training.data.coco import load_coco
+from training.data.dataset import DatasetError, SegmentationDataset, split_fraction
+from training.data.images import IMAGE_SUFFIXES, ImageError, load_image
+from training.data.mask_folder import load_mask_folder
+from training.data.synthetic import synthetic_dataset
 from training.inference.predictor import Predictor
 from training.learn.config import TrainConfig
 from training.learn.evaluation import evaluate
@@ -29,7 +33,6 @@ from training.model.loading import load_adapter_model, new_adapter_model
 from training.model.weights import CheckpointError, resolve_checkpoint
 from training.registry import RegistryError, open_registry
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
 # Overlay colours per class id (RGB); class ids beyond the table cycle through it.
 PALETTE = np.array([[230, 25, 75], [60, 180, 75], [0, 130, 200], [255, 225, 25], [145, 30, 180],
                     [70, 240, 240], [240, 50, 230], [245, 130, 48]], np.uint8)
@@ -164,8 +167,6 @@ def _load_model(args: argparse.Namespace):
 
 
 def _progress_bar(total: int):
-    from tqdm import tqdm
-
     bar = tqdm(total=total, unit="step", file=sys.stderr)
 
     def update(p: TrainProgress) -> None:
@@ -263,8 +264,6 @@ def cmd_versions(args: argparse.Namespace) -> dict:
 
 
 def cmd_synth(args: argparse.Namespace) -> dict:
-    from training.data.synthetic import synthetic_dataset
-
     dataset = synthetic_dataset(args.count, args.size, seed=args.seed)
     images, masks = args.out / "images", args.out / "masks"
     try:

@@ -21,9 +21,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-__all__ = ["ImageError", "load_image", "to_rgb_uint8", "image_digest"]
+__all__ = ["IMAGE_SUFFIXES", "ImageError", "load_image", "to_rgb_uint8", "image_digest"]
 
 DEFAULT_MAX_PIXELS = 100_000_000
+# File suffixes (lower case) treated as images when a folder is read; GIFs give their first frame.
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 
 # Errors PIL and its plugins raise on malformed input; all become ImageError.
 _DECODE_ERRORS = (
