@@ -79,10 +79,9 @@ class _QuietServer(ThreadingHTTPServer):
 class FakeLabelStudio:
     """Start with ``with FakeLabelStudio() as ls:``; ``ls.url`` is its base URL."""
 
-    def __init__(self, legacy_token: str = LEGACY_TOKEN, require_auth_for_files: bool = True) -> None:
-        self.legacy_token = legacy_token
+    def __init__(self) -> None:
+        self.legacy_token = LEGACY_TOKEN
         self.refresh_token = make_jwt("refresh", 3600)
-        self.require_auth_for_files = require_auth_for_files
         self.state = _State()
         self._lock = threading.Lock()
         self._server = _QuietServer(("127.0.0.1", 0), _make_handler(self))
@@ -105,9 +104,9 @@ class FakeLabelStudio:
         self._thread.join(timeout=5)
 
     # ----- content -----
-    def add_project(self, project_id: int, label_config: str, title: str = "fake") -> None:
+    def add_project(self, project_id: int, label_config: str) -> None:
         with self._lock:
-            self.state.projects[project_id] = {"id": project_id, "title": title, "label_config": label_config}
+            self.state.projects[project_id] = {"id": project_id, "title": "fake", "label_config": label_config}
             self.state.tasks.setdefault(project_id, [])
 
     def add_image(self, project_id: int, name: str, data: bytes) -> str:
@@ -150,10 +149,6 @@ class FakeLabelStudio:
         """Answer ``status`` to the next ``times`` requests whose path starts with ``prefix`` (-1: always)."""
         with self._lock:
             self.state.faults.append(Fault(prefix, status, times))
-
-    def clear_faults(self) -> None:
-        with self._lock:
-            self.state.faults.clear()
 
     def requests_to(self, prefix: str) -> list[LoggedRequest]:
         with self._lock:
@@ -241,11 +236,10 @@ def _make_handler(ls: FakeLabelStudio) -> type[BaseHTTPRequestHandler]:
             if path in ("/api/version", "/api/version/"):
                 self._json(200, {"release": "1.23.2", "edition": "Community"})
                 return
-            is_file = path.startswith(("/data/upload/", "/storage-data/uploaded"))
-            if (not is_file or ls.require_auth_for_files) and not ls._authorised(self.headers.get("Authorization")):
+            if not ls._authorised(self.headers.get("Authorization")):
                 self._json(401, {"detail": "Authentication credentials were not provided."})
                 return
-            if is_file:
+            if path.startswith(("/data/upload/", "/storage-data/uploaded")):
                 self._file(path, query)
                 return
             parts = [p for p in path.split("/") if p]
@@ -362,15 +356,15 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
-def png_bytes(image: np.ndarray, exif_orientation: int | None = None, fmt: str = "PNG") -> bytes:
+def png_bytes(image: np.ndarray, exif_orientation: int | None = None) -> bytes:
     pil = Image.fromarray(image)
     buffer = io.BytesIO()
     if exif_orientation is not None:
         exif = Image.Exif()
         exif[0x0112] = exif_orientation
-        pil.save(buffer, format=fmt, exif=exif)
+        pil.save(buffer, format="PNG", exif=exif)
     else:
-        pil.save(buffer, format=fmt)
+        pil.save(buffer, format="PNG")
     return buffer.getvalue()
 
 

@@ -76,8 +76,7 @@ class LabelStudioSource:
         return self.url.rstrip("/") + "/"
 
 
-def retrying(source: LabelStudioSource, what: str, url: str, call: Callable[[], T],
-             sleep: Callable[[float], None] = time.sleep) -> T:
+def retrying(source: LabelStudioSource, what: str, url: str, call: Callable[[], T]) -> T:
     """Run ``call`` with retries on 401/408/409/429/5xx and connection errors, then a clear error."""
     last_status: int | None = None
     last_detail = ""
@@ -94,7 +93,7 @@ def retrying(source: LabelStudioSource, what: str, url: str, call: Callable[[], 
             delay = source.backoff * (2 ** attempt)
             log.warning("Label Studio %s at %s failed (%s); retrying in %.1f s", what, url,
                         last_status or last_detail, delay)
-            sleep(delay)
+            time.sleep(delay)
     status_text = f"HTTP {last_status}" if last_status is not None else "no response"
     hint = " (check LABEL_STUDIO_API_KEY)" if last_status in (401, 403) else ""
     raise LabelStudioError(

@@ -5,8 +5,9 @@ The project's synchronous JSON export carries every annotation of every labeled 
 downloaded with the SDK's ``get_local_path`` (auth only to Label Studio's own host, presigned
 cloud URLs) and kept in a cache directory between runs.
 
-A task whose image cannot be fetched or whose annotation cannot be decoded is skipped and
-reported; Label Studio being unreachable or refusing us raises ``LabelStudioError``.
+A task whose image cannot be fetched or read (above ``load_image``'s 100-megapixel cap, too) or
+whose annotation cannot be decoded is skipped and reported; Label Studio being unreachable or
+refusing us raises ``LabelStudioError``.
 """
 
 from __future__ import annotations
@@ -75,14 +76,13 @@ def _fetch_image(url: str, task: dict, source: LabelStudioSource, token: str, ca
         raise TaskSkipped(f"image {url} cannot be fetched: {exc}") from exc
 
 
-def _task_image(task: dict, setup: LabelSetup, source: LabelStudioSource, token: str, cache_dir: Path,
-                max_pixels: int) -> np.ndarray:
+def _task_image(task: dict, setup: LabelSetup, source: LabelStudioSource, token: str, cache_dir: Path) -> np.ndarray:
     url = (task.get("data") or {}).get(setup.image_key)
     if not isinstance(url, str) or not url:
         raise TaskSkipped(f"task data has no image URL in field {setup.image_key!r}")
     path = _fetch_image(url, task, source, token, cache_dir)
     try:
-        return load_image(path, max_pixels=max_pixels)
+        return load_image(path)
     except ImageError as exc:
         if not path.is_relative_to(cache_dir):
             raise TaskSkipped(f"image {url} cannot be read: {exc}") from exc
@@ -90,7 +90,7 @@ def _task_image(task: dict, setup: LabelSetup, source: LabelStudioSource, token:
         path.unlink(missing_ok=True)
     path = _fetch_image(url, task, source, token, cache_dir)
     try:
-        return load_image(path, max_pixels=max_pixels)
+        return load_image(path)
     except ImageError as exc:
         raise TaskSkipped(f"image {url} cannot be read: {exc}") from exc
 
@@ -130,7 +130,7 @@ def _quiet_sdk_download_log() -> None:
 
 
 def export_dataset(source: LabelStudioSource, project: str | int, cache_dir: str | Path,
-                   max_side: int | None = None, max_pixels: int = 100_000_000) -> ExportResult:
+                   max_side: int | None = None) -> ExportResult:
     """Export a project's labeled tasks as a SegmentationDataset.
 
     Args:
@@ -138,7 +138,6 @@ def export_dataset(source: LabelStudioSource, project: str | int, cache_dir: str
         project: ``"<id>"`` or ``"<id>.<timestamp>"``.
         cache_dir: downloaded images are kept here (keyed by URL) for the next run.
         max_side: if set, images (and masks) larger than this are shrunk to it, to bound memory.
-        max_pixels: images above this many pixels are skipped rather than decoded.
 
     Returns:
         ExportResult; samples are named ``task-<id>`` in task order, images H x W x 3 uint8 RGB
@@ -167,7 +166,7 @@ def export_dataset(source: LabelStudioSource, project: str | int, cache_dir: str
                 result.cancelled_only += 1
                 continue
             try:
-                image = _task_image(task, setup, source, token, cache, max_pixels)
+                image = _task_image(task, setup, source, token, cache)
                 masks = annotation_masks(annotation.get("result"), setup, image.shape[0], image.shape[1])
             except TaskSkipped as exc:
                 log.warning("task %s skipped: %s", task_id, exc)
