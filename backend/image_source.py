@@ -3,7 +3,9 @@
 ``get_local_path`` resolves Label Studio uploads, local-files storage and presigned cloud URLs,
 and attaches the credential only when the URL's host is Label Studio's own (plain http URLs to
 other hosts go out without it). It has no timeout of its own, so downloads run through a session
-that adds one and refuses oversized responses. Downloads are cached on disk (bounded in size).
+that adds one and refuses oversized responses. That one session (its connection pool) serves every
+download of an ``ImageSource``, from any thread; it keeps no cookies, so each download sends only
+what ``get_local_path`` gives it. Downloads are cached on disk (bounded in size).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from http.cookiejar import DefaultCookiePolicy
 from pathlib import Path
 
 import numpy as np
@@ -38,12 +41,14 @@ class ImageFetchError(RuntimeError):
 
 
 class _BoundedSession(requests.Session):
-    """requests.Session with a default timeout and a Content-Length cap."""
+    """requests.Session with a default timeout and a Content-Length cap, and without cookies."""
 
     def __init__(self, timeout: float, max_bytes: int) -> None:
         super().__init__()
         self._timeout = timeout
         self._max_bytes = max_bytes
+        # Shared by concurrent downloads: a cookie one response sets must not ride along on the others.
+        self.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
 
     def request(self, method, url, *args, **kwargs):  # noqa: ANN001 - requests' own signature
         kwargs.setdefault("timeout", self._timeout)
@@ -80,6 +85,12 @@ class ImageSource:
         self._from_setup: dict[str, _Credentials] = {}
         self._lock = threading.Lock()
         self._last_prune = 0.0
+        # One connection pool for all downloads: a new session per image meant a new TCP connection per image.
+        self._session = _BoundedSession(settings.IMAGE_DOWNLOAD_TIMEOUT, MAX_DOWNLOAD_BYTES)
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self._session.close()
 
     def remember_setup(self, project: str, hostname: str | None, access_token: str | None) -> None:
         """Keep /setup's hostname and token for ``project`` (used only without LABEL_STUDIO_URL)."""
@@ -120,8 +131,7 @@ class ImageSource:
         hostname = creds.hostname if creds else ""
         token = creds.auth.access_token() if creds and creds.auth and _needs_token(url, hostname) else ""
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        session = _BoundedSession(self.settings.IMAGE_DOWNLOAD_TIMEOUT, MAX_DOWNLOAD_BYTES)
-        with session, ls_io.http_session(session):
+        with ls_io.http_session(self._session):
             # get_local_path compares the URL's host with `hostname` before attaching the token.
             path = ls_io.get_local_path(url, cache_dir=str(self.cache_dir), hostname=hostname or None,
                                         access_token=token or None, task_id=task_id)

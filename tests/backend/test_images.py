@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import os
 import socket
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import jwt
 import numpy as np
@@ -210,3 +212,35 @@ def test_legacy_token_end_to_end_through_predict(make_backend, file_server):
     backend.publish("3", ["cat"], seed=1)
     (result,) = backend.client.post("/predict", json=predict_body("3", [brush_task(1, UPLOAD, 3)])).json()["results"]
     assert "error" not in result and result["model_version"].endswith("-p3-v1")
+
+
+def test_downloads_share_one_keep_alive_connection_and_keep_no_cookies(tmp_path):
+    png = encode(noise_image(8, 8))
+    seen: list[tuple[tuple, str | None]] = []
+
+    class KeepAlive(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            seen.append((self.client_address, self.headers.get("Cookie")))
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Set-Cookie", "sessionid=abc; Path=/")
+            self.send_header("Content-Length", str(len(png)))
+            self.end_headers()
+            self.wfile.write(png)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), KeepAlive)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    images = source(tmp_path)
+    try:
+        for i in range(3):
+            images.fetch(f"http://127.0.0.1:{server.server_address[1]}/img-{i}.png", task_id=i)
+    finally:
+        images.close()
+        server.shutdown()
+    assert len({address for address, _ in seen}) == 1  # one TCP connection for three downloads
+    assert [cookie for _, cookie in seen] == [None, None, None]
