@@ -2,4 +2,6 @@
 
 - ``fake_label_studio``: a small Label Studio stand-in (projects, tasks, exports, uploads, tokens)
   served over real HTTP, for tests and ``make bench`` where a real Label Studio is not needed.
+- ``ls_annotations``: what goes into it: annotation regions as the frontend stores them, label
+  configs, PNG uploads, synthetic scenes with their true masks.
 """

@@ -7,12 +7,11 @@ It answers the calls samloop's export makes, shaped like Label Studio 1.23:
 Auth is ``Authorization: Token <legacy>`` or ``Bearer <access>``. Faults can be injected per path
 prefix, and every request is logged (method, path, headers) for assertions.
 
-Also builders for annotation results the way the Label Studio frontend writes them.
+What to put in it (regions, configs, images) is built by ``testkit.ls_annotations``.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import sys
 import threading
@@ -26,9 +25,6 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import jwt
-import numpy as np
-from label_studio_sdk.converter.brush import mask2rle
-from PIL import Image
 
 LEGACY_TOKEN = "fake-legacy-token-0123456789"
 _JWT_SECRET = "fake-label-studio-signing-key-0123456789"
@@ -184,99 +180,103 @@ class FakeLabelStudio:
         return access
 
 
+class _Handler(BaseHTTPRequestHandler):
+    """Answers for ``ls``; ``_make_handler`` binds one to each server."""
+
+    ls: FakeLabelStudio
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep pytest output quiet
+        pass
+
+    def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+        self.ls.state.log[-1].status = status
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, status: int, payload: Any) -> None:
+        self._send(status, json.dumps(payload).encode())
+
+    def _begin(self) -> tuple[str, dict[str, list[str]]] | None:
+        parsed = urlparse(self.path)
+        with self.ls._lock:
+            self.ls.state.log.append(LoggedRequest(self.command, self.path, dict(self.headers.items())))
+        status = self.ls._take_fault(parsed.path)
+        if status is not None:
+            self._json(status, {"detail": f"injected fault {status}"})
+            return None
+        return parsed.path, parse_qs(parsed.query)
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server API
+        begun = self._begin()
+        if begun is None:
+            return
+        path, _ = begun
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length) or b"{}")
+        if path == "/api/token/refresh/":
+            access = self.ls._issue_access(body.get("refresh", ""))
+            if access is None:
+                self._json(401, {"detail": "Token is invalid or expired"})
+            else:
+                self._json(200, {"access": access})
+            return
+        self._json(404, {"detail": "not found"})
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server API
+        begun = self._begin()
+        if begun is None:
+            return
+        path, query = begun
+        if path in ("/api/version", "/api/version/"):
+            self._json(200, {"release": "1.23.2", "edition": "Community"})
+            return
+        if not self.ls._authorised(self.headers.get("Authorization")):
+            self._json(401, {"detail": "Authentication credentials were not provided."})
+            return
+        if path.startswith(("/data/upload/", "/storage-data/uploaded")):
+            self._file(path, query)
+            return
+        parts = [p for p in path.split("/") if p]
+        if len(parts) >= 3 and parts[:2] == ["api", "projects"] and parts[2].isdigit():
+            self._project(int(parts[2]), parts[3:], query)
+            return
+        self._json(404, {"detail": "not found"})
+
+    def _file(self, path: str, query: dict[str, list[str]]) -> None:
+        key = query.get("filepath", [""])[0] if path.startswith("/storage-data") else path[len("/data/"):]
+        with self.ls._lock:
+            data = self.ls.state.files.get(key)
+        if data is None:
+            self._json(404, {"detail": f"file {key} not found"})
+        else:
+            self._send(200, data, "application/octet-stream")
+
+    def _project(self, project_id: int, rest: list[str], query: dict[str, list[str]]) -> None:
+        with self.ls._lock:
+            project = self.ls.state.projects.get(project_id)
+            tasks = json.loads(json.dumps(self.ls.state.tasks.get(project_id, [])))
+        if project is None:
+            self._json(404, {"detail": "Not found."})
+        elif not rest:
+            self._json(200, {**project, "task_number": len(tasks),
+                             "num_tasks_with_annotations": sum(1 for t in tasks if t["annotations"])})
+        elif rest == ["export"]:
+            if query.get("export_type", ["JSON"])[0] != "JSON":
+                self._json(400, {"detail": "only JSON in the fake"})
+                return
+            if query.get("download_all_tasks", ["false"])[0].lower() != "true":
+                tasks = [t for t in tasks if t["annotations"]]
+            self._json(200, tasks)
+        else:
+            self._json(404, {"detail": "not found"})
+
+
 def _make_handler(ls: FakeLabelStudio) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep pytest output quiet
-            pass
-
-        def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
-            ls.state.log[-1].status = status
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def _json(self, status: int, payload: Any) -> None:
-            self._send(status, json.dumps(payload).encode())
-
-        def _begin(self) -> tuple[str, dict[str, list[str]]] | None:
-            parsed = urlparse(self.path)
-            with ls._lock:
-                ls.state.log.append(LoggedRequest(self.command, self.path, dict(self.headers.items())))
-            status = ls._take_fault(parsed.path)
-            if status is not None:
-                self._json(status, {"detail": f"injected fault {status}"})
-                return None
-            return parsed.path, parse_qs(parsed.query)
-
-        def do_POST(self) -> None:  # noqa: N802 - http.server API
-            begun = self._begin()
-            if begun is None:
-                return
-            path, _ = begun
-            length = int(self.headers.get("Content-Length") or 0)
-            body = json.loads(self.rfile.read(length) or b"{}")
-            if path == "/api/token/refresh/":
-                access = ls._issue_access(body.get("refresh", ""))
-                if access is None:
-                    self._json(401, {"detail": "Token is invalid or expired"})
-                else:
-                    self._json(200, {"access": access})
-                return
-            self._json(404, {"detail": "not found"})
-
-        def do_GET(self) -> None:  # noqa: N802 - http.server API
-            begun = self._begin()
-            if begun is None:
-                return
-            path, query = begun
-            if path in ("/api/version", "/api/version/"):
-                self._json(200, {"release": "1.23.2", "edition": "Community"})
-                return
-            if not ls._authorised(self.headers.get("Authorization")):
-                self._json(401, {"detail": "Authentication credentials were not provided."})
-                return
-            if path.startswith(("/data/upload/", "/storage-data/uploaded")):
-                self._file(path, query)
-                return
-            parts = [p for p in path.split("/") if p]
-            if len(parts) >= 3 and parts[:2] == ["api", "projects"] and parts[2].isdigit():
-                self._project(int(parts[2]), parts[3:], query)
-                return
-            self._json(404, {"detail": "not found"})
-
-        def _file(self, path: str, query: dict[str, list[str]]) -> None:
-            key = query.get("filepath", [""])[0] if path.startswith("/storage-data") else path[len("/data/"):]
-            with ls._lock:
-                data = ls.state.files.get(key)
-            if data is None:
-                self._json(404, {"detail": f"file {key} not found"})
-            else:
-                self._send(200, data, "application/octet-stream")
-
-        def _project(self, project_id: int, rest: list[str], query: dict[str, list[str]]) -> None:
-            with ls._lock:
-                project = ls.state.projects.get(project_id)
-                tasks = json.loads(json.dumps(ls.state.tasks.get(project_id, [])))
-            if project is None:
-                self._json(404, {"detail": "Not found."})
-            elif not rest:
-                self._json(200, {**project, "task_number": len(tasks),
-                                 "num_tasks_with_annotations": sum(1 for t in tasks if t["annotations"])})
-            elif rest == ["export"]:
-                if query.get("export_type", ["JSON"])[0] != "JSON":
-                    self._json(400, {"detail": "only JSON in the fake"})
-                    return
-                if query.get("download_all_tasks", ["false"])[0].lower() != "true":
-                    tasks = [t for t in tasks if t["annotations"]]
-                self._json(200, tasks)
-            else:
-                self._json(404, {"detail": "not found"})
-
-    return Handler
+    return type("Handler", (_Handler,), {"ls": ls})
 
 
 @contextmanager
@@ -304,110 +304,3 @@ def plain_file_server(files: dict[str, bytes]) -> Iterator[tuple[str, list[Logge
     finally:
         server.shutdown()
         server.server_close()
-
-
-# ----- annotation builders (what the Label Studio frontend stores) -------------------------------------
-
-
-def brush_region(mask: np.ndarray, label: str, from_name: str = "tag", to_name: str = "image") -> dict:
-    """A BrushLabels region: RLE of the mask's alpha plane at full image resolution."""
-    height, width = mask.shape
-    return {
-        "id": uuid.uuid4().hex[:10], "type": "brushlabels", "from_name": from_name, "to_name": to_name,
-        "original_width": width, "original_height": height, "image_rotation": 0, "origin": "manual",
-        "value": {"format": "rle", "rle": mask2rle((mask > 0).astype(np.uint8) * 255), "brushlabels": [label]},
-    }
-
-
-def polygon_region(points_px: list[tuple[float, float]], size: tuple[int, int], label: str,
-                   from_name: str = "poly", to_name: str = "image") -> dict:
-    """A PolygonLabels region from pixel (x, y) vertices on an image of ``size`` = (H, W)."""
-    height, width = size
-    points = [[x * 100.0 / width, y * 100.0 / height] for x, y in points_px]
-    return {
-        "id": uuid.uuid4().hex[:10], "type": "polygonlabels", "from_name": from_name, "to_name": to_name,
-        "original_width": width, "original_height": height, "image_rotation": 0, "origin": "manual",
-        "value": {"points": points, "closed": True, "polygonlabels": [label]},
-    }
-
-
-def rectangle_region(x: float, y: float, w: float, h: float, size: tuple[int, int], label: str,
-                     rotation: float = 0.0, from_name: str = "rect", to_name: str = "image") -> dict:
-    """A RectangleLabels region from a pixel box (top-left x, y, width, height) on an image of (H, W)."""
-    height, width = size
-    return {
-        "id": uuid.uuid4().hex[:10], "type": "rectanglelabels", "from_name": from_name, "to_name": to_name,
-        "original_width": width, "original_height": height, "image_rotation": 0, "origin": "manual",
-        "value": {"x": x * 100.0 / width, "y": y * 100.0 / height, "width": w * 100.0 / width,
-                  "height": h * 100.0 / height, "rotation": rotation, "rectanglelabels": [label]},
-    }
-
-
-def box_polygon(mask: np.ndarray) -> list[tuple[float, float]]:
-    """The pixel-edge corners of a mask's bounding box, clockwise from the top left: polygon vertices."""
-    ys, xs = np.nonzero(mask)
-    x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
-    return [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Intersection over union of two bool masks (1.0 when both are empty)."""
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 1.0
-
-
-def png_bytes(image: np.ndarray, exif_orientation: int | None = None) -> bytes:
-    pil = Image.fromarray(image)
-    buffer = io.BytesIO()
-    if exif_orientation is not None:
-        exif = Image.Exif()
-        exif[0x0112] = exif_orientation
-        pil.save(buffer, format="PNG", exif=exif)
-    else:
-        pil.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-BRUSH_POLYGON_CONFIG = """<View>
-  <Image name="image" value="$image" zoom="true"/>
-  <BrushLabels name="tag" toName="image">
-    <Label value="disc" background="#ff0000"/>
-    <Label value="box" background="#0000ff"/>
-  </BrushLabels>
-  <PolygonLabels name="poly" toName="image">
-    <Label value="disc"/>
-    <Label value="box"/>
-  </PolygonLabels>
-  <KeyPointLabels name="kp" toName="image" smart="true"><Label value="disc"/><Label value="box"/></KeyPointLabels>
-  <RectangleLabels name="rect" toName="image" smart="true"><Label value="disc"/><Label value="box"/></RectangleLabels>
-</View>"""
-
-
-# Brush a, b; polygon b, c (overlapping and disjoint); plain rectangle a, d; smart rectangle and keypoint e.
-# The classes are the brush's a, b; every mask control gives training masks, for a and b only.
-SEVERAL_CONTROLS_CONFIG = """<View>
-  <Image name="image" value="$image"/>
-  <PolygonLabels name="poly" toName="image"><Label value="b"/><Label value="c"/></PolygonLabels>
-  <BrushLabels name="tag" toName="image"><Label value="a"/><Label value="b"/></BrushLabels>
-  <RectangleLabels name="rect" toName="image"><Label value="a"/><Label value="d"/></RectangleLabels>
-  <RectangleLabels name="smart_rect" toName="image" smart="true"><Label value="e"/></RectangleLabels>
-  <KeyPointLabels name="kp" toName="image" smart="true"><Label value="e"/></KeyPointLabels>
-</View>"""
-
-
-def synthetic_scene(seed: int, size: tuple[int, int] = (96, 128)) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """An image with a bright disc and a dark box on textured ground, and their true masks."""
-    rng = np.random.default_rng(seed)
-    height, width = size
-    yy, xx = np.mgrid[0:height, 0:width]
-    image = rng.integers(90, 150, size=(height, width, 3)).astype(np.uint8)
-    radius = int(rng.integers(min(size) // 8, min(size) // 4))
-    cy, cx = int(rng.integers(radius, height - radius)), int(rng.integers(radius, width // 2))
-    disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
-    bh, bw = int(rng.integers(height // 6, height // 3)), int(rng.integers(width // 8, width // 4))
-    by, bx = int(rng.integers(0, height - bh)), int(rng.integers(width // 2, width - bw))
-    box = np.zeros((height, width), dtype=bool)
-    box[by:by + bh, bx:bx + bw] = True
-    image[disc] = (230, 60, 50)
-    image[box] = (30, 40, 160)
-    return image, {"disc": disc, "box": box & ~disc}

@@ -1,13 +1,8 @@
 import numpy as np
 import pytest
 
-from testkit.fake_label_studio import (
-    SEVERAL_CONTROLS_CONFIG,
-    FakeLabelStudio,
-    brush_region,
-    polygon_region,
-    rectangle_region,
-)
+from testkit.fake_label_studio import FakeLabelStudio
+from testkit.ls_annotations import SEVERAL_CONTROLS_CONFIG, brush_region, polygon_region, rectangle_region
 from tests.backend.conftest import (
     BRUSH_CONFIG,
     CHOICES_CONFIG,

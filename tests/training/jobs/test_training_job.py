@@ -19,16 +19,16 @@ from rq import Queue, SimpleWorker
 from rq.job import Job
 from rq.registry import StartedJobRegistry
 
-from testkit.fake_label_studio import (
+from testkit.fake_label_studio import FakeLabelStudio
+from testkit.ls_annotations import (
     BRUSH_POLYGON_CONFIG,
-    FakeLabelStudio,
+    box_polygon,
     brush_region,
     png_bytes,
     polygon_region,
     synthetic_scene,
 )
 from tests.training.jobs.test_scheduler import REPO, redis_server, wait_for
-from tests.training.labelstudio.test_export import box_polygon
 from training.jobs.redis_conn import connect
 from training.jobs.scheduler import TrainingScheduler
 from training.jobs.settings import JobSettings, step_budget

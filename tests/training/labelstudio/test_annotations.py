@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from testkit.fake_label_studio import (
+from testkit.ls_annotations import (
     BRUSH_POLYGON_CONFIG,
     box_polygon,
     brush_region,

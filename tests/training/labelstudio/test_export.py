@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 from label_studio_sdk.converter.brush import mask2rle
 
-from testkit.fake_label_studio import (
+from testkit.fake_label_studio import FakeLabelStudio, plain_file_server
+from testkit.ls_annotations import (
     BRUSH_POLYGON_CONFIG,
-    FakeLabelStudio,
     box_polygon,
     brush_region,
     iou,
-    plain_file_server,
     png_bytes,
     polygon_region,
     synthetic_scene,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from testkit.fake_label_studio import (
+from testkit.ls_annotations import (
     BRUSH_POLYGON_CONFIG,
     SEVERAL_CONTROLS_CONFIG,
     brush_region,
