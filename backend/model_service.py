@@ -23,6 +23,7 @@ from cachetools import LRUCache
 from backend.embedding_cache import EmbeddingCache
 from backend.settings import Settings
 from backend.versioning import model_version
+from training.inference.embedding_store import EmbeddingStore, embedding_key
 from training.inference.predictor import ClassPrediction, ImageEmbedding, Predictor, PromptPrediction
 from training.inference.runtime import autocast_dtype, resolve_device
 from training.model.adapter import SamAdapter
@@ -76,6 +77,16 @@ class PreparedAdapter:
         return (self.choice.project, self.choice.version) if self.choice.trained else None
 
     @property
+    def clicks_decoder(self) -> str:
+        """Which decoder answers clicks: SAM's own (``base``) for a frozen encoder unless the training
+        job measured the adapter's better on simulated clicks; an adapted encoder has only its own."""
+        if self.config.encoder != "frozen":
+            return "adapter"
+        if self.artifact is None:
+            return "base"
+        return "adapter" if self.artifact.header.extra.get("clicks_decoder") == "adapter" else "base"
+
+    @property
     def encoder_key(self) -> str:
         """Identity of the image encoder: embeddings are shared by everything with the same key."""
         if not self.choice.trained or self.config.encoder == "frozen":
@@ -100,6 +111,9 @@ class ModelService:
         self.weights = resolve_checkpoint(settings.SAM_MODEL, settings.SAM_CHECKPOINT, settings.SAMLOOP_MODEL_CACHE)
         self.base = base_identity(self.weights, settings.SAM_IMAGE_SIZE)
         self.cache = EmbeddingCache(settings.EMBEDDING_CACHE_MB * MB)
+        # Base-encoder embeddings on disk, shared with the training worker through the data directory.
+        self.store = (EmbeddingStore(settings.embedding_store_dir, settings.EMBEDDING_STORE_MB * MB)
+                      if settings.EMBEDDING_STORE_MB else None)
         self.encoder_batch_size = settings.encoder_batch_size(self.device.type)
         # PRECISION resolved once, for every predictor and for /health: auto is bf16 only where the
         # hardware runs it natively (emulated bf16 made the vit_t encoder 11-45x slower on a CPU
@@ -236,22 +250,32 @@ class ModelService:
         return live
 
     # ----- inference -------------------------------------------------------------------------------
+    def lookup(self, prepared: PreparedAdapter, digest: str) -> ImageEmbedding | None:
+        """A stored embedding of the image with content ``digest``: memory first, then (base encoder) disk."""
+        key = (digest, prepared.encoder_key)
+        found = self.cache.get(key)
+        if found is None and self.store is not None and prepared.encoder_key == BASE_ENCODER:
+            found = self.store.get(embedding_key(self.base, digest))
+            if found is not None:
+                self.cache.put(key, found)
+        return found
+
     def embed(self, prepared: PreparedAdapter, images: list[tuple[str, np.ndarray]]) -> list[ImageEmbedding]:
-        """Embeddings for (content digest, H x W x 3 uint8 image) pairs, from the cache or the encoder.
+        """Embeddings for (content digest, H x W x 3 uint8 image) pairs, stored ones first, else from the encoder.
 
         Missing images are encoded ``encoder_batch_size`` at a time; duplicates are encoded once.
+        Base-encoder embeddings go to the disk store too, where every adapter version finds them.
         """
-        keys = [(digest, prepared.encoder_key) for digest, _ in images]
-        found: dict[tuple[str, str], ImageEmbedding] = {}
-        todo: dict[tuple[str, str], np.ndarray] = {}
-        for key, (_, image) in zip(keys, images, strict=True):
-            if key in found or key in todo:
+        found: dict[str, ImageEmbedding] = {}
+        todo: dict[str, np.ndarray] = {}
+        for digest, image in images:
+            if digest in found or digest in todo:
                 continue
-            cached = self.cache.get(key)
-            if cached is not None:
-                found[key] = cached
+            stored = self.lookup(prepared, digest)
+            if stored is not None:
+                found[digest] = stored
             else:
-                todo[key] = image
+                todo[digest] = image
         pending = list(todo.items())
         batch_size = self.encoder_batch_size
         for start in range(0, len(pending), batch_size):
@@ -260,10 +284,18 @@ class ModelService:
                 live = self._ensure(prepared)
                 embeddings = live.predictor.embed([image for _, image in chunk], batch_size=len(chunk))
                 self.encoded_images += len(chunk)
-            for (key, _), embedding in zip(chunk, embeddings, strict=True):
-                self.cache.put(key, embedding)
-                found[key] = embedding
-        return [found[key] for key in keys]
+            for (digest, _), embedding in zip(chunk, embeddings, strict=True):
+                self._keep(prepared, digest, embedding)
+                found[digest] = embedding
+        return [found[digest] for digest, _ in images]
+
+    def _keep(self, prepared: PreparedAdapter, digest: str, embedding: ImageEmbedding) -> None:
+        self.cache.put((digest, prepared.encoder_key), embedding)
+        if self.store is not None and prepared.encoder_key == BASE_ENCODER:
+            try:
+                self.store.put(embedding_key(self.base, digest), embedding)
+            except OSError as exc:  # a full disk must not fail the prediction that computed it
+                log.warning("embedding store: cannot keep an embedding (%s)", exc)
 
     def predict_classes(self, prepared: PreparedAdapter, embedding: ImageEmbedding,
                         class_names: list[str]) -> ClassPrediction:
@@ -280,4 +312,5 @@ class ModelService:
             class_name = None
         with self._lock:
             live = self._ensure(prepared)
-            return live.predictor.predict_prompt(embedding, points, point_labels, box, class_name)
+            return live.predictor.predict_prompt(embedding, points, point_labels, box, class_name,
+                                                 decoder=prepared.clicks_decoder)

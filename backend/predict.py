@@ -111,7 +111,7 @@ class PredictionService:
             with self._index_lock:
                 digest = self._url_index.get(key)
             if digest is not None:
-                cached = self.models.cache.get((digest, prepared.encoder_key))
+                cached = self.models.lookup(prepared, digest)
                 if cached is not None:
                     return cached
         fetched = self._fetch(url, task_id, project)

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     PRECISION: Literal["auto", "bf16", "fp32"] = "auto"
     # 256 MB holds 64 vit_t/vit_b embeddings at 1024 px (4 MB each): a day's revisits, not a whole project.
     EMBEDDING_CACHE_MB: int = Field(256, ge=0)
+    # Base-encoder embeddings on disk (SAMLOOP_DATA_DIR/embeddings), kept across restarts and shared with
+    # the training worker; 0 turns the store off. 4 GB holds ~2000 vit_t embeddings at 1024 px (2 MB each).
+    EMBEDDING_STORE_MB: int = Field(4096, ge=0)
     # auto: 1 on CPU, where batching made the encoder slower per image and held ~150 MB more per
     # image (benchmarks/results/experiments); 4 on a GPU.
     ENCODER_BATCH_SIZE: int | Literal["auto"] = "auto"
@@ -113,6 +116,10 @@ class Settings(BaseSettings):
     @property
     def adapter_dir(self) -> Path:
         return self.SAMLOOP_DATA_DIR / "adapters"
+
+    @property
+    def embedding_store_dir(self) -> Path:
+        return self.SAMLOOP_DATA_DIR / "embeddings"
 
     @property
     def image_cache_dir(self) -> Path:
