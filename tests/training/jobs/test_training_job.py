@@ -32,6 +32,7 @@ from tests.training.jobs.test_scheduler import REPO, redis_server, wait_for
 from training.jobs.redis_conn import connect
 from training.jobs.scheduler import TrainingScheduler
 from training.jobs.settings import JobSettings, step_budget
+from training.model.artifact import read_artifact
 from training.model.loading import new_adapter_model
 from training.model.weights import resolve_checkpoint
 from training.registry import open_registry
@@ -171,6 +172,34 @@ def test_job_trains_publishes_and_keeps_a_better_active_version(conn, ls, tmp_pa
     assert set(meta["metrics"]["candidate"]) >= {"mean_iou", "per_class"}
     assert set(meta["metrics"]["active"]) >= {"mean_iou", "per_class"}
     assert "not promoted" in meta["decision"]
+
+
+def test_a_candidate_is_promoted_over_an_active_version_on_held_out_tasks(conn, ls, tmp_path):
+    settings = settings_for(ls, tmp_path)
+    first = make_scheduler(conn, settings).schedule(PROJECT, "ANNOTATION_CREATED", False)
+    run_queue(conn)
+    assert Job.fetch(first["job_id"], connection=conn).return_value()["status"] == "promoted"
+    # Any candidate within 1.0 mean IoU of the active version is promoted: the "promoted" branch.
+    lenient = make_scheduler(conn, settings | {"promote_tolerance": 1.0})
+    second = lenient.schedule(PROJECT, "ANNOTATION_UPDATED", False)
+    run_queue(conn)
+    job = Job.fetch(second["job_id"], connection=conn)
+    outcome = job.return_value()
+    assert outcome["status"] == "promoted" and outcome["version"] == 2 and outcome["active_version"] == 2
+    store = registry(tmp_path)
+    info, data = store.load(PROJECT)
+    metrics = info.metadata["metrics"]
+    assert info.version == 2 and info.active and info.metadata["warm_start_from"] == 1
+    assert metrics["evaluated_on"] == "holdout" and metrics["active_version"] == 1
+    assert metrics["active"] is not None and "held-out mean IoU" in info.metadata["decision"]
+    # Clicks: both decoders scored on the held-out objects, the choice recorded in the version and its file.
+    clicks = metrics["clicks"]
+    assert clicks["decoder"] in ("adapter", "base") and clicks["base"]["objects"] >= 1
+    assert clicks["candidate"]["objects"] == clicks["base"]["objects"]
+    assert 1 <= clicks["candidate"]["noc90"] <= 20 and set(clicks["candidate"]["iou_at"]) == {"1", "3", "5"}
+    assert read_artifact(data).header.extra["clicks_decoder"] == clicks["decoder"]
+    # The same images again: every embedding came from the store, none was encoded.
+    assert job.get_meta()["encoded"] == 0
 
 
 def test_too_few_annotations_skip_without_loading_a_model(conn, ls, tmp_path):
