@@ -2,7 +2,10 @@
 
 Switches: ``predictions`` (on/off), ``auto_training`` (on/off; the Start Training button still
 trains), ``pinned_version`` (an adapter version to serve instead of the active one; null follows
-the active version) and ``split_instances`` (one region per connected instance instead of per class).
+the active version), ``split_instances`` (one region per connected instance instead of per class) and
+``adapter``: the kind of adapter the next training run builds, ``decoder`` (frozen image encoder: trains
+in seconds, embeddings stay valid for every version) or ``encoder`` (LoRA in the encoder too, for strong
+domain shifts; best with a GPU worker). A change of kind trains from scratch.
 The last label config seen per project is kept too, so /predict works after a restart without /setup.
 """
 
@@ -11,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from typing import Any
+from typing import Any, Literal
 
 import redis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -28,6 +31,7 @@ class ProjectSettings(BaseModel):
     auto_training: bool = True
     pinned_version: int | None = Field(None, ge=1)
     split_instances: bool = False
+    adapter: Literal["decoder", "encoder"] = "decoder"
 
 
 SWITCHES = tuple(ProjectSettings.model_fields)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from backend.project_settings import ProjectSettingsStore
 from backend.settings import Settings
 from training.jobs.embedded import EmbeddedTraining
 from training.jobs.redis_conn import RedisHandle
@@ -48,8 +49,15 @@ def rq_scheduler(handle: RedisHandle, settings: Settings) -> TrainingScheduler:
     Raises ValueError naming a setting the training job would refuse (the scheduler checks the job
     settings when it computes the job timeout): at startup, not later in the worker.
     """
+    store = ProjectSettingsStore(handle.client, settings.SAMLOOP_REDIS_PREFIX)
     return TrainingScheduler(handle.client, job_settings(settings), min_annotations=settings.TRAIN_MIN_ANNOTATIONS,
-                             prefix=settings.SAMLOOP_REDIS_PREFIX)
+                             prefix=settings.SAMLOOP_REDIS_PREFIX,
+                             job_overrides=lambda project: project_job_settings(store, project))
+
+
+def project_job_settings(store: ProjectSettingsStore, project: str) -> dict[str, Any]:
+    """The job settings a project's switches decide (its adapter kind), read when its job is queued."""
+    return {"adapter_kind": store.get(project).adapter}
 
 
 def start_embedded_worker(handle: RedisHandle, settings: Settings) -> EmbeddedTraining:

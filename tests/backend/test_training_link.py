@@ -12,7 +12,7 @@ from rq import Queue, Worker
 
 from backend.app import create_app
 from backend.training_link import job_settings
-from tests.backend.conftest import make_settings
+from tests.backend.conftest import BRUSH_CONFIG, make_settings
 from training.jobs.scheduler import TrainingScheduler
 
 
@@ -73,3 +73,28 @@ def test_embedded_redis_starts_and_stops_a_worker(tmp_path, monkeypatch):
         os.kill(pid, 0)
     with pytest.raises(redis.RedisError):
         redis.Redis.from_url(services.redis.url, socket_connect_timeout=0.5).ping()
+
+
+def test_a_projects_adapter_kind_reaches_its_training_job(tmp_path, redis_prefix, redis_client):
+    from rq.job import Job
+
+    from backend.training_link import rq_scheduler
+
+    settings = make_settings(tmp_path, redis_prefix)
+    with TestClient(create_app(settings, scheduler_factory=rq_scheduler)) as client:
+        services = client.app.state.services
+        queue = services.scheduler.queue
+        try:
+            assert client.post("/setup", json={"project": "21.1", "schema": BRUSH_CONFIG,
+                                               "extra_params": {"adapter": "encoder"}}).status_code == 200
+            bad = client.patch("/projects/21/settings", json={"adapter": "big"})
+            assert bad.status_code == 422 and "adapter" in bad.json()["detail"]
+            kinds = {}
+            for project in ("21", "22"):
+                answer = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": int(project)}})
+                job = Job.fetch(answer.json()["training"]["job_id"], connection=redis_client)
+                kinds[project] = job.args[1]["adapter_kind"]
+            assert kinds == {"21": "encoder", "22": "decoder"}
+        finally:
+            queue.empty()
+            queue.delete(delete_jobs=True)

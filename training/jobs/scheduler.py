@@ -69,6 +69,8 @@ class TrainingScheduler:
         job_func: dotted path of the job function (tests substitute a cheap one).
         job_timeout: rq timeout in seconds; default from the job settings' training budget.
         retry_intervals: rq Retry back-off in seconds (needs a worker running rq's scheduler).
+        job_overrides: ``project -> dict`` of job settings for that project, read when its job is
+            enqueued (e.g. its adapter kind); a follow-up run enqueued by the worker reuses them.
     """
 
     def __init__(self, connection: redis.Redis, job_settings: dict[str, Any] | None = None,
@@ -76,7 +78,8 @@ class TrainingScheduler:
                  max_debounce_seconds: float = 60.0, min_annotations: int = 1,
                  auto_training_enabled: Callable[[str], bool] | None = None, prefix: str = "samloop",
                  job_func: str = DEFAULT_JOB, job_timeout: int | None = None,
-                 retry_intervals: tuple[int, ...] = (30, 120)) -> None:
+                 retry_intervals: tuple[int, ...] = (30, 120),
+                 job_overrides: Callable[[str], dict[str, Any]] | None = None) -> None:
         if debounce_seconds < 0 or max_debounce_seconds < debounce_seconds:
             raise ValueError(f"need 0 <= debounce_seconds <= max_debounce_seconds, got {debounce_seconds}, "
                              f"{max_debounce_seconds}")
@@ -90,6 +93,7 @@ class TrainingScheduler:
         self.max_debounce_seconds = float(max_debounce_seconds)
         self.min_annotations = min_annotations
         self.auto_training_enabled = auto_training_enabled
+        self.job_overrides = job_overrides
         self.prefix = prefix
         self.job_func = job_func
         self.retry_intervals = tuple(int(i) for i in retry_intervals)
@@ -173,7 +177,7 @@ class TrainingScheduler:
             retry = Retry(max=len(self.retry_intervals), interval=list(self.retry_intervals)) \
                 if self.retry_intervals else None
             self.queue.enqueue_call(
-                self.job_func, args=(project, self.job_settings), timeout=self.job_timeout, job_id=job_id,
+                self.job_func, args=(project, self._settings_for(project)), timeout=self.job_timeout, job_id=job_id,
                 retry=retry, result_ttl=7 * 86400, failure_ttl=30 * 86400,
                 description=f"train the adapter of project {project} ({trigger})",
                 meta={"project": project, "stage": "queued", "trigger": trigger},
@@ -182,6 +186,10 @@ class TrainingScheduler:
             # Leave no pointer to a job that doesn't exist, or the project's events would wait on it.
             self._release_script(keys=[keys.queued], args=[job_id])
             raise
+
+    def _settings_for(self, project: str) -> dict[str, Any]:
+        overrides = self.job_overrides(project) if self.job_overrides is not None else {}
+        return {**self.job_settings, **overrides}
 
     def enqueue_follow_up(self, project: str) -> str | None:
         """Enqueue a job for events that arrived during a run, unless one is already queued."""
