@@ -42,7 +42,7 @@ PHOTO_HW = (3024, 4032)
 EMBED_CHANNELS = 256
 BYTES_PER_FLOAT = 4
 MB = 1024 * 1024
-# LS waits this long for /predict (DESIGN.md); a "Retrieve predictions" batch must fit in it.
+# LS waits this long for /predict (100 s); a "Retrieve predictions" batch must fit in it.
 LS_PREDICT_TIMEOUT_S = 100.0
 
 

@@ -42,7 +42,7 @@ def test_encoder_kind_trains_lora_and_prompts(random_vit_t):
     assert encoder_lora and all("lora_" in n and ".attn.qkv." in n for n in encoder_lora)
     assert len(encoder_lora) == 20  # 10 TinyViT qkv layers x (A, B)
     assert "class_prompts" in names
-    # vit_t rank-8 qkv LoRA: 59,392 encoder parameters (DESIGN.md: ~59 k).
+    # vit_t rank-8 qkv LoRA: 59,392 encoder parameters.
     assert sum(p.numel() for n, p in model.named_parameters() if n in encoder_lora) == 59_392
 
 
