@@ -4,8 +4,9 @@ Protocol: GET / and /health, POST /setup, POST /predict, POST /webhook, GET /ver
 Admin: GET/PATCH /projects/{project}/settings, POST /projects/{project}/activate,
 GET /projects/{project}/events.
 
-Model work runs in FastAPI's threadpool (the endpoints are plain ``def``), so the event loop stays
-free for /health, which Label Studio polls with a one-second timeout.
+Model work runs in FastAPI's threadpool (plain ``def`` endpoints; /predict hands its body over
+itself), so the event loop stays free for /health, which Label Studio polls with a one-second timeout.
+Errors are raised as domain exceptions; ``backend.errors`` maps them to statuses.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from backend.security import PayloadLimitMiddleware, require_basic_auth, require
 from backend.settings import Settings
 from backend.training_link import rq_scheduler, start_embedded_worker
 from backend.versioning import model_version
-from backend.webhook import RecordingScheduler, TrainingScheduler, WebhookHandler, event_project, labeled_tasks
+from backend.webhook import TrainingScheduler, WebhookHandler, event_project, labeled_tasks
 from training.jobs.embedded import EmbeddedTraining
 from training.jobs.redis_conn import RedisHandle, open_redis
 from training.labelstudio.label_config import parse_label_config
@@ -79,12 +80,6 @@ def open_adapter_registry(settings: Settings, handle: RedisHandle) -> AdapterReg
         return LocalRegistry(settings.adapter_dir, keep_last=settings.SAMLOOP_KEEP_VERSIONS)
     return RedisRegistry(handle.client, prefix=settings.SAMLOOP_REDIS_PREFIX, keep_last=settings.SAMLOOP_KEEP_VERSIONS,
                          cache_dir=settings.SAMLOOP_DATA_DIR / "adapter-cache")
-
-
-def recording_scheduler(handle: RedisHandle, settings: Settings) -> TrainingScheduler:
-    """A scheduler that trains nothing (for tests and a backend without workers)."""
-    log.warning("no training scheduler connected: webhook events are validated and counted, not trained on")
-    return RecordingScheduler()
 
 
 class _LocalhostWarningFilter(logging.Filter):

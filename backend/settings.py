@@ -126,10 +126,6 @@ class Settings(BaseSettings):
         return self.SAMLOOP_DATA_DIR / "images"
 
     @property
-    def redis_db_path(self) -> Path:
-        return self.SAMLOOP_DATA_DIR / "redis.db"
-
-    @property
     def basic_auth_enabled(self) -> bool:
         return bool(self.BASIC_AUTH_USER)
 

@@ -47,7 +47,7 @@ class TrainingScheduler(Protocol):
 
 
 class RecordingScheduler:
-    """A TrainingScheduler that only remembers its calls (until the rq scheduler is plugged in)."""
+    """A TrainingScheduler that only remembers its calls (for tests: nothing is queued or trained)."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, bool]] = []

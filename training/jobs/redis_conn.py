@@ -20,6 +20,8 @@ from typing import Any
 
 import redis
 
+from training.registry.factory import REDIS_SCHEMES
+
 __all__ = ["RedisHandle", "RedisUnavailable", "connect", "open_redis", "start_embedded_redis"]
 
 log = logging.getLogger(__name__)
@@ -27,7 +29,6 @@ log = logging.getLogger(__name__)
 # A webhook waiting on an unreachable Redis must fail fast (Label Studio gives it one second);
 # rq workers raise their own socket timeout above this for blocking dequeues.
 SOCKET_TIMEOUT_S = 2.0
-URL_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 class RedisUnavailable(redis.exceptions.ConnectionError):
@@ -45,8 +46,8 @@ def connect(url: str, socket_timeout: float | None = SOCKET_TIMEOUT_S) -> redis.
     Raises:
         ValueError: ``url`` is not a Redis URL (the message names it).
     """
-    if not isinstance(url, str) or not url.lower().startswith(URL_SCHEMES):
-        raise ValueError(f"REDIS_URL must start with one of {', '.join(URL_SCHEMES)}, got {url!r}")
+    if not isinstance(url, str) or not url.lower().startswith(REDIS_SCHEMES):
+        raise ValueError(f"REDIS_URL must start with one of {', '.join(REDIS_SCHEMES)}, got {url!r}")
     try:
         return redis.Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
                                     health_check_interval=30)

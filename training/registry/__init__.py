@@ -1,5 +1,13 @@
-"""Versioned LoRA adapters per project: a small storage interface with a local-directory and a
-Redis implementation (see `base.AdapterRegistry`)."""
+"""Versioned adapters per project: a small storage interface with a local-directory and a Redis
+implementation.
+
+- ``base``: ``AdapterRegistry`` (the interface), ``VersionInfo``, ``RegistryError``, ``VersionNotFound``.
+- ``local``: ``LocalRegistry``, versions in a directory tree (atomic renames, fcntl locks).
+- ``redis_store``: ``RedisRegistry``, versions in Redis (one MULTI/EXEC per publish), for remote workers.
+- ``factory``: ``open_registry``, a registry from a Redis URL or a directory path.
+
+Imports no other package of ``training``.
+"""
 
 from training.registry.base import AdapterRegistry, RegistryError, VersionInfo, VersionNotFound
 from training.registry.factory import open_registry
