@@ -61,6 +61,13 @@ def rle_encoders(height: int, width: int, repeats: int) -> dict[str, Any]:
     return out
 
 
+def _five_clicks(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Five (x, y) points spread over ``mask``, alternately positive and negative."""
+    ys, xs = np.nonzero(mask)
+    points = np.stack([xs[:: max(1, len(xs) // 5)][:5], ys[:: max(1, len(ys) // 5)][:5]], axis=1).astype(np.float32)
+    return points, np.array([1, 0, 1, 0, 1])
+
+
 def precision(model_type: str, image_size: int, repeats: int, encoder_repeats: int,
               image_hw: tuple[int, int] = (960, 1280)) -> dict[str, Any]:
     """Encoder / click / 4-class decode timings under fp32 and bf16 autocast (vit_t, random weights)."""
@@ -75,9 +82,7 @@ def precision(model_type: str, image_size: int, repeats: int, encoder_repeats: i
     scene = make_scene(3, *image_hw)
     image = scene.image
     h, w = image.shape[:2]
-    ys, xs = np.nonzero(scene.masks["a"])
-    points = np.stack([xs[:: max(1, len(xs) // 5)][:5], ys[:: max(1, len(ys) // 5)][:5]], axis=1).astype(np.float32)
-    labels = np.array([1, 0, 1, 0, 1])
+    points, labels = _five_clicks(scene.masks["a"])
     out: dict[str, Any] = {"model": model_type, "image_size": image_size, "image": f"{w}x{h}"}
     fp32 = Predictor(model, precision="fp32")
     embedding = fp32.embed([image])[0]
