@@ -74,6 +74,7 @@ def precision(model_type: str, image_size: int, repeats: int, encoder_repeats: i
     import torch
 
     from training.inference.predictor import Predictor
+    from training.inference.runtime import intra_op_threads
     from training.model.loading import new_adapter_model
     from training.model.weights import resolve_checkpoint
 
@@ -119,13 +120,9 @@ def precision(model_type: str, image_size: int, repeats: int, encoder_repeats: i
                      "click_1_point_ms": median_ms(lambda c=click: c(1), repeats),
                      "click_5_points_ms": median_ms(lambda c=click: c(5), repeats),
                      "classes_4_ms": median_ms(classes, repeats)}
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with intra_op_threads(1):
             out[name] |= {"click_1_point_1_thread_ms": median_ms(lambda c=click: c(1), repeats),
                           "classes_4_1_thread_ms": median_ms(classes, repeats)}
-        finally:
-            torch.set_num_threads(threads)
     model.sam.image_encoder.to(memory_format=torch.contiguous_format)
     out["threads"] = torch.get_num_threads()
     return out
