@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from training.inference.devices import check_device
+
 
 class Settings(BaseSettings):
     """Environment variables of the ML backend (names as written; case-insensitive)."""
@@ -39,7 +41,7 @@ class Settings(BaseSettings):
     # How many adapter versions per project the registry keeps.
     SAMLOOP_KEEP_VERSIONS: int = Field(10, ge=1)
 
-    DEVICE: Literal["auto", "cpu", "cuda"] = "auto"
+    DEVICE: str = "auto"  # auto, cpu, cuda or cuda:N (training.inference.devices)
     PRECISION: Literal["auto", "bf16", "fp32"] = "auto"
     # 256 MB holds 64 vit_t/vit_b embeddings at 1024 px (4 MB each): a day's revisits, not a whole project.
     EMBEDDING_CACHE_MB: int = Field(256, ge=0)
@@ -79,6 +81,14 @@ class Settings(BaseSettings):
         if value != "auto" and value < 1:
             raise ValueError(f"ENCODER_BATCH_SIZE must be auto or at least 1, got {value}")
         return value
+
+    @field_validator("DEVICE")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        try:
+            return check_device(value)
+        except ValueError as exc:
+            raise ValueError(f"DEVICE: {exc}") from exc
 
     @field_validator("LABEL_STUDIO_URL")
     @classmethod

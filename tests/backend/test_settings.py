@@ -59,3 +59,15 @@ def test_model_version_spelling():
     assert model_version(BaseIdentity("vit_b", "abc", 1024), "7", 1) == "samloop-vit_b-1024-p7-v1"
     with pytest.raises(ValueError, match="project"):
         model_version(base, None, 3)
+
+
+def test_one_device_rule_for_the_backend_and_the_jobs(tmp_path):
+    from tests.backend.conftest import make_settings
+    from training.jobs.settings import JobSettings
+
+    assert make_settings(tmp_path, "p", DEVICE="cuda:1").DEVICE == "cuda:1"
+    assert JobSettings(device="cuda:1").device == "cuda:1"
+    with pytest.raises(ValidationError, match="device must be auto, cpu, cuda or cuda:N, got 'gpu'"):
+        make_settings(tmp_path, "p", DEVICE="gpu")
+    with pytest.raises(ValueError, match="device must be auto, cpu, cuda or cuda:N, got 'gpu'"):
+        JobSettings(device="gpu")

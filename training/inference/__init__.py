@@ -3,6 +3,7 @@
 - ``predictor``: ``Predictor`` (batched encoder, per-pixel class resolution, clicks and boxes).
 - ``embedding_store``: image embeddings on disk (diskcache, bounded, half precision, CRC-checked), keyed by
   base weights, image size and image content; shared by the backend and the training worker.
+- ``devices``: the device rule (auto, cpu, cuda, cuda:N), torch-free for settings to check.
 - ``runtime``: the device rule, precision (bf16 autocast only where native) and intra-op thread caps.
 
 Imports ``training.model``.

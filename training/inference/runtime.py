@@ -10,18 +10,10 @@ from contextlib import contextmanager
 import torch
 from cachetools import TTLCache, cached
 
+from training.inference.devices import check_device
+
 # How long one reading of the free cores is reused: /proc is scanned at most this often, not per call.
 FREE_CORES_TTL_SECONDS = 0.5
-DEVICES = ("auto", "cpu", "cuda")
-
-
-def check_device(requested: str) -> str:
-    """``requested`` if it names a device rule (auto, cpu, cuda, cuda:N), else ValueError."""
-    if requested in DEVICES or (requested.startswith("cuda:") and requested[5:].isdigit()):
-        return requested
-    raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {requested!r}")
-
-
 def resolve_device(requested: str) -> torch.device:
     """The torch device for auto|cpu|cuda|cuda:N: auto is CUDA when torch sees one, else the CPU.
 

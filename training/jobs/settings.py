@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from training.inference.devices import check_device
 from training.learn.config import TrainConfig
 from training.model.config import AdapterConfig
 
@@ -118,8 +119,7 @@ class JobSettings:
         if self.train_max_seconds <= 0 or self.lock_ttl_seconds < 5:
             raise ValueError(f"train_max_seconds must be > 0 and lock_ttl_seconds >= 5, got "
                              f"{self.train_max_seconds}, {self.lock_ttl_seconds}")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        check_device(self.device)
         TrainConfig.from_dict({**self.train_options, "max_steps": 1})  # fail here, not after the export
         AdapterConfig.for_kind(self.adapter_kind, **self.adapter_options)
 
