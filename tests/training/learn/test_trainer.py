@@ -102,12 +102,12 @@ def test_evaluate_scores_a_perfect_answer_as_one(random_vit_t):
     assert evaluate(model, inverted)["mean_iou"] < 0.5
 
 
-# ----- learning tests: random weights, synthetic 3-class data, 256 px, through save -> load -> predict ------
+# ----- learning test: random weights, synthetic 3-class data, 256 px, through save -> load -> predict ------
 # A step budget, not a time budget: the outcome must not depend on how busy the machine is.
-# LoRA reached train IoU 0.71 after 200 steps (fp32 CPU), so it keeps 400; a full fine-tune reached
-# val IoU 0.71 after 200 steps, well above its bar, and spends ~1.5 s a step, so it stops there.
+# The encoder kind's LoRA reached train IoU 0.71 after 200 steps (fp32 CPU), so it keeps 400. Learning on
+# a pretrained base (the default kind) is tested in test_learning_on_a_pretrained_base.py, whose stand-in
+# build replaced the full fine-tune test here.
 LEARN_STEPS = 400
-FULL_FINE_TUNE_STEPS = 200
 
 
 @pytest.fixture(scope="module")
@@ -127,17 +127,9 @@ def _learn(weights, data, adapter: AdapterConfig, train: TrainConfig):
 
 
 @pytest.mark.slow
-def test_default_lora_learns_the_training_images(random_vit_t, learning_data):
+def test_encoder_kind_lora_learns_the_training_images(random_vit_t, learning_data):
     result, before, after = _learn(random_vit_t, learning_data, AdapterConfig.for_kind("encoder"),
                                    TrainConfig(max_steps=LEARN_STEPS, patience=LEARN_STEPS))
     assert before["train"] < 0.15
     assert result.final_loss <= 0.5 * result.first_loss
     assert after["train"] >= 0.8
-
-
-@pytest.mark.slow
-def test_full_fine_tune_generalises(random_vit_t, learning_data):
-    result, before, after = _learn(random_vit_t, learning_data, AdapterConfig(encoder="full"),
-                                   TrainConfig(max_steps=FULL_FINE_TUNE_STEPS, patience=FULL_FINE_TUNE_STEPS))
-    assert before["val"] < 0.15
-    assert after["val"] >= 0.4
