@@ -17,14 +17,12 @@ Everything is generated with numpy and OpenCV from a seed: same arguments, same 
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -32,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from testkit.locks import file_lock
 from training.data.dataset import Sample, SegmentationDataset
 from training.learn.config import TrainConfig
 from training.learn.evaluation import evaluate
@@ -274,17 +273,6 @@ def _recipe(image_size: int, encoder_steps: int, decoder_steps: int, seed: int, 
             "decoder": decoder.to_dict(), "torch": torch.__version__.split("+")[0]}
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock on ``path`` (a sidecar file): concurrent builders wait for the first."""
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _lr_factor(step: int, steps: int, warmup: int = 10) -> float:
     """Linear warm-up, then cosine decay to a tenth (the trainer's schedule)."""
     if step < warmup:
@@ -374,7 +362,7 @@ def build_standin(cache_dir: str | Path, image_size: int = 256, encoder_steps: i
     folder = Path(cache_dir)
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"standin-{MODEL_TYPE}-{key}.pt"
-    with _locked(folder / f"{target.name}.lock"):
+    with file_lock(folder / f"{target.name}.lock"):
         if target.is_file() and target.with_suffix(".json").is_file():
             return target
         log.info("building the pretrained stand-in %s (%d + %d steps at %d px)", target.name, encoder_steps,

@@ -7,7 +7,6 @@ use and reused afterwards. One server per test session, on a free port, in a tem
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import signal
 import socket
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
+
+from testkit.locks import file_lock
 
 if TYPE_CHECKING:
     from label_studio_sdk import LabelStudio
@@ -59,18 +60,6 @@ def _tail(path: Path, lines: int = 60) -> str:
         return "<no log>"
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    # Parallel pytest runs (xdist, two checkouts sharing SAMLOOP_LS_VENV) must not pip-install at once.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def ensure_label_studio(venv: Path | None = None) -> Path:
     """Install ``label-studio==LS_VERSION`` into ``venv`` unless already there.
 
@@ -82,7 +71,7 @@ def ensure_label_studio(venv: Path | None = None) -> Path:
     if marker.exists() and exe.exists():
         return exe
     # Lock and log live inside the venv folder, which is gitignored.
-    with _file_lock(venv / ".samloop-install.lock"):
+    with file_lock(venv / ".samloop-install.lock"):
         if marker.exists() and exe.exists():
             return exe
         log = venv / ".samloop-install.log"
