@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     BASIC_AUTH_USER: str = ""
     BASIC_AUTH_PASS: str = ""
     WEBHOOK_SECRET: str = ""
+    # Bearer token of the admin console (/admin); unset: the console is off and /admin answers 404.
+    ADMIN_TOKEN: str = ""
 
     # LS batches carry each task's annotations and predictions (brush RLE): allow room.
     MAX_PAYLOAD_MB: float = Field(64.0, gt=0)
