@@ -8,12 +8,14 @@ error and ``install_error_handlers`` answers it with that status and the error's
 from __future__ import annotations
 
 import logging
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.model_service import REGISTRY_OUTAGE
 from backend.project_settings import SettingsError
@@ -103,7 +105,37 @@ def install_error_handlers(app: FastAPI) -> None:
         log.info("%s %s: 422 %s", request.method, request.url.path, message)
         return JSONResponse({"detail": message, "errors": details}, status_code=422)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("%s %s failed", request.method, request.url.path)
-        return JSONResponse({"detail": f"internal error ({type(exc).__name__}): {exc}"}, status_code=500)
+    # Not an exception handler: Starlette re-raises after those, so the server logged every 500 a second time.
+    app.add_middleware(UnexpectedErrorMiddleware)
+
+
+class UnexpectedErrorMiddleware:
+    """Anything no handler answered: logged once with its traceback, answered as a JSON 500, then dropped.
+
+    The traceback's frames are cleared before the answer goes out: they hold the failed request's
+    locals (a 3 GB tensor after a failed allocation stayed resident for minutes through them).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:  # the last line of defence: every other error has its own answer
+            log.exception("%s %s failed", scope.get("method"), scope.get("path"))
+            detail = f"internal error ({type(exc).__name__}): {exc}"
+            traceback.clear_frames(exc.__traceback__)
+            del exc
+            if not started:
+                await JSONResponse({"detail": detail}, status_code=500)(scope, receive, send)

@@ -2,10 +2,12 @@
 
 ``get_local_path`` resolves Label Studio uploads, local-files storage and presigned cloud URLs,
 and attaches the credential only when the URL's host is Label Studio's own (plain http URLs to
-other hosts go out without it). It has no timeout of its own, so downloads run through a session
-that adds one and refuses oversized responses. That one session (its connection pool) serves every
+other hosts go out without it). It has no timeout or size limit of its own, so downloads run through
+``backend.downloads.BoundedSession``: allowed hosts only, the token only to LS's media paths, a size
+cap and a deadline for the whole download. That one session (its connection pool) serves every
 download of an ``ImageSource``, from any thread; it keeps no cookies, so each download sends only
-what ``get_local_path`` gives it. Downloads are cached on disk (bounded in size).
+what ``get_local_path`` gives it. Downloads are cached on disk (bounded in size). Error messages name
+the task's URL, never a path on this server.
 """
 
 from __future__ import annotations
@@ -18,46 +20,23 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from http.cookiejar import DefaultCookiePolicy
 from pathlib import Path
 
 import numpy as np
-import requests
 from label_studio_sdk._extensions.label_studio_tools.core.utils import io as ls_io
 
+from backend.downloads import BoundedSession, DownloadRefused, label_studio_base
 from backend.ls_auth import LabelStudioAuth
 from backend.settings import Settings
-from training.data.images import load_image
+from training.data.images import ImageError, load_image
 
 log = logging.getLogger(__name__)
 
-# Encoded image files above this size are refused before download (a 100 MP PNG is ~300 MB).
-MAX_DOWNLOAD_BYTES = 512 * 1024 * 1024
 PRUNE_INTERVAL_S = 60.0
 
 
 class ImageFetchError(RuntimeError):
     """A task's image could not be had; the message names the URL and the reason."""
-
-
-class _BoundedSession(requests.Session):
-    """requests.Session with a default timeout and a Content-Length cap, and without cookies."""
-
-    def __init__(self, timeout: float, max_bytes: int) -> None:
-        super().__init__()
-        self._timeout = timeout
-        self._max_bytes = max_bytes
-        # Shared by concurrent downloads: a cookie one response sets must not ride along on the others.
-        self.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
-
-    def request(self, method, url, *args, **kwargs):  # noqa: ANN001 - requests' own signature
-        kwargs.setdefault("timeout", self._timeout)
-        response = super().request(method, url, *args, **kwargs)
-        length = response.headers.get("Content-Length", "")
-        if length.isdigit() and int(length) > self._max_bytes:
-            response.close()
-            raise ImageFetchError(f"{url} is {int(length)} bytes, above the {self._max_bytes}-byte download limit")
-        return response
 
 
 @dataclass(frozen=True)
@@ -86,7 +65,8 @@ class ImageSource:
         self._lock = threading.Lock()
         self._last_prune = 0.0
         # One connection pool for all downloads: a new session per image meant a new TCP connection per image.
-        self._session = _BoundedSession(settings.IMAGE_DOWNLOAD_TIMEOUT, MAX_DOWNLOAD_BYTES)
+        self._session = BoundedSession(settings.IMAGE_DOWNLOAD_TIMEOUT, settings.IMAGE_DOWNLOAD_DEADLINE,
+                                       settings.max_image_download_bytes, settings.image_host_patterns)
 
     def close(self) -> None:
         """Close the pooled connections."""
@@ -117,21 +97,32 @@ class ImageSource:
             if url.startswith("data:"):
                 return load_image(_decode_data_uri(url), max_pixels=self.settings.MAX_IMAGE_PIXELS)
             path = self._local_path(url, task_id, project)
-            return load_image(path, max_pixels=self.settings.MAX_IMAGE_PIXELS)
+            try:
+                return load_image(path, max_pixels=self.settings.MAX_IMAGE_PIXELS)
+            except ImageError as exc:  # its message names the cached file: name the URL instead
+                raise ImageFetchError(f"task {task_id}: {str(exc).replace(path, _short(url))}") from exc
         except ImageFetchError:
             raise
+        except DownloadRefused as exc:
+            raise ImageFetchError(f"task {task_id}: image refused: {exc}") from exc
         except Exception as exc:  # network, HTTP status, auth, decode: all mean "this task has no image"
-            raise ImageFetchError(f"task {task_id}: cannot read image {_short(url)}: {type(exc).__name__}: {exc}"
-                                  ) from exc
+            raise ImageFetchError(f"task {task_id}: cannot read image {_short(url)}: {type(exc).__name__}: "
+                                  f"{self._scrub(str(exc))}") from exc
         finally:
             self._maybe_prune()
+
+    def _scrub(self, text: str) -> str:
+        """``text`` without this server's directories (the image cache, the data directory)."""
+        for directory in (self.cache_dir.resolve(), self.cache_dir, self.settings.SAMLOOP_DATA_DIR.resolve()):
+            text = text.replace(str(directory), "<server>")
+        return text
 
     def _local_path(self, url: str, task_id: int | None, project: str | None) -> str:
         creds = self._credentials(project)
         hostname = creds.hostname if creds else ""
         token = creds.auth.access_token() if creds and creds.auth and _needs_token(url, hostname) else ""
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        with ls_io.http_session(self._session):
+        with ls_io.http_session(self._session), label_studio_base(hostname):
             # get_local_path compares the URL's host with `hostname` before attaching the token.
             path = ls_io.get_local_path(url, cache_dir=str(self.cache_dir), hostname=hostname or None,
                                         access_token=token or None, task_id=task_id)

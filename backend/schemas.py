@@ -1,13 +1,42 @@
 """Request bodies Label Studio sends, as pydantic models (unknown extra fields are kept, not refused:
-LS adds fields between versions)."""
+LS adds fields between versions).
+
+Everything a request can make the backend keep (project ids, label configs) is bounded here, inside
+validation, so a bad value is a 422 naming the field and never reaches Redis.
+"""
 
 from __future__ import annotations
 
 from typing import Any
+from xml.parsers import expat
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from training.labelstudio.projects import project_id
+
+# Label configs are kept per project in Redis: the largest real ones (big taxonomies) are tens of KB.
+MAX_LABEL_CONFIG_CHARS = 1_000_000
+
+
+def _refuse_declarations(*_: object) -> None:
+    raise ValueError("label_config must not declare a DOCTYPE or entities (Label Studio configs never do)")
+
+
+def check_label_config_xml(text: str) -> str:
+    """``text`` if it is well-formed XML without DTD declarations (no entity expansion bombs), else ValueError.
+
+    Whether it is a usable Label Studio config is checked later (a per-task error): a config that is not
+    even XML is a malformed request.
+    """
+    parser = expat.ParserCreate()
+    parser.StartDoctypeDeclHandler = _refuse_declarations
+    parser.EntityDeclHandler = _refuse_declarations
+    try:
+        parser.Parse(text, True)
+    except expat.ExpatError as exc:
+        raise ValueError(f"label_config is not valid XML: {expat.ErrorString(exc.code)} "
+                         f"(line {exc.lineno}, column {exc.offset})") from None
+    return text
 
 
 class _LSModel(BaseModel):
@@ -18,7 +47,7 @@ class SetupRequest(_LSModel):
     """POST /setup: sent when a backend is connected or its project's config changes."""
 
     project: str
-    label_config: str = Field(alias="schema")
+    label_config: str = Field(alias="schema", max_length=MAX_LABEL_CONFIG_CHARS)
     hostname: str | None = None
     access_token: str | None = None
     model_version: str | None = None
@@ -36,9 +65,15 @@ class TaskModel(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    id: int | None = None
+    id: int | None = Field(None, ge=-(2**63), lt=2**63)
     data: dict[str, Any]
     project: int | None = None
+
+    @field_validator("project", mode="before")
+    @classmethod
+    def _project(cls, value: Any) -> int | None:
+        # Checked here, inside validation: a -5 found later raised outside it and answered 500.
+        return None if value is None else int(project_id(value))
 
 
 class PredictParams(_LSModel):
@@ -52,7 +87,7 @@ class PredictRequest(_LSModel):
 
     tasks: list[TaskModel]
     project: str | None = None
-    label_config: str | None = None
+    label_config: str | None = Field(None, max_length=MAX_LABEL_CONFIG_CHARS)
     params: PredictParams | None = None
     model_version: str | None = None
 
@@ -61,13 +96,21 @@ class PredictRequest(_LSModel):
     def _project(cls, value: Any) -> str | None:
         return None if value is None or value == "" else project_id(value)
 
+    @field_validator("label_config")
+    @classmethod
+    def _label_config(cls, value: str | None) -> str | None:
+        # An empty config means "none sent" (it must not replace the stored one).
+        if value is None or not value.strip():
+            return None
+        return check_label_config_xml(value)
+
     def project_id(self) -> str | None:
-        """From ``project``, else the first task's ``project``."""
+        """From ``project``, else the first task's ``project`` (both already checked ids)."""
         if self.project is not None:
             return self.project
         for task in self.tasks:
             if task.project is not None:
-                return project_id(task.project)
+                return str(task.project)
         return None
 
     @property

@@ -7,7 +7,8 @@
   headers in LS's project settings) or as query ``?secret=`` (for an edited webhook URL).
   With WEBHOOK_SECRET set, the webhook needs the secret or basic auth; with neither configured,
   it is open like the rest.
-- Bodies above MAX_PAYLOAD_MB are refused with 413 before they are read into memory.
+- Bodies above MAX_PAYLOAD_MB are refused with 413 before they are read into memory, and bodies
+  not received whole within REQUEST_BODY_TIMEOUT seconds with 408 (uvicorn has no such timeout).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import base64
 import binascii
 import hmac
 import json
+import time
 
+import anyio
 from fastapi import Request
 from fastapi.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -81,11 +84,13 @@ def require_webhook_auth(request: Request) -> None:
 
 
 class PayloadLimitMiddleware:
-    """Refuses request bodies above ``max_bytes`` with 413 (by Content-Length, or while streaming)."""
+    """Refuses request bodies above ``max_bytes`` with 413 (by Content-Length, or while streaming), and
+    bodies not complete ``body_timeout`` seconds after the first read with 408."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, body_timeout: float = 60.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -94,18 +99,28 @@ class PayloadLimitMiddleware:
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length", b"").decode("latin-1")
         if length.isdigit() and int(length) > self.max_bytes:
-            await self._refuse(send, int(length))
+            await self._refuse(send, PayloadTooLarge(int(length), self.max_bytes))
             return
         received = 0
+        deadline: float | None = None
+        body_done = False
         response_started = False
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, deadline, body_done
+            if body_done:  # later reads only wait for a disconnect: no deadline
+                return await receive()
+            deadline = deadline if deadline is not None else time.monotonic() + self.body_timeout
+            try:
+                with anyio.fail_after(max(0.0, deadline - time.monotonic())):
+                    message = await receive()
+            except TimeoutError:
+                # An HTTPException: FastAPI passes it through body parsing to its answer.
+                raise BodyTimeout(received, self.body_timeout) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
                 if received > self.max_bytes:
-                    # An HTTPException: FastAPI passes it through body parsing to its 413 answer.
                     raise PayloadTooLarge(received, self.max_bytes)
             return message
 
@@ -117,20 +132,30 @@ class PayloadLimitMiddleware:
 
         try:
             await self.app(scope, limited_receive, tracking_send)
-        except PayloadTooLarge as exc:
+        except BodyRefused as exc:
             if not response_started:
-                await self._refuse(send, exc.size)
+                await self._refuse(send, exc)
 
-    async def _refuse(self, send: Send, size: int) -> None:
-        body = json.dumps({"detail": PayloadTooLarge(size, self.max_bytes).detail}).encode()
-        await send({"type": "http.response.start", "status": 413,
+    async def _refuse(self, send: Send, exc: HTTPException) -> None:
+        body = json.dumps({"detail": exc.detail}).encode()
+        await send({"type": "http.response.start", "status": exc.status_code,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 
 
-class PayloadTooLarge(HTTPException):
+class BodyRefused(HTTPException):
+    """A request body this service does not read to the end."""
+
+
+class PayloadTooLarge(BodyRefused):
     def __init__(self, size: int, max_bytes: int) -> None:
         limit_mb = max_bytes / (1024 * 1024)
         super().__init__(413, detail=f"request body of {size} bytes or more exceeds the limit of {max_bytes} "
                                      f"bytes ({limit_mb:g} MB, MAX_PAYLOAD_MB)")
         self.size = size
+
+
+class BodyTimeout(BodyRefused):
+    def __init__(self, received: int, seconds: float) -> None:
+        super().__init__(408, detail=f"request body not received within {seconds:g} s (REQUEST_BODY_TIMEOUT); "
+                                     f"{received} bytes had arrived")

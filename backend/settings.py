@@ -60,8 +60,31 @@ class Settings(BaseSettings):
 
     # LS batches carry each task's annotations and predictions (brush RLE): allow room.
     MAX_PAYLOAD_MB: float = Field(64.0, gt=0)
-    MAX_IMAGE_PIXELS: int = Field(100_000_000, gt=0)
+    # Seconds a client has to send its whole request body (408 after): a stalled or trickled body
+    # would otherwise hold its connection and buffer forever. 64 MB at 2 MB/s fits.
+    REQUEST_BODY_TIMEOUT: float = Field(60.0, gt=0)
+    # Keypoints in one interactive request: decoder time and memory grow with the square of the count
+    # (5000 points: 7.9 s and 1.5 GB under the model lock); people click a few dozen at most.
+    MAX_PROMPT_POINTS: int = Field(100, ge=1, le=10_000)
+    # /predict runs in its own threads, at most this many at once (the rest wait for a slot), so slow
+    # image downloads never take the threads that webhooks, settings and /setup answer from.
+    PREDICT_THREADS: int = Field(8, ge=1, le=256)
+    # 40 MP (e.g. 7300 x 5500) holds every camera Label Studio users annotate; a 100 MP image took
+    # 3.8 s to decode and stalled /health (Label Studio's timeout: 1 s) for 0.9 s on 2 cores.
+    MAX_IMAGE_PIXELS: int = Field(40_000_000, gt=0)
+    # Seconds for any one read of a download (connect, headers, each chunk) ...
     IMAGE_DOWNLOAD_TIMEOUT: float = Field(30.0, gt=0)
+    # ... and for the whole download: a server trickling bytes cannot hold a request longer.
+    IMAGE_DOWNLOAD_DEADLINE: float = Field(60.0, gt=0)
+    # Encoded image files above this size are refused, by Content-Length or while streaming (a 40 MP
+    # JPEG is ~15 MB, an 8-bit RGB PNG of it at most ~120 MB).
+    MAX_IMAGE_DOWNLOAD_MB: float = Field(128.0, gt=0)
+    # Hosts task images may be downloaded from, besides Label Studio's own (LABEL_STUDIO_URL, else the
+    # /setup hostname) and IMAGE_CLOUD_HOSTS: comma-separated names, "*.example.com" patterns,
+    # optionally with ":port"; "*" allows any host (the backend then fetches whatever URL a client names).
+    IMAGE_HOSTS: str = ""
+    # Where Label Studio's presigned cloud-storage URLs point (S3, GCS, Azure Blob).
+    IMAGE_CLOUD_HOSTS: str = "*.amazonaws.com,storage.googleapis.com,*.storage.googleapis.com,*.blob.core.windows.net"
     # Downloaded task images are cached on disk; the oldest are removed above this size.
     IMAGE_CACHE_MB: int = Field(2048, ge=0)
 
@@ -150,3 +173,13 @@ class Settings(BaseSettings):
     @property
     def max_payload_bytes(self) -> int:
         return int(self.MAX_PAYLOAD_MB * 1024 * 1024)
+
+    @property
+    def max_image_download_bytes(self) -> int:
+        return int(self.MAX_IMAGE_DOWNLOAD_MB * 1024 * 1024)
+
+    @property
+    def image_host_patterns(self) -> tuple[str, ...]:
+        """IMAGE_HOSTS and IMAGE_CLOUD_HOSTS as lower-case patterns ("*" alone: any host)."""
+        joined = f"{self.IMAGE_HOSTS},{self.IMAGE_CLOUD_HOSTS}"
+        return tuple(part.strip().lower() for part in joined.split(",") if part.strip())

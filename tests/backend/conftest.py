@@ -221,6 +221,8 @@ def make_settings(data_dir: Path, prefix: str, **overrides) -> Settings:
         "LABEL_STUDIO_URL": "",
         "LABEL_STUDIO_API_KEY": "",
         "PRECISION": "fp32",
+        # Test servers listen on loopback; the allow-list itself is tested in test_hostile_images.
+        "IMAGE_HOSTS": "*",
         **overrides,
     }
     return Settings(**values)
