@@ -1,4 +1,7 @@
-"""``python -m backend [--host H] [--port P]``: serve the ML backend with uvicorn (settings from the environment)."""
+"""``python -m backend [--host H] [--port P]``: serve the ML backend with uvicorn (settings from the environment).
+
+``python -m backend admin ...``: the admin console's CLI (``backend.admin.cli``; ``admin --help``).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +17,12 @@ from backend.settings import Settings
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["admin"]:
+        # The CLI only talks HTTP: it must not import the model stack the server needs.
+        from backend.admin.cli import main as admin_main
+
+        return admin_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m backend", description="samloop: Label Studio ML backend")
     parser.add_argument("--host", default="0.0.0.0", help="interface to listen on (default 0.0.0.0)")
     parser.add_argument("--port", type=int, default=9090, help="port (default 9090, Label Studio's usual)")

@@ -2,7 +2,8 @@
 
 Protocol: GET / and /health, POST /setup, POST /predict, POST /webhook, GET /versions.
 Admin: GET/PATCH /projects/{project}/settings, POST /projects/{project}/activate,
-GET /projects/{project}/events.
+GET /projects/{project}/events (the admin console's API, ``backend.admin``, under /admin/api with
+ADMIN_TOKEN, reads and writes the same Redis store). Operations: GET /metrics (Prometheus).
 
 Model work runs in FastAPI's threadpool (plain ``def`` endpoints; /predict hands its body over
 itself), so the event loop stays free for /health, which Label Studio polls with a one-second timeout.
@@ -23,8 +24,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
+from backend.admin import install_admin
 from backend.errors import ParameterError, install_error_handlers, registry_access
 from backend.image_source import ImageSource
+from backend.metrics import metrics_endpoint
 from backend.model_service import ModelService
 from backend.predict import PredictionService
 from backend.project_settings import (
@@ -153,6 +156,7 @@ def create_app(settings: Settings, *, registry: AdapterRegistry | None = None,
     install_error_handlers(app)
     _add_protocol_routes(app)
     _add_admin_routes(app)
+    install_admin(app, settings)
     return app
 
 
@@ -284,6 +288,7 @@ def _add_admin_routes(app: FastAPI) -> None:
     app.add_api_route("/projects/{project}/settings", patch_settings, methods=["PATCH"], dependencies=protected)
     app.add_api_route("/projects/{project}/activate", activate, methods=["POST"], dependencies=protected)
     app.add_api_route("/projects/{project}/events", events, methods=["GET"], dependencies=protected)
+    app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], dependencies=protected)
 
 
 def get_settings(request: Request, project: str) -> dict:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from backend.image_source import ImageFetchError, ImageSource
+from backend.metrics import counts_encodings_ahead, timed_prediction
 from backend.model_service import ModelService, PreparedAdapter
 from backend.project_settings import ProjectSettings, ProjectSettingsStore
 from backend.prompts import Prompt, parse_context
@@ -55,6 +56,7 @@ class PredictionService:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     # ----- entry point -----------------------------------------------------------------------------
+    @timed_prediction
     def predict(self, request: PredictRequest) -> dict:
         """Raises PromptError (a malformed interactive context); everything else is a per-task outcome."""
         project = request.project_id()
@@ -166,6 +168,7 @@ class PredictionService:
             results.append(_result(regions, task_score(scores), version))
         return results
 
+    @counts_encodings_ahead("task_opened")
     def _warm(self, task: TaskModel, setup: LabelSetup, prepared: PreparedAdapter, project: str | None) -> None:
         try:
             self._embedding_for(prepared, task.data.get(setup.image_key), task.id, project)

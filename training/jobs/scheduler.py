@@ -31,13 +31,17 @@ import json
 import logging
 import uuid
 from collections.abc import Callable
+from datetime import UTC
 from typing import Any
 
 import redis
-from rq import Queue, Retry
-from rq.job import Job
+from rq import Callback, Queue, Retry
+from rq.command import send_stop_job_command
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job, JobStatus
 
-from training.jobs.actions import FORCED_ACTIONS, TRAINING_ACTIONS
+from training.jobs import job_stats
+from training.jobs.actions import ADMIN_TRAIN, FORCED_ACTIONS, TRAINING_ACTIONS
 from training.jobs.keys import RELEASE_QUEUED, SCHEDULE, ProjectKeys, text
 from training.jobs.redis_conn import RedisUnavailable
 from training.jobs.settings import JobSettings
@@ -51,6 +55,10 @@ DEFAULT_QUEUE = "samloop-training"
 DEFAULT_JOB = "training.jobs.training_job.run_training_job"
 # A job id written to ``queued`` whose rq hash isn't saved yet is being enqueued right now.
 _ENQUEUE_GRACE_SECONDS = 30
+# rq states of a job that has not ended: waiting (queued, scheduled for a retry, deferred) or running.
+_WAITING = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED)
+_LIVE = (*_WAITING, JobStatus.STARTED)
+_STATS = "training.jobs.job_stats"
 
 
 class TrainingScheduler:
@@ -135,7 +143,7 @@ class TrainingScheduler:
         """
         keys = self.keys(project)
         forced = force or action in FORCED_ACTIONS
-        if action not in TRAINING_ACTIONS and not force:
+        if action not in TRAINING_ACTIONS and not forced:
             return {"status": "ignored", "project": project, "action": action,
                     "reason": f"{action} does not change the training data"}
         try:
@@ -181,6 +189,9 @@ class TrainingScheduler:
                 retry=retry, result_ttl=7 * 86400, failure_ttl=30 * 86400,
                 description=f"train the adapter of project {project} ({trigger})",
                 meta={"project": project, "stage": "queued", "trigger": trigger},
+                # Outcomes are counted on the worker, in Redis, where every backend process reads them.
+                on_success=Callback(f"{_STATS}.on_success"), on_failure=Callback(f"{_STATS}.on_failure"),
+                on_stopped=Callback(f"{_STATS}.on_stopped"),
             )
         except Exception:
             # Leave no pointer to a job that doesn't exist, or the project's events would wait on it.
@@ -199,6 +210,64 @@ class TrainingScheduler:
         self._enqueue(project, job_id, "follow-up")
         return job_id
 
+    # ----- admin controls ---------------------------------------------------------------------------
+    def train_now(self, project: str) -> dict:
+        """Queue a run now, whatever the auto-training switch says (the admin console's "train")."""
+        return self.schedule(project, ADMIN_TRAIN, force=True)
+
+    def cancel(self, project: str) -> dict:
+        """Stop the project's running job and cancel its queued one.
+
+        A running job's work-horse is killed by its worker (rq's stop command); ``job_stats.on_stopped``
+        then frees the lock and records the run as cancelled. Nothing is published by a killed job,
+        and a publish is atomic, so the active adapter stays what it was. Stopped jobs are not retried.
+        Returns ``{"status": "cancelled" | "nothing_to_cancel", "stopped": [...], "cancelled": [...]}``.
+        """
+        keys = self.keys(project)
+        queued, running = (text(v) for v in self.connection.mget(keys.queued, keys.lock))
+        stopped, cancelled = [], []
+        for job_id in dict.fromkeys(j for j in (running, queued) if j):
+            job = self._fetch(job_id)
+            status = job.get_status(refresh=False) if job is not None else None
+            if status == JobStatus.STARTED:
+                try:
+                    send_stop_job_command(self.connection, job_id)
+                    stopped.append(job_id)
+                except (InvalidJobOperation, NoSuchJobError) as exc:
+                    log.warning("project %s: cannot stop job %s: %s", project, job_id, exc)
+            elif status in _WAITING:
+                job.cancel()
+                cancelled.append(job_id)
+                job_stats.record_outcome(self.connection, self.prefix, "cancelled", 0.0)
+        if queued:
+            self._release_script(keys=[keys.queued], args=[queued])
+        done = stopped + cancelled
+        log.info("project %s: admin cancel: stopped %s, cancelled %s", project, stopped or "none", cancelled or "none")
+        return {"status": "cancelled" if done else "nothing_to_cancel", "project": project, "stopped": stopped,
+                "cancelled": cancelled}
+
+    def current_job(self, project: str) -> dict | None:
+        """The project's running job, else its waiting one: id, rq status, times and progress meta."""
+        keys = self.keys(project)
+        for job_id in (text(v) for v in self.connection.mget(keys.lock, keys.queued)):
+            job = self._fetch(job_id) if job_id else None
+            status = job.get_status(refresh=False) if job is not None else None
+            if status in _LIVE:
+                return {**job.get_meta(refresh=False), "job_id": job_id, "status": status.value,
+                        "enqueued_at": _stamp(job.enqueued_at), "started_at": _stamp(job.started_at)}
+        return None
+
+    def job_meta(self, job_id: str) -> dict | None:
+        """A (possibly ended) job's progress meta, or None once rq has expired it."""
+        job = self._fetch(job_id)
+        return job.get_meta(refresh=False) if job is not None else None
+
+    def _fetch(self, job_id: str) -> Job | None:
+        try:
+            return Job.fetch(job_id, connection=self.connection)
+        except NoSuchJobError:
+            return None
+
     # ----- status for the backend / admins -------------------------------------------------------------
     def status(self, project: str) -> dict:
         """Queued and running job ids, the running job's progress, and the last run's outcome."""
@@ -214,6 +283,13 @@ class TrainingScheduler:
         if last:
             out["last_run"] = json.loads(last)
         return out
+
+
+def _stamp(value: Any) -> float | None:
+    """An rq datetime (naive UTC) as unix seconds."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=value.tzinfo or UTC).timestamp()
 
 
 def _default_job_timeout(settings: dict[str, Any], job_func: str) -> int:

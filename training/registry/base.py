@@ -160,6 +160,15 @@ class AdapterRegistry(ABC):
         """Projects with at least one stored version (numeric ids in numeric order)."""
 
     @abstractmethod
+    def delete_version(self, project: str, version: int) -> None:
+        """Remove one stored version (its number is never reused).
+
+        Raises:
+            VersionNotFound: the version is not stored.
+            ValueError: it is the active version (activate another one first).
+        """
+
+    @abstractmethod
     def delete_project(self, project: str) -> None:
         """Remove all versions and the active pointer of a project; no-op if unknown."""
 

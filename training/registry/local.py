@@ -199,6 +199,16 @@ class LocalRegistry(AdapterRegistry):
         info, _ = self._read_version(project, version, with_weights=False)
         return info
 
+    def delete_version(self, project: str, version: int) -> None:
+        check_version(version)
+        project_dir = self._project_dir(project)
+        with self._locked(project_dir):
+            if not (project_dir / _version_dir_name(version)).is_dir():
+                raise self._not_found(project, version)
+            if self._read_active(project_dir) == version:
+                raise ValueError(f"project {project!r}: version {version} is active; activate another one first")
+            self._remove_version(project_dir, version)
+
     def delete_project(self, project: str) -> None:
         project_dir = self._project_dir(project)
         if not project_dir.exists():

@@ -154,6 +154,30 @@ class RedisRegistry(AdapterRegistry):
         info, _ = self._read(project, version, with_weights=False)
         return info
 
+    def delete_version(self, project: str, version: int) -> None:
+        check_version(version)
+        index, pointer = self._key(project, "versions"), self._key(project, "active")
+        with self.client.pipeline(transaction=True) as pipe:
+            for _ in range(MAX_ATTEMPTS):
+                try:
+                    pipe.watch(index, pointer)
+                    if pipe.zscore(index, str(version)) is None:
+                        pipe.unwatch()
+                        raise self._not_found(project, version)
+                    active = pipe.get(pointer)
+                    if active is not None and int(active) == version:
+                        pipe.unwatch()
+                        raise ValueError(f"project {project!r}: version {version} is active; "
+                                         "activate another one first")
+                    pipe.multi()
+                    pipe.zrem(index, str(version))
+                    pipe.delete(self._key(project, "v", version))
+                    pipe.execute()
+                    return
+                except redis.WatchError:
+                    continue
+        raise RegistryError(f"project {project!r}: delete kept conflicting with other writers")
+
     def delete_project(self, project: str) -> None:
         pattern = _escape_glob(self._key(project, "")) + "*"
         keys = list(self.client.scan_iter(match=pattern, count=500))

@@ -1,0 +1,139 @@
+"""The admin API under /admin/api (Bearer ADMIN_TOKEN): see the projects, switch them, manage versions
+and training.
+
+- ``GET  /admin/api/projects``: ``{"projects": [...], "switches": {name: JSON schema}, "model": {...}}``
+- ``GET  /admin/api/projects/{id}``: one project (404 when neither the registry nor the settings know it)
+- ``PATCH /admin/api/projects/{id}``: switches, e.g. ``{"predictions": false}`` (the names of
+  ``backend.project_settings.SWITCHES``; the same store Label Studio's extra params write)
+- ``POST /admin/api/projects/{id}/activate`` ``{"version": n}``: roll back or forward
+- ``DELETE /admin/api/projects/{id}/versions/{n}``: not the active one, nor the pinned one (409)
+- ``POST /admin/api/projects/{id}/train``: queue a run now (auto-training off or not)
+- ``POST /admin/api/projects/{id}/cancel``: stop the running job and cancel the queued one
+
+Every change answers the project as ``GET`` would after it. Model and registry work runs in the
+threadpool (plain ``def`` endpoints).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Body, Depends, Request
+from fastapi.exceptions import HTTPException
+
+from backend.admin.auth import require_admin_token
+from backend.admin.overview import all_projects, control_of, project_summary, switch_schema
+from backend.errors import ParameterError, registry_access
+from backend.project_settings import validate_changes
+from backend.schemas import ActivateRequest
+from training.labelstudio.projects import project_id
+from training.registry import VersionNotFound
+
+__all__ = ["router"]
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/admin/api", dependencies=[Depends(require_admin_token)], tags=["admin"])
+
+
+def _services(request: Request) -> Any:
+    return request.app.state.services
+
+
+def _project(project: str) -> str:
+    try:
+        return project_id(project)
+    except ValueError as exc:
+        raise ParameterError(str(exc)) from exc
+
+
+def _stored_versions(services: Any, project: str) -> list[int]:
+    with registry_access():
+        return [info.version for info in services.registry.versions(project)]
+
+
+def _training(services: Any) -> Any:
+    control = control_of(services)
+    if control is None:
+        raise HTTPException(503, detail="no training queue is connected to this backend (it runs with a "
+                                        "stand-in scheduler): train and cancel are unavailable")
+    return control
+
+
+@router.get("/projects")
+def list_projects(request: Request) -> dict:
+    services = _services(request)
+    projects = [project_summary(request, services, p) for p in all_projects(services)]
+    return {"projects": projects, "switches": switch_schema(), "model": services.models.describe()}
+
+
+@router.get("/projects/{project}")
+def get_project(request: Request, project: str) -> dict:
+    project = _project(project)
+    services = _services(request)
+    if project not in all_projects(services):
+        raise HTTPException(404, detail=f"project {project} is unknown here: it has no adapter versions and "
+                                        "no settings (connect it in Label Studio, or PATCH a switch)")
+    return project_summary(request, services, project)
+
+
+@router.patch("/projects/{project}")
+def patch_project(request: Request, project: str, changes: dict[str, Any] = Body(...)) -> dict:  # noqa: B008
+    project = _project(project)
+    services = _services(request)
+    checked = validate_changes(changes)
+    pinned = checked.get("pinned_version")
+    if pinned is not None and pinned not in (stored := _stored_versions(services, project)):
+        raise HTTPException(404, detail=f"pinned_version {pinned} does not exist for project {project}; "
+                                        f"stored versions: {stored or 'none'}")
+    services.store.update(project, checked)
+    log.info("project %s: switches %s set through the admin console", project, checked)
+    return project_summary(request, services, project)
+
+
+@router.post("/projects/{project}/activate")
+def activate_version(request: Request, project: str, body: ActivateRequest) -> dict:
+    project = _project(project)
+    services = _services(request)
+    with registry_access():
+        services.registry.activate(project, body.version)
+    log.info("project %s: version %s activated through the admin console", project, body.version)
+    return project_summary(request, services, project)
+
+
+@router.delete("/projects/{project}/versions/{version}")
+def delete_version(request: Request, project: str, version: int) -> dict:
+    project = _project(project)
+    services = _services(request)
+    stored = _stored_versions(services, project)
+    if version not in stored:
+        raise VersionNotFound(project, version, stored)
+    pinned = services.store.get(project).pinned_version
+    if version == pinned:
+        raise HTTPException(409, detail=f"version {version} of project {project} is pinned (pinned_version): "
+                                        "unpin it first")
+    try:
+        with registry_access():
+            services.registry.delete_version(project, version)
+    except ValueError as exc:  # the active one: checked by the registry under its lock
+        raise HTTPException(409, detail=f"{exc}") from exc
+    log.info("project %s: version %s deleted through the admin console", project, version)
+    return project_summary(request, services, project)
+
+
+@router.post("/projects/{project}/train")
+def train_now(request: Request, project: str) -> dict:
+    project = _project(project)
+    services = _services(request)
+    outcome = _training(services).train_now(project)
+    services.store.remember_project(project)  # listed from now on, so its job shows in the console
+    return {"training": outcome, "project": project_summary(request, services, project)}
+
+
+@router.post("/projects/{project}/cancel")
+def cancel_training(request: Request, project: str) -> dict:
+    project = _project(project)
+    services = _services(request)
+    outcome = _training(services).cancel(project)
+    return {"training": outcome, "project": project_summary(request, services, project)}
