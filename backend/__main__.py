@@ -9,20 +9,24 @@ import argparse
 import logging
 import sys
 
-import uvicorn
-from pydantic import ValidationError
-
-from backend.app import create_app
-from backend.settings import Settings
-
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["admin"]:
-        # The CLI only talks HTTP: it must not import the model stack the server needs.
         from backend.admin.cli import main as admin_main
 
         return admin_main(argv[1:])
+    return serve(argv)
+
+
+def serve(argv: list[str]) -> int:
+    # Imported here: the model stack (torch, SAM) takes seconds to import, and the admin CLI needs none of it.
+    import uvicorn
+    from pydantic import ValidationError
+
+    from backend.app import create_app
+    from backend.settings import Settings
+
     parser = argparse.ArgumentParser(prog="python -m backend", description="samloop: Label Studio ML backend")
     parser.add_argument("--host", default="0.0.0.0", help="interface to listen on (default 0.0.0.0)")
     parser.add_argument("--port", type=int, default=9090, help="port (default 9090, Label Studio's usual)")

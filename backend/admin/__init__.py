@@ -14,10 +14,12 @@ mounted, so every /admin path answers 404.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
-from fastapi import FastAPI
+if TYPE_CHECKING:  # the CLI imports this package: it needs neither FastAPI nor the settings at run time
+    from fastapi import FastAPI
 
-from backend.settings import Settings
+    from backend.settings import Settings
 
 __all__ = ["install_admin"]
 
