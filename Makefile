@@ -7,7 +7,7 @@ PORT ?= 9090
 # (as the Docker image uses) keeps ~400 MB less resident per process than PyPI's CUDA build.
 TORCH_INDEX_URL ?=
 
-.PHONY: venv test test-fast lint run worker bench clean
+.PHONY: venv test test-fast lint run worker bench bench-quality clean
 
 venv: $(STAMP)
 
@@ -38,6 +38,10 @@ worker: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks
+
+# Mask quality and clicks after 1-16 labeled images; QUALITY_ARGS e.g. "--quick" or "--data DIR --checkpoint FILE".
+bench-quality: $(STAMP)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m benchmarks quality $(QUALITY_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

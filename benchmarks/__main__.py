@@ -1,4 +1,7 @@
-"""``python -m benchmarks [--quick] [--out DIR] [--only vit_t-1024 ...]`` (``make bench``)."""
+"""``python -m benchmarks [--quick] [--out DIR] [--only vit_t-1024 ...]`` (``make bench``).
+
+``python -m benchmarks quality ...`` is the quality benchmark (``benchmarks.quality.cli``).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +17,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["quality"]:
+        from benchmarks.quality.cli import main as quality_main
+
+        return quality_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description="samloop benchmarks (see benchmarks/)")
     parser.add_argument("--quick", action="store_true", help="smoke run: vit_t at 128 px, a few requests")
     parser.add_argument("--compare", action="store_true",

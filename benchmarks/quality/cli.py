@@ -1,0 +1,110 @@
+"""``python -m benchmarks quality [--quick] [--data PATH --checkpoint FILE] ...`` (``make bench-quality``).
+
+Without ``--data`` and ``--checkpoint`` it runs on synthetic scenes with the pretrained stand-in (built
+once, ~4 min at one thread, into ``--cache``); with them, on your images and your SAM checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from benchmarks.quality.plan import DEFAULT_CACHE, METHOD_NAMES, QualityPlan, quick_plan
+from benchmarks.quality.plots import write_plots
+from benchmarks.quality.report import write
+from benchmarks.quality.runner import run_plan
+from training.model.builders import MODEL_BUILDERS
+from training.model.weights import CheckpointError
+
+RESULTS = Path(__file__).resolve().parent.parent / "results" / "quality"
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+
+
+def _name_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks quality", description=__doc__.splitlines()[0])
+    data = parser.add_argument_group("data and base model (default: synthetic scenes and the pretrained stand-in)")
+    data.add_argument("--data", type=Path, help="a mask folder (images/, masks/, labels.txt), a COCO JSON, "
+                                                "or a Label Studio JSON export")
+    data.add_argument("--images", type=Path, help="image folder for a COCO file or a Label Studio export "
+                                                  "(default: the file's folder)")
+    data.add_argument("--label-config", type=Path, help="the project's label config XML, for a Label Studio export")
+    data.add_argument("--checkpoint", help="SAM checkpoint file, or 'random' (default: the pretrained stand-in)")
+    data.add_argument("--model", default="vit_t", choices=sorted(MODEL_BUILDERS), help="SAM variant (default vit_t)")
+    data.add_argument("--image-size", type=int, help="model input size in px (default 256)")
+    data.add_argument("--held-out", type=int, help="held-out images (default 12; at most half of --data)")
+    run = parser.add_argument_group("what to measure")
+    run.add_argument("--labeled", type=_int_list, help="labeled image counts (default 1,2,4,8,16)")
+    run.add_argument("--repeats", type=int, help="draws of the labeled images per count (default 2)")
+    run.add_argument("--methods", type=_name_list, help=f"subset of {','.join(METHOD_NAMES)} (default all)")
+    run.add_argument("--steps", type=int, help="training steps per run (default 200)")
+    run.add_argument("--budget-seconds", type=float, help="wall-clock cap per training run in seconds (default 40)")
+    run.add_argument("--quick", action="store_true", help="smoke run: 1 and 4 labeled images, 1 repeat, 40 steps")
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", type=Path, help="results folder (default benchmarks/results/quality[/quick], or "
+                                              "./quality-results with --data)")
+    out.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"stand-in cache (default {DEFAULT_CACHE})")
+    out.add_argument("--note", default="", help="a sentence about this run, shown in the results")
+    out.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def plan_from_args(args: argparse.Namespace) -> QualityPlan:
+    plan = quick_plan() if args.quick else QualityPlan()
+    overrides = {"data": args.data, "images": args.images, "label_config": args.label_config,
+                 "checkpoint": args.checkpoint, "model": args.model, "image_size": args.image_size,
+                 "held_out": args.held_out, "labeled": args.labeled, "repeats": args.repeats,
+                 "methods": args.methods, "steps": args.steps, "budget_seconds": args.budget_seconds}
+    for name, value in overrides.items():
+        if value is not None:
+            setattr(plan, name, value)
+    plan.cache, plan.note = args.cache, args.note
+    if plan.data is not None and plan.mode == "full":
+        plan.mode = "own data"
+    return plan.check()
+
+
+def _out_dir(args: argparse.Namespace, plan: QualityPlan) -> Path:
+    if args.out is not None:
+        return args.out
+    if plan.data is not None or plan.checkpoint is not None:
+        return Path("quality-results")  # never over the committed synthetic results
+    return RESULTS / "quick" if plan.mode == "quick" else RESULTS
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    # One intra-op thread unless OMP_NUM_THREADS says otherwise: numbers then depend less on other work
+    # on the cores, and one thread is what the committed run used.
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS") or 1)))
+    try:
+        plan = plan_from_args(args)
+        out = _out_dir(args, plan)
+        results = run_plan(plan, out / "cells", progress=not args.no_progress)
+    except (ValueError, CheckpointError) as exc:  # DatasetError and LabelConfigError are ValueErrors
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    md_path, json_path = write(results, out)
+    plots = write_plots(results, out)
+    print(md_path.read_text())
+    print(f"wrote {md_path}, {json_path}, {', '.join(str(p) for p in plots)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""The methods compared, and one benchmark cell: train on n labeled images, score on the held-out set.
+
+- ``decoder``: samloop's default adapter kind (frozen encoder, decoder LoRA, class prompts).
+- ``encoder``: the encoder kind (qkv LoRA in the encoder, the whole decoder, class prompts).
+- ``full``: a full fine-tune (every encoder and decoder weight, class prompts).
+- ``promptless``: the frozen encoder and a small upsampling head without prompts (``baseline``).
+
+All train through ``train_adapter`` (the baseline through its own loop over the same samples), and
+are scored by ``evaluate`` (promptless masks) and ``evaluate_clicks`` (simulated clicks, each object
+asked with its class, as the backend asks an adapter). SAM's own decoder, asked with clicks alone,
+is the click reference (the ``sam`` cell). Frozen-encoder methods share one set of embeddings.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from benchmarks.quality.baseline import label_map, score_label_maps, train_head
+from benchmarks.quality.cells import CellKey, PeakMemory
+from benchmarks.quality.data import BenchmarkData, draw_order
+from benchmarks.quality.plan import QualityPlan
+from training.data.dataset import SegmentationDataset
+from training.inference.predictor import ImageEmbedding, Predictor
+from training.learn.clicks import evaluate_clicks
+from training.learn.config import TrainConfig
+from training.learn.embeddings import TrainingEmbeddings
+from training.learn.evaluation import evaluate
+from training.learn.trainer import train_adapter
+from training.model.adapter import SamAdapter
+from training.model.config import AdapterConfig
+from training.model.loading import new_adapter_model
+from training.model.weights import BaseWeights
+
+log = logging.getLogger(__name__)
+
+METHOD_LABELS = {
+    "decoder": "decoder adapter (frozen encoder, decoder LoRA + class prompts)",
+    "encoder": "encoder LoRA adapter (encoder qkv LoRA + decoder + class prompts)",
+    "full": "full fine-tune (encoder + decoder + class prompts)",
+    "promptless": "promptless baseline (frozen encoder + upsampling head, no prompts)",
+    "sam": "SAM's own decoder (clicks only, no training)",
+}
+
+
+def adapter_config(method: str) -> AdapterConfig:
+    if method == "full":
+        return AdapterConfig(encoder="full", decoder="train")
+    return AdapterConfig.for_kind(method)
+
+
+@dataclass
+class BenchmarkContext:
+    """What every cell shares: the plan, data, base weights, and the base encoder's embeddings."""
+
+    plan: QualityPlan
+    data: BenchmarkData
+    weights: BaseWeights
+    base: SamAdapter  # a fresh decoder-kind model: SAM's decoder for clicks, the frozen encoder
+    train_embeddings: TrainingEmbeddings
+    held_out_embeddings: list[ImageEmbedding]
+    encode_seconds_per_image: float
+
+    @classmethod
+    def create(cls, plan: QualityPlan, data: BenchmarkData, weights: BaseWeights) -> BenchmarkContext:
+        classes = list(data.pool.class_names)
+        base = new_adapter_model(weights, plan.image_size, classes, adapter_config("decoder"))
+        predictor = Predictor(base, precision=plan.precision)
+        start = time.monotonic()
+        held_out = predictor.embed([s.image for s in data.held_out.samples], batch_size=1)
+        seconds = (time.monotonic() - start) / max(1, len(held_out))
+        train_embeddings = TrainingEmbeddings(base, None, plan.precision)
+        return cls(plan, data, weights, base, train_embeddings, held_out, seconds)
+
+    def train_set(self, labeled: int, repeat: int) -> SegmentationDataset:
+        return self.data.pool.subset(draw_order(len(self.data.pool), repeat, self.plan.seed)[:labeled])
+
+    def train_config(self, repeat: int) -> TrainConfig:
+        # A step budget with a wall-clock cap; no plateau stop, so every method gets the same steps
+        # unless the clock ends it first (then ``stopped_because`` says so in the cell).
+        plan = self.plan
+        return TrainConfig(max_steps=plan.steps, max_seconds=plan.budget_seconds, batch_size=plan.batch_size,
+                           patience=plan.steps, precision=plan.precision, seed=plan.seed + repeat,
+                           warmup_steps=min(10, plan.steps))
+
+
+def _clicks(ctx: BenchmarkContext, model: SamAdapter, decoder: str, embeddings: list[ImageEmbedding]) -> dict:
+    predictor = Predictor(model, precision=ctx.plan.precision, clicks=decoder)
+    return evaluate_clicks(predictor, ctx.data.held_out, max_clicks=ctx.plan.max_clicks,
+                           class_prompts=decoder == "adapter", embeddings=embeddings)
+
+
+def sam_cell(ctx: BenchmarkContext) -> dict[str, Any]:
+    """SAM's own decoder on clicks (no class prompts): the reference every adapter's clicks face."""
+    return {"method": "sam", "labeled": 0, "repeat": 0, "masks": None,
+            "clicks": _clicks(ctx, ctx.base, "base", ctx.held_out_embeddings)}
+
+
+def _adapter_cell(ctx: BenchmarkContext, method: str, train_set: SegmentationDataset, config: TrainConfig
+                  ) -> dict[str, Any]:
+    plan = ctx.plan
+    model = new_adapter_model(ctx.weights, plan.image_size, list(train_set.class_names), adapter_config(method))
+    frozen = model.config.encoder == "frozen"
+    with PeakMemory() as memory:
+        result = train_adapter(model, train_set, config, embeddings=ctx.train_embeddings if frozen else None)
+    if frozen:
+        embeddings = ctx.held_out_embeddings
+    else:
+        embeddings = Predictor(model, precision=plan.precision).embed([s.image for s in ctx.data.held_out.samples],
+                                                                      batch_size=1)
+    return {"train": result.to_dict(), "memory": memory.to_dict(),
+            "trainable_parameters": model.trainable_parameter_count(),
+            "masks": evaluate(model, ctx.data.held_out, plan.precision, embeddings=embeddings),
+            "clicks": _clicks(ctx, model, "adapter", embeddings)}
+
+
+def _promptless_cell(ctx: BenchmarkContext, train_set: SegmentationDataset, config: TrainConfig) -> dict[str, Any]:
+    with PeakMemory() as memory:
+        head, result = train_head(ctx.base, train_set, config, ctx.train_embeddings)
+    maps = [label_map(head, ctx.base, e) for e in ctx.held_out_embeddings]
+    return {"train": result.to_dict(), "memory": memory.to_dict(),
+            "trainable_parameters": sum(p.numel() for p in head.parameters()),
+            "masks": score_label_maps(maps, ctx.data.held_out), "clicks": None}
+
+
+def run_cell(ctx: BenchmarkContext, key: CellKey) -> dict[str, Any]:
+    """Train ``key.method`` on ``key.labeled`` images of draw ``key.repeat`` and score it (JSON-safe)."""
+    if key.method == "sam":
+        return sam_cell(ctx)
+    train_set = ctx.train_set(key.labeled, key.repeat)
+    config = ctx.train_config(key.repeat)
+    start = time.monotonic()
+    if key.method == "promptless":
+        cell = _promptless_cell(ctx, train_set, config)
+    else:
+        cell = _adapter_cell(ctx, key.method, train_set, config)
+    frozen = key.method in ("decoder", "promptless")
+    # Frozen-encoder methods train on stored embeddings: each new image (and its mirror) is encoded
+    # once, outside the training loop; count that cost here so the methods compare fairly.
+    encode = 2 * len(train_set) * ctx.encode_seconds_per_image if frozen else 0.0
+    cell.update(method=key.method, labeled=key.labeled, repeat=key.repeat,
+                images=[s.name for s in train_set.samples], encode_seconds=round(encode, 2),
+                train_seconds=round(cell["train"]["seconds"] + encode, 2),
+                cell_seconds=round(time.monotonic() - start, 1))
+    log.info("%s: mIoU %.3f, NoC@90 %s, %.1f s", key.name, cell["masks"]["mean_iou"],
+             None if cell["clicks"] is None else round(cell["clicks"]["noc90"], 2), cell["train_seconds"])
+    return cell
