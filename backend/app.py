@@ -5,8 +5,10 @@ Admin: GET/PATCH /projects/{project}/settings, POST /projects/{project}/activate
 GET /projects/{project}/events (the admin console's API, ``backend.admin``, under /admin/api with
 ADMIN_TOKEN, reads and writes the same Redis store). Operations: GET /metrics (Prometheus).
 
-Model work runs in FastAPI's threadpool (plain ``def`` endpoints; /predict hands its body over
-itself), so the event loop stays free for /health, which Label Studio polls with a one-second timeout.
+Model work runs in threads (plain ``def`` endpoints; /predict hands its body over itself), so the
+event loop stays free for /health, which Label Studio polls with a one-second timeout. /predict has
+threads of its own (PREDICT_THREADS at once): requests waiting on slow image downloads or the model
+lock never hold the shared pool that /webhook (LS waits 1 s), /setup and the admin API answer from.
 Errors are raised as domain exceptions; ``backend.errors`` maps them to statuses.
 """
 
@@ -18,8 +20,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import anyio
+import anyio.to_thread
 from fastapi import Body, Depends, FastAPI, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
@@ -142,6 +145,7 @@ def create_app(settings: Settings, *, registry: AdapterRegistry | None = None,
         sdk_io_log.addFilter(localhost_filter)
         services = build_services(settings, registry, scheduler, scheduler_factory)
         app.state.services = services
+        app.state.predict_limiter = anyio.CapacityLimiter(settings.PREDICT_THREADS)
         log.info("samloop backend ready: %s", services.models.describe())
         try:
             yield
@@ -152,7 +156,8 @@ def create_app(settings: Settings, *, registry: AdapterRegistry | None = None,
     app = FastAPI(title="samloop", summary="Label Studio ML backend: SAM masks with per-project LoRA adapters",
                   lifespan=lifespan)
     app.state.settings = settings
-    app.add_middleware(PayloadLimitMiddleware, max_bytes=settings.max_payload_bytes)
+    app.add_middleware(PayloadLimitMiddleware, max_bytes=settings.max_payload_bytes,
+                       body_timeout=settings.REQUEST_BODY_TIMEOUT)
     install_error_handlers(app)
     _add_protocol_routes(app)
     _add_admin_routes(app)
@@ -213,7 +218,8 @@ def setup(request: Request, body: SetupRequest) -> dict:
 async def predict(request: Request) -> dict:
     # The raw body goes straight to pydantic's JSON parser (see parse_json_body), off the event loop.
     raw = await request.body()
-    return await run_in_threadpool(_predict, services_of(request), raw)
+    return await anyio.to_thread.run_sync(_predict, services_of(request), raw,
+                                          limiter=request.app.state.predict_limiter)
 
 
 def _predict(services: Services, raw: bytes) -> dict:

@@ -60,14 +60,19 @@ class PredictionService:
     def predict(self, request: PredictRequest) -> dict:
         """Raises PromptError (a malformed interactive context); everything else is a per-task outcome."""
         project = request.project_id()
-        prompt = parse_context(request.context)
+        prompt = parse_context(request.context, max_points=self.models.settings.MAX_PROMPT_POINTS)
+        sent_error = _config_error(request.label_config)
+        # Only a usable config is kept: a broken one (e.g. <View/>) must not replace the project's working one.
+        sent = request.label_config if sent_error is None else None
         if project is None:
             settings, stored_config = ProjectSettings(), None
         else:
             # One store round trip: the switches, the stored label config, and noting the project.
-            settings, stored_config = self.store.read(project, request.label_config)
+            settings, stored_config = self.store.read(project, sent)
         choice = self.models.choose(project, settings.pinned_version)
-        config_text = request.label_config or stored_config
+        if sent_error is not None:
+            return self._empty(request.tasks, choice.model_version, f"project {project}: {sent_error}")
+        config_text = sent or stored_config
         if not config_text:
             return self._empty(request.tasks, choice.model_version,
                                f"no label_config in the request and none stored for project {project}: "
@@ -198,6 +203,17 @@ class PredictionService:
         if error:
             log.error(error)
         return {"results": [_result([], 0.0, version, error) for _ in tasks]}
+
+
+def _config_error(config: str | None) -> str | None:
+    """Why a request's label config cannot be used (None when it can, or when none was sent)."""
+    if config is None:
+        return None
+    try:
+        parse_label_config(config)
+    except LabelConfigError as exc:
+        return str(exc)
+    return None
 
 
 def _result(regions: list[dict], score: float, version: str, error: str | None = None) -> dict:
