@@ -57,7 +57,7 @@ async function act(path, method, body) {
 
 // ----- plots (inline SVG) -------------------------------------------------------------------------
 function plot(title, series, xLabel) {
-  const W = 320, H = 170, L = 40, R = 10, T = 18, B = 28;
+  const W = 340, H = 180, L = 40, R = 10, T = 30, B = 28;
   const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
   svg.setAttribute("width", W); svg.setAttribute("height", H); svg.setAttribute("class", "plot");
   const add = (tag, attrs, text) => {
@@ -84,13 +84,13 @@ function plot(title, series, xLabel) {
   add("text", { x: 2, y: sy(y1) + 4 }, fmt(y1, 2));
   add("text", { x: 2, y: sy(y0) + 4 }, fmt(y0, 2));
   add("text", { x: L, y: H - 8 }, String(x0));
-  add("text", { x: W - R - 30, y: H - 8 }, `${x1} ${xLabel}`);
+  add("text", { x: W - R, y: H - 8, "text-anchor": "end" }, `${x1} (${xLabel})`);
   series.forEach((s, i) => {
     const pts = s.points.filter((p) => p[1] !== null && p[1] !== undefined);
     add("polyline", { points: pts.map((p) => `${sx(p[0])},${sy(p[1])}`).join(" "), fill: "none",
       stroke: s.color, "stroke-width": 2, "data-series": s.name });
     if (pts.length < 40) pts.forEach((p) => add("circle", { cx: sx(p[0]), cy: sy(p[1]), r: 3, fill: s.color }));
-    add("text", { x: W - R - 110, y: T + 12 * i, fill: s.color }, s.name);
+    if (series.length > 1) add("text", { x: L + 8 + 60 * i, y: 25, fill: s.color }, `— ${s.name}`);
   });
   return svg;
 }
@@ -172,9 +172,12 @@ function preencode(project) {
 
 function projectCard(project, switches) {
   const versions = project.versions;
-  const quality = plot("held-out per version", [
-    { name: "mean IoU", color: "#3f7be0", points: versions.map((v) => [v.version, v.mean_iou]) },
-    { name: "click NoC@90", color: "#d9822b", points: versions.map((v) => [v.version, v.noc90]) },
+  // Two plots: IoU lives in [0, 1], clicks-to-90 % IoU in [1, 20]; one axis would flatten one of them.
+  const iou = plot("held-out mean IoU per version (higher is better)",
+    [{ name: "mean IoU", color: "#3f7be0", points: versions.map((v) => [v.version, v.mean_iou]) }], "version");
+  const noc = plot("held-out clicks to 90 % IoU per version (lower is better)", [
+    { name: "adapter", color: "#d9822b", points: versions.map((v) => [v.version, v.noc90]) },
+    { name: "SAM", color: "#999", points: versions.map((v) => [v.version, v.base_noc90]) },
   ], "version");
   const curve = (project.job && project.job.losses && project.job.losses.length) ? project.job.losses
     : (project.last_run ? project.last_run.losses : []);
@@ -188,7 +191,7 @@ function projectCard(project, switches) {
     h("div", { class: "switches row" }, Object.entries(switches).map(([n, s]) => switchControl(project, n, s))),
     preencode(project),
     h("div", { class: "row" }, versionsTable(project), h("div", {}, jobPanel(project), lastRun(project))),
-    h("div", { class: "row" }, quality, loss));
+    h("div", { class: "row" }, iou, noc, loss));
 }
 
 // ----- page ----------------------------------------------------------------------------------------
