@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -43,6 +44,9 @@ MAX_LIVE_MODELS = 2
 BASE_ENCODER = "base"
 # Errors that mean "the registry cannot be asked right now" (Redis down, disk trouble).
 REGISTRY_OUTAGE = (RegistryError, redis.RedisError, OSError)
+# The embedding store failing (a full disk: files raise OSError, its SQLite index sqlite3.Error, even on
+# reads, which record access times): a miss or an unsaved embedding, never a failed prediction.
+STORE_FAILURES = (OSError, sqlite3.Error)
 
 
 def _config_key(config: AdapterConfig) -> str:
@@ -255,7 +259,10 @@ class ModelService:
         key = (digest, prepared.encoder_key)
         found = self.cache.get(key)
         if found is None and self.store is not None and prepared.encoder_key == BASE_ENCODER:
-            found = self.store.get(embedding_key(self.base, digest))
+            try:
+                found = self.store.get(embedding_key(self.base, digest))
+            except STORE_FAILURES as exc:
+                log.warning("embedding store: cannot read an embedding (%s); encoding instead", exc)
             if found is not None:
                 self.cache.put(key, found)
         return found
@@ -294,7 +301,7 @@ class ModelService:
         if self.store is not None and prepared.encoder_key == BASE_ENCODER:
             try:
                 self.store.put(embedding_key(self.base, digest), embedding)
-            except OSError as exc:  # a full disk must not fail the prediction that computed it
+            except STORE_FAILURES as exc:  # a full disk must not fail the prediction that computed it
                 log.warning("embedding store: cannot keep an embedding (%s)", exc)
 
     def predict_classes(self, prepared: PreparedAdapter, embedding: ImageEmbedding,
