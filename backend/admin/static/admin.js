@@ -161,13 +161,15 @@ function lastRun(project) {
 }
 
 function preencode(project) {
+  // Whatever GET /projects/ID/settings reports as preencode_progress: {state, encoded, total, failed, ...}.
   const p = project.preencode_progress;
   if (p === null || p === undefined) return null;
-  if (typeof p === "object" && p.total) {
-    return h("div", { class: "preencode" }, `pre-encoded ${p.done ?? 0} of ${p.total}`,
-      h("div", { class: "bar" }, h("div", { style: `width:${(100 * (p.done || 0) / p.total).toFixed(1)}%` })));
-  }
-  return h("div", { class: "preencode" }, `pre-encoding: ${typeof p === "object" ? JSON.stringify(p) : p}`);
+  if (typeof p !== "object") return h("div", { class: "preencode" }, `pre-encoding: ${p}`);
+  const done = p.encoded ?? p.done ?? 0;
+  return h("div", { class: "preencode" },
+    `pre-encoding: ${p.state || ""}${p.total ? `, ${done} of ${p.total} tasks stored` : ""}`
+      + `${p.failed ? `, ${p.failed} failed` : ""}${p.error ? ` (${p.error})` : ""}`,
+    p.total ? h("div", { class: "bar" }, h("div", { style: `width:${(100 * done / p.total).toFixed(1)}%` })) : null);
 }
 
 function projectCard(project, switches) {

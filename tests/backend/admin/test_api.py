@@ -161,3 +161,10 @@ def test_unknown_project_and_bad_ids(live):
         assert client.get("/admin/api/projects/987654").status_code == 404
         bad = client.get("/admin/api/projects/not-a-project")
         assert bad.status_code == 422 and "not-a-project" in bad.json()["detail"]
+
+
+def test_preencode_progress_is_what_the_settings_answer_reports(live, project):
+    publish(live, project)
+    with live.client() as client:
+        settings = client.get(f"/projects/{project}/settings").json()
+    assert summary(live, project)["preencode_progress"] == settings.get("preencode_progress")
