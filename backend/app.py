@@ -33,6 +33,7 @@ from backend.image_source import ImageSource
 from backend.metrics import metrics_endpoint
 from backend.model_service import ModelService
 from backend.predict import PredictionService
+from backend.preencode import PreEncoder
 from backend.project_settings import (
     ProjectSettingsStore,
     SettingsError,
@@ -70,9 +71,11 @@ class Services:
     predictions: PredictionService
     webhook: WebhookHandler
     scheduler: TrainingScheduler
+    preencoder: PreEncoder
     worker: EmbeddedTraining | None = None
 
     def close(self) -> None:
+        self.preencoder.close()
         self.predictions.close()
         self.images.close()
         if self.worker is not None:
@@ -115,10 +118,13 @@ def build_services(settings: Settings, registry: AdapterRegistry | None = None,
         predictions = PredictionService(models, images, store)
         scheduler = scheduler if scheduler is not None else scheduler_factory(handle, settings)
         webhook = WebhookHandler(handle.client, settings.SAMLOOP_REDIS_PREFIX, scheduler, store)
+        preencoder = PreEncoder(models, predictions, images, store, settings.PREENCODE_MAX_TASKS)
+        predictions.encode_ahead = preencoder.submit
     except BaseException:
         handle.close()
         raise
-    services = Services(settings, handle, registry, models, images, store, predictions, webhook, scheduler)
+    services = Services(settings, handle, registry, models, images, store, predictions, webhook, scheduler,
+                        preencoder)
     if handle.embedded and settings.SAMLOOP_EMBEDDED_WORKER and runs_rq_jobs:
         # Nobody else can reach an embedded Redis: run the training jobs next to the backend.
         services.worker = start_embedded_worker(handle, settings)
@@ -209,6 +215,7 @@ def setup(request: Request, body: SetupRequest) -> dict:
     current = services.store.update(project, changes) if changes else services.store.get(project)
     services.store.remember_project(project, body.label_config)
     services.images.remember_setup(project, body.hostname, body.access_token)
+    services.preencoder.request(project, "setup")
     prepared = services.models.prepare(services.models.choose(project, current.pinned_version))
     log.info("setup project %s: model_version %s, settings %s", project, prepared.choice.model_version,
              current.model_dump())
@@ -228,7 +235,10 @@ def _predict(services: Services, raw: bytes) -> dict:
 
 def webhook(request: Request, body: WebhookRequest) -> JSONResponse:
     event = body.model_dump()
-    outcome = services_of(request).webhook.handle(body.action, event_project(event), labeled_tasks(event))
+    services, project = services_of(request), event_project(event)
+    outcome = services.webhook.handle(body.action, project, labeled_tasks(event))
+    if body.action == "TASKS_CREATED" and project is not None:
+        services.preencoder.request(project, "tasks imported")
     return JSONResponse(outcome, status_code=201 if outcome["status"] == "accepted" else 200)
 
 
@@ -302,7 +312,8 @@ def get_settings(request: Request, project: str) -> dict:
     services = services_of(request)
     settings = services.store.get(project)
     choice = services.models.choose(project, settings.pinned_version)
-    return {"project": project, "settings": settings.model_dump(), "model_version": choice.model_version}
+    return {"project": project, "settings": settings.model_dump(), "model_version": choice.model_version,
+            "preencode_progress": services.preencoder.progress(project)}
 
 
 def patch_settings(request: Request, project: str, changes: dict[str, Any] = Body(...)) -> dict:  # noqa: B008
@@ -312,8 +323,11 @@ def patch_settings(request: Request, project: str, changes: dict[str, Any] = Bod
     if checked.get("pinned_version") is not None:
         _check_version_exists(services, project, checked["pinned_version"])
     settings = services.store.update(project, checked)
+    if checked.get("preencode"):
+        services.preencoder.request(project, "switched on")
     choice = services.models.choose(project, settings.pinned_version)
-    return {"project": project, "settings": settings.model_dump(), "model_version": choice.model_version}
+    return {"project": project, "settings": settings.model_dump(), "model_version": choice.model_version,
+            "preencode_progress": services.preencoder.progress(project)}
 
 
 def activate(request: Request, project: str, body: ActivateRequest) -> dict:

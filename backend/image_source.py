@@ -83,6 +83,11 @@ class ImageSource:
         with self._lock:
             self._from_setup[project] = _Credentials(hostname, _auth_or_none(hostname, access_token or ""))
 
+    def label_studio(self, project: str | None) -> LabelStudioAuth | None:
+        """The Label Studio (URL and key) that serves ``project``'s tasks, when one is known."""
+        creds = self._credentials(project)
+        return creds.auth if creds is not None else None
+
     def _credentials(self, project: str | None) -> _Credentials | None:
         if self._configured is not None:
             return self._configured

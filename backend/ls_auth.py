@@ -13,6 +13,8 @@ import threading
 
 from label_studio_sdk.client import LabelStudio
 
+from training.labelstudio.client import LabelStudioSource
+
 log = logging.getLogger(__name__)
 
 
@@ -31,6 +33,10 @@ class LabelStudioAuth:
         self._api_key = api_key
         self._client: LabelStudio | None = None
         self._lock = threading.Lock()
+
+    def source(self, timeout: float = 10.0, retries: int = 2) -> LabelStudioSource:
+        """This Label Studio and key for API calls (``training.labelstudio.client``)."""
+        return LabelStudioSource(self.url, self._api_key, timeout=timeout, retries=retries)
 
     def _sdk_client(self) -> LabelStudio:
         with self._lock:

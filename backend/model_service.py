@@ -26,6 +26,7 @@ from backend.settings import Settings
 from backend.versioning import model_version
 from training.inference.embedding_store import EmbeddingStore, embedding_key
 from training.inference.predictor import ClassPrediction, ImageEmbedding, Predictor, PromptPrediction
+from training.inference.priority import RequestsFirst
 from training.inference.runtime import autocast_dtype, resolve_device
 from training.model.adapter import SamAdapter
 from training.model.artifact import AdapterMismatchError, Artifact, read_artifact
@@ -124,6 +125,8 @@ class ModelService:
         # without avx512_bf16).
         self.precision = "bf16" if autocast_dtype(self.device, settings.PRECISION) == torch.bfloat16 else "fp32"
         self._lock = threading.RLock()
+        # Background encoding (training.inference.priority) pauses while any request runs.
+        self.priority = RequestsFirst()
         self._artifact_lock = threading.Lock()
         self._live: OrderedDict[str, _LiveModel] = OrderedDict()
         # Parsed artifacts, or why one does not fit this base (so a refused version is not re-read).
@@ -134,6 +137,7 @@ class ModelService:
         # Counters for tests, benchmarks and /health: a rebuilt base or a re-encoded image is visible.
         self.base_builds = 0
         self.encoded_images = 0
+        self.encoded_ahead = 0  # of those, encoded in the background before anyone asked
         with self._lock:
             self._live_model(AdapterConfig())
 
@@ -228,6 +232,7 @@ class ModelService:
         self.base_builds += 1
         # The placeholder class is never used: class prompts come with each applied adapter.
         model = SamAdapter(sam, self.base, ["object"], config).to(self.device).eval()
+        self.priority.add_pause_points(model.sam.image_encoder)
         # On CPU: channels-last convolutions (oneDNN), and no more intra-op threads than there are free
         # cores, so ops don't wait for a thread that a training worker has pushed off its core.
         on_cpu = self.device.type == "cpu"
@@ -267,6 +272,29 @@ class ModelService:
                 self.cache.put(key, found)
         return found
 
+    def has_base_embedding(self, digest: str) -> bool:
+        """Whether the base encoder's embedding of the image is kept (memory or disk); reads no tensor."""
+        if (digest, BASE_ENCODER) in self.cache:
+            return True
+        return self.store is not None and embedding_key(self.base, digest) in self.store
+
+    def encode_ahead(self, digest: str, image: np.ndarray) -> bool:
+        """Encode an image with the base encoder before anyone asks, in the calling (background)
+        thread: without the model lock, pausing at every encoder block while a request runs. The
+        embedding is kept in memory and on disk, where every frozen-encoder version finds it.
+        Returns False when it was kept already."""
+        if self.has_base_embedding(digest):
+            return False
+        with self._lock:
+            # The default configuration's encoder is the base one, and its live model is never released.
+            live = self._live_model(AdapterConfig())
+        with self.priority.background():
+            embedding = live.predictor.embed([image], batch_size=1)[0]
+        self.encoded_images += 1
+        self.encoded_ahead += 1
+        self._keep(BASE_ENCODER, digest, embedding)
+        return True
+
     def embed(self, prepared: PreparedAdapter, images: list[tuple[str, np.ndarray]]) -> list[ImageEmbedding]:
         """Embeddings for (content digest, H x W x 3 uint8 image) pairs, stored ones first, else from the encoder.
 
@@ -287,18 +315,18 @@ class ModelService:
         batch_size = self.encoder_batch_size
         for start in range(0, len(pending), batch_size):
             chunk = pending[start : start + batch_size]
-            with self._lock:
+            with self.priority.request(), self._lock:
                 live = self._ensure(prepared)
                 embeddings = live.predictor.embed([image for _, image in chunk], batch_size=len(chunk))
                 self.encoded_images += len(chunk)
             for (digest, _), embedding in zip(chunk, embeddings, strict=True):
-                self._keep(prepared, digest, embedding)
+                self._keep(prepared.encoder_key, digest, embedding)
                 found[digest] = embedding
         return [found[digest] for digest, _ in images]
 
-    def _keep(self, prepared: PreparedAdapter, digest: str, embedding: ImageEmbedding) -> None:
-        self.cache.put((digest, prepared.encoder_key), embedding)
-        if self.store is not None and prepared.encoder_key == BASE_ENCODER:
+    def _keep(self, encoder_key: str, digest: str, embedding: ImageEmbedding) -> None:
+        self.cache.put((digest, encoder_key), embedding)
+        if self.store is not None and encoder_key == BASE_ENCODER:
             try:
                 self.store.put(embedding_key(self.base, digest), embedding)
             except STORE_FAILURES as exc:  # a full disk must not fail the prediction that computed it
@@ -307,7 +335,7 @@ class ModelService:
     def predict_classes(self, prepared: PreparedAdapter, embedding: ImageEmbedding,
                         class_names: list[str]) -> ClassPrediction:
         """Promptless class masks (``class_names`` must be among the adapter's classes)."""
-        with self._lock:
+        with self.priority.request(), self._lock:
             live = self._ensure(prepared)
             return live.predictor.predict_classes(embedding, class_names)
 
@@ -317,7 +345,7 @@ class ModelService:
         """One mask for points/box; conditioned on ``class_name``'s prompt when the adapter knows it."""
         if class_name not in prepared.class_names:
             class_name = None
-        with self._lock:
+        with self.priority.request(), self._lock:
             live = self._ensure(prepared)
             return live.predictor.predict_prompt(embedding, points, point_labels, box, class_name,
                                                  decoder=prepared.clicks_decoder)

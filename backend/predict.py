@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -51,6 +52,8 @@ class PredictionService:
         self._pool = ThreadPoolExecutor(max_workers=DOWNLOAD_WORKERS, thread_name_prefix="image-fetch")
         self._url_index: OrderedDict[tuple[str | None, str], str] = OrderedDict()
         self._index_lock = threading.Lock()
+        # Set by the app to the pre-encoder's submit: (project, [(task id, image URL)], reason) -> queued.
+        self.encode_ahead: Callable[[str, list[tuple[int | None, object]], str], bool] | None = None
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -134,6 +137,9 @@ class PredictionService:
             if len(tasks) == 1:
                 # One task = Label Studio opened it in the editor: encode it now so the first click is warm.
                 self._warm(tasks[0], setup, prepared, project)
+            elif project is not None and self.encode_ahead is not None:
+                # Nothing to predict yet, but every click on these tasks will need their embeddings.
+                self.encode_ahead(project, [(t.id, t.data.get(setup.image_key)) for t in tasks], "batch predict")
             return self._empty(tasks, version)["results"]
         names = [name for name in setup.labels if name in prepared.class_names]
         if not names:
@@ -181,6 +187,10 @@ class PredictionService:
             log.warning("project %s: could not pre-encode task %s: %s", project, task.id, exc)
 
     # ----- images -----------------------------------------------------------------------------------
+    def fetch_image(self, url: object, task_id: int | None, project: str | None) -> _Fetched:
+        """Download and decode a task's image and note its URL's content digest (for the pre-encoder)."""
+        return self._fetch(url, task_id, project)
+
     def _submit(self, tasks: list[TaskModel], setup: LabelSetup, project: str | None) -> list[Future]:
         return [self._pool.submit(self._fetch, t.data.get(setup.image_key), t.id, project) for t in tasks]
 

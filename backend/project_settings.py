@@ -5,7 +5,9 @@ trains), ``pinned_version`` (an adapter version to serve instead of the active o
 the active version), ``split_instances`` (one region per connected instance instead of per class) and
 ``adapter``: the kind of adapter the next training run builds, ``decoder`` (frozen image encoder: trains
 in seconds, embeddings stay valid for every version) or ``encoder`` (LoRA in the encoder too, for strong
-domain shifts; best with a GPU worker). A change of kind trains from scratch.
+domain shifts; best with a GPU worker). A change of kind trains from scratch. ``preencode`` (on/off):
+encode the project's task images in the background when Label Studio connects and when tasks are
+imported, so the first click on a task is warm.
 The last label config seen per project is kept too, so /predict works after a restart without /setup.
 """
 
@@ -32,6 +34,7 @@ class ProjectSettings(BaseModel):
     pinned_version: int | None = Field(None, ge=1)
     split_instances: bool = False
     adapter: Literal["decoder", "encoder"] = "decoder"
+    preencode: bool = True
 
 
 SWITCHES = tuple(ProjectSettings.model_fields)

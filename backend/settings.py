@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     # auto: 1 on CPU, where batching made the encoder slower per image and held ~150 MB more per
     # image (benchmarks/results/experiments); 4 on a GPU.
     ENCODER_BATCH_SIZE: int | Literal["auto"] = "auto"
+    # Tasks per project encoded ahead of the annotator (project switch ``preencode``), in Label
+    # Studio's order; 1000 vit_t embeddings at 1024 px are ~1 GB on disk and ~25 CPU minutes here.
+    PREENCODE_MAX_TASKS: int = Field(1000, ge=0)
 
     BASIC_AUTH_USER: str = ""
     BASIC_AUTH_PASS: str = ""

@@ -2,6 +2,7 @@
 
 It answers the calls samloop's export makes, shaped like Label Studio 1.23:
 ``GET /api/projects/{id}/``, ``GET /api/projects/{id}/export`` (JSON, labeled tasks),
+``GET /api/tasks?project=`` (the paginated task list),
 ``POST /api/token/refresh/`` (personal access tokens), ``GET /api/version``, and image files at
 ``/data/upload/{project}/{name}`` and ``/storage-data/uploaded/?filepath=upload/{project}/{name}``.
 Auth is ``Authorization: Token <legacy>`` or ``Bearer <access>``. Faults can be injected per path
@@ -241,6 +242,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._file(path, query)
             return
         parts = [p for p in path.split("/") if p]
+        if parts == ["api", "tasks"]:
+            self._task_page(query)
+            return
         if len(parts) >= 3 and parts[:2] == ["api", "projects"] and parts[2].isdigit():
             self._project(int(parts[2]), parts[3:], query)
             return
@@ -254,6 +258,23 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(404, {"detail": f"file {key} not found"})
         else:
             self._send(200, data, "application/octet-stream")
+
+    def _task_page(self, query: dict[str, list[str]]) -> None:
+        """``GET /api/tasks?project=&page=&page_size=``: Label Studio's paginated task list (404 past the end)."""
+        try:
+            project_id = int(query["project"][0])
+            page, size = int(query.get("page", ["1"])[0]), int(query.get("page_size", ["100"])[0])
+        except (KeyError, ValueError):
+            self._json(400, {"detail": "project, page and page_size must be integers"})
+            return
+        with self.ls._lock:
+            tasks = [{"id": t["id"], "data": t["data"], "project": project_id}
+                     for t in self.ls.state.tasks.get(project_id, [])]
+        chosen = tasks[(page - 1) * size : page * size]
+        if page > 1 and not chosen:
+            self._json(404, {"detail": "Invalid page."})
+            return
+        self._json(200, {"tasks": chosen, "total": len(tasks), "total_annotations": 0, "total_predictions": 0})
 
     def _project(self, project_id: int, rest: list[str], query: dict[str, list[str]]) -> None:
         with self.ls._lock:

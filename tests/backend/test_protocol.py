@@ -54,7 +54,7 @@ def test_setup_extra_params_as_string_and_as_object(backend, project):
     assert client.post("/setup", json=setup_body(project, extra_params={"auto_training": False})).status_code == 200
     settings = client.get(f"/projects/{project}/settings").json()["settings"]
     assert settings == {"predictions": True, "auto_training": False, "pinned_version": None, "split_instances": True,
-                        "adapter": "decoder"}
+                        "adapter": "decoder", "preencode": True}
 
 
 @pytest.mark.parametrize(

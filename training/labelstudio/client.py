@@ -31,6 +31,7 @@ __all__ = [
     "download_token",
     "fetch_label_config",
     "fetch_labeled_tasks",
+    "list_tasks",
 ]
 
 log = logging.getLogger(__name__)
@@ -153,6 +154,26 @@ def fetch_labeled_tasks(client: LabelStudio, source: LabelStudioSource, project_
     if not isinstance(tasks, list):
         raise LabelStudioError(f"Label Studio export at {url} is not a list of tasks", url, 200)
     return [t for t in tasks if isinstance(t, dict)]
+
+
+def list_tasks(client: LabelStudio, source: LabelStudioSource, project_id: int, limit: int,
+               page_size: int = 100) -> list[dict]:
+    """Up to ``limit`` of the project's tasks as ``{"id", "data"}``, in Label Studio's order
+    (``GET /api/tasks``, a page at a time; stops at a short page or the total, since a page past the
+    end answers 404)."""
+    url = f"{source.base_url}api/tasks/?project={project_id}"
+    tasks: list[dict] = []
+    page = 1
+    while len(tasks) < limit:
+        pager = retrying(source, "task list", url, lambda page=page: client.tasks.list(
+            project=project_id, page=page, page_size=page_size, fields="task_only"))
+        items = pager.items or []
+        tasks.extend({"id": item.id, "data": item.data or {}} for item in items)
+        total = getattr(pager.response, "total", None)
+        if len(items) < page_size or (total is not None and page * page_size >= total):
+            break
+        page += 1
+    return tasks[:limit]
 
 
 class TimeoutSession(requests.Session):
