@@ -31,6 +31,10 @@ class TrainConfig(JsonOptions):
     dice_weight: float = 1.0
     iou_weight: float = 1.0
     point_prompt_weight: float = 0.5
+    # Train on windows of this many embedding tokens a side when the grid is larger (0: whole
+    # images). The decoder's cost grows with its token count: 32 trains 1024 px images on 512 px
+    # windows at about a quarter of the cost per step.
+    window_tokens: int = 32
     augment: bool = True
     precision: str = "auto"
     seed: int = 0
@@ -39,6 +43,9 @@ class TrainConfig(JsonOptions):
     grad_clip: float = 1.0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.window_tokens, int) or self.window_tokens < 0:
+            raise ValueError(f"window_tokens must be 0 (whole images) or a positive integer, "
+                             f"got {self.window_tokens!r}")
         positive_ints = ("max_steps", "batch_size")
         for name in positive_ints:
             value = getattr(self, name)

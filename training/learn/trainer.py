@@ -152,33 +152,69 @@ def _lr_factor(step: int, config: TrainConfig) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+# SAM's geometry: the embedding grid is the input frame / 16, the decoder's masks the input frame / 4.
+_INPUT_PIXELS_PER_TOKEN = 16
+_INPUT_PIXELS_PER_TARGET_PIXEL = 4
+
+
+@dataclass
+class _Window:
+    """The part of an image a step trains on: its embedding tokens, targets and valid mask, and the
+    top-left token (None: the whole image)."""
+
+    embedding: torch.Tensor
+    targets: torch.Tensor
+    valid: torch.Tensor
+    origin: tuple[int, int] | None
+
+
+def _window(embedding: torch.Tensor, sample: PreparedSample, tokens: int, rng: np.random.Generator) -> _Window:
+    """A ``tokens`` x ``tokens`` window of the embedding grid, centred on a random pixel of the image
+    (not its padding); the whole image when the grid is no larger. The decoder's cost grows with
+    the number of tokens, so windows make each step cheaper; the positional encoding follows the
+    window, so what is learned holds on the whole grid."""
+    grid = embedding.shape[-1]
+    if not tokens or grid <= tokens:
+        return _Window(embedding, sample.targets, sample.valid, None)
+    scale = sample.targets.shape[-1] // grid  # low-resolution pixels per token
+    inside = np.argwhere(sample.valid.cpu().numpy() > 0)
+    centre = inside[rng.integers(len(inside))] // scale
+    row, col = (int(np.clip(c - tokens // 2, 0, grid - tokens)) for c in centre)
+    rows, cols = slice(row * scale, (row + tokens) * scale), slice(col * scale, (col + tokens) * scale)
+    return _Window(embedding[..., row : row + tokens, col : col + tokens], sample.targets[:, rows, cols],
+                   sample.valid[rows, cols], (row, col))
+
+
 def _image_loss(model: SamAdapter, embedding: torch.Tensor, sample: PreparedSample, config: TrainConfig,
                 rng: np.random.Generator) -> torch.Tensor:
-    logits, iou = model.class_logits(embedding)
-    loss = mask_loss(logits[:, 0], iou[:, 0], sample.targets, sample.valid,
+    window = _window(embedding, sample, config.window_tokens, rng)
+    logits, iou = model.class_logits(window.embedding, origin=window.origin)
+    loss = mask_loss(logits[:, 0], iou[:, 0], window.targets, window.valid,
                      config.focal_weight, config.dice_weight, config.iou_weight)
     if not config.point_prompt_weight:
         return loss
-    return loss + config.point_prompt_weight * _point_prompt_loss(model, embedding, sample, config, rng)
+    return loss + config.point_prompt_weight * _point_prompt_loss(model, window, config, rng)
 
 
-def _point_prompt_loss(model: SamAdapter, embedding: torch.Tensor, sample: PreparedSample, config: TrainConfig,
-                       rng: np.random.Generator) -> torch.Tensor | float:
+def _point_prompt_loss(model: SamAdapter, window: _Window, config: TrainConfig, rng: np.random.Generator
+                       ) -> torch.Tensor | float:
     """Interactive clicks go through the adapted decoder too: train that path, with and without the
     class tokens, so adapting for promptless masks does not unlearn clicking. One present class per
     image and step (each click is its own decoder pass, so more would multiply the step's cost)."""
-    scale = model.image_size / sample.targets.shape[-1]
-    present = [k for k in range(sample.targets.shape[0]) if bool((sample.targets[k] > 0.5).any())]
+    targets = window.targets
+    present = [k for k in range(targets.shape[0]) if bool((targets[k] > 0.5).any())]
     if not present:
         return 0.0
     k = present[int(rng.integers(len(present)))]
-    coords, labels = _sample_points(sample.targets[k], sample.valid, rng, scale)
-    device = embedding.device
+    coords, labels = _sample_points(targets[k], window.valid, rng, _INPUT_PIXELS_PER_TARGET_PIXEL)
+    if window.origin is not None:
+        coords = coords + np.array(window.origin[::-1], dtype=np.float32) * _INPUT_PIXELS_PER_TOKEN
+    device = window.embedding.device
     point_logits, point_iou = model.prompt_logits(
-        embedding, torch.from_numpy(coords[None]).to(device), torch.from_numpy(labels[None]).to(device),
-        None, [k if rng.random() < 0.5 else None],
+        window.embedding, torch.from_numpy(coords[None]).to(device), torch.from_numpy(labels[None]).to(device),
+        None, [k if rng.random() < 0.5 else None], origin=window.origin,
     )
-    return mask_loss(point_logits[:, 0], point_iou[:, 0], sample.targets[k : k + 1], sample.valid,
+    return mask_loss(point_logits[:, 0], point_iou[:, 0], targets[k : k + 1], window.valid,
                      config.focal_weight, config.dice_weight, config.iou_weight)
 
 

@@ -137,42 +137,53 @@ class SamAdapter(nn.Module):
         return self.sam.image_encoder(batch)
 
     # ----- decoder side ------------------------------------------------------------------------------
+    def _dense_pe(self, embedding: torch.Tensor, origin: tuple[int, int] | None) -> torch.Tensor:
+        """The positional encoding under ``embedding``: the whole grid, or the window of the grid
+        whose top-left token is ``origin`` (training on windows keeps every token's true position)."""
+        pe = self.sam.prompt_encoder.get_dense_pe()
+        if origin is None:
+            return pe
+        (row, col), (height, width) = origin, embedding.shape[-2:]
+        return pe[..., row : row + height, col : col + width]
+
     def _decode(self, embedding: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor,
-                multimask: bool = False, base: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                multimask: bool = False, base: bool = False, origin: tuple[int, int] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         decoder = self.base_mask_decoder if base and self.base_mask_decoder is not None else self.sam.mask_decoder
         return decoder(
             image_embeddings=embedding,
-            image_pe=self.sam.prompt_encoder.get_dense_pe(),
+            image_pe=self._dense_pe(embedding, origin),
             sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
+            dense_prompt_embeddings=dense[..., : embedding.shape[-2], : embedding.shape[-1]],
             multimask_output=multimask,
         )
 
-    def _no_mask_dense(self, count: int) -> torch.Tensor:
-        pe = self.sam.prompt_encoder
-        grid = pe.image_embedding_size
-        return pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(count, -1, grid[0], grid[1])
+    def _no_mask_dense(self, count: int, embedding: torch.Tensor) -> torch.Tensor:
+        weight = self.sam.prompt_encoder.no_mask_embed.weight
+        return weight.reshape(1, -1, 1, 1).expand(count, -1, *embedding.shape[-2:])
 
-    def class_logits(self, embedding: torch.Tensor, class_indices: list[int] | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    def class_logits(self, embedding: torch.Tensor, class_indices: list[int] | None = None,
+                     origin: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Promptless masks for classes of one image.
 
         Args:
             embedding: 1 x 256 x G x G image embedding.
             class_indices: indices into ``class_names`` (default all). With joint decoding every
                 class is decoded together (classes see each other) and these are picked after.
+            origin: when ``embedding`` is a window of the image's grid, its top-left (row, column).
         Returns:
             (K x 1 x 4G x 4G low-resolution mask logits, K x 1 predicted IoU).
         """
         if self.config.class_decoding == "joint":
-            logits, iou = self._joint_class_logits(embedding)
+            logits, iou = self._joint_class_logits(embedding, origin)
             if class_indices is None:
                 return logits, iou
             return logits[class_indices], iou[class_indices]
         prompts = self.class_prompts if class_indices is None else self.class_prompts[class_indices]
-        return self._decode(embedding, prompts, self._no_mask_dense(prompts.shape[0]))
+        return self._decode(embedding, prompts, self._no_mask_dense(prompts.shape[0], embedding), origin=origin)
 
-    def _joint_class_logits(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _joint_class_logits(self, embedding: torch.Tensor, origin: tuple[int, int] | None
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
         """Every class in one pass of SAM's two-way transformer: the C x T class tokens follow SAM's
         IoU and mask tokens; the output of each class's first token drives the first mask
         hypernetwork and the IoU head, in place of SAM's own mask token."""
@@ -180,9 +191,9 @@ class SamAdapter(nn.Module):
         count, per_class, dim = self.class_prompts.shape
         tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight,
                             self.class_prompts.reshape(count * per_class, dim)]).unsqueeze(0)
-        src = embedding + self._no_mask_dense(1)
+        src = embedding + self._no_mask_dense(1, embedding)
         _, channels, height, width = src.shape
-        hs, src = decoder.transformer(src, self.sam.prompt_encoder.get_dense_pe(), tokens)
+        hs, src = decoder.transformer(src, self._dense_pe(embedding, origin), tokens)
         first = 1 + decoder.num_mask_tokens + torch.arange(count, device=hs.device) * per_class
         class_out = hs[0, first]  # C x 256
         upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(1, channels, height, width))
@@ -193,7 +204,8 @@ class SamAdapter(nn.Module):
 
     def prompt_logits(self, embedding: torch.Tensor, coords: torch.Tensor | None, labels: torch.Tensor | None,
                       box: torch.Tensor | None, class_indices: list[int | None] | None = None,
-                      multimask: bool = False, base_decoder: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                      multimask: bool = False, base_decoder: bool = False, origin: tuple[int, int] | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """Masks for point/box prompts on one image, optionally conditioned on class prompts.
 
         Args:
@@ -204,6 +216,7 @@ class SamAdapter(nn.Module):
             class_indices: B entries; a class index adds that class's learned tokens to that prompt
                 (None entries, or None for all, leave the prompt as SAM's own).
             base_decoder: answer with SAM's own decoder (and no class tokens) instead of the adapter's.
+            origin: as in ``class_logits``; coordinates stay in the whole image's frame.
         Returns:
             (B x M x 4G x 4G logits, B x M IoU predictions); M is 3 with multimask else 1.
         """
@@ -218,7 +231,7 @@ class SamAdapter(nn.Module):
                 for i in class_indices
             ])
             sparse = torch.cat([sparse, tokens.to(sparse.dtype)], dim=1)
-        return self._decode(embedding, sparse, dense, multimask, base=base_decoder)
+        return self._decode(embedding, sparse, dense, multimask, base=base_decoder, origin=origin)
 
     def set_classes(self, class_names: list[str]) -> None:
         """Change the class list: known classes keep their prompts, new ones get fresh prompts."""
