@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
 from fastapi import APIRouter, Body, Depends, Request
 from fastapi.exceptions import HTTPException
 
@@ -27,6 +28,7 @@ from backend.admin.overview import all_projects, control_of, project_summary, sw
 from backend.errors import ParameterError, registry_access
 from backend.project_settings import validate_changes
 from backend.schemas import ActivateRequest
+from training.jobs.redis_conn import RedisUnavailable
 from training.labelstudio.projects import project_id
 from training.registry import VersionNotFound
 
@@ -135,5 +137,8 @@ def train_now(request: Request, project: str) -> dict:
 def cancel_training(request: Request, project: str) -> dict:
     project = _project(project)
     services = _services(request)
-    outcome = _training(services).cancel(project)
+    try:
+        outcome = _training(services).cancel(project)
+    except redis.RedisError as exc:
+        raise RedisUnavailable(f"cannot cancel training of project {project}: Redis unreachable ({exc})") from exc
     return {"training": outcome, "project": project_summary(request, services, project)}

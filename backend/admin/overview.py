@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
 from fastapi import Request
 
 from backend.errors import registry_access
@@ -149,6 +150,11 @@ def project_summary(request: Request, services: Any, project: str) -> dict[str, 
     choice = services.models.choose(project, settings.pinned_version)
     served = next((info for info in infos if info.version == choice.version), None)
     control = control_of(services)
+    try:
+        run, job = last_run(control, project), current_job(control, project)
+    except redis.RedisError as exc:  # the registry (maybe on disk) still answers: show what is known
+        log.warning("project %s: training status unavailable: %s", project, exc)
+        run, job = None, {"status": "unknown", "message": f"training status unavailable: Redis unreachable ({exc})"}
     return {
         "id": project,
         "model_version": choice.model_version,
@@ -159,8 +165,8 @@ def project_summary(request: Request, services: Any, project: str) -> dict[str, 
         "active_version": active,
         "pinned_version": settings.pinned_version,
         "versions": [version_row(services, info, settings.pinned_version) for info in infos],
-        "last_run": last_run(control, project),
-        "job": current_job(control, project),
+        "last_run": run,
+        "job": job,
         "training_connected": control is not None,
         "preencode_progress": preencode_progress(request, project),
     }

@@ -112,11 +112,21 @@ def live(tmp_path_factory, module_redis_prefix: str) -> Iterator[LiveBackend]:
 def worker(live: LiveBackend) -> Iterator[subprocess.Popen]:
     process = start_worker(live.queue)
     yield process
+    stop_worker(process)
+
+
+def stop_worker(process: subprocess.Popen) -> None:
+    """rq's warm shutdown waits for the running job; a second SIGTERM is its cold shutdown, which kills
+    the work-horse too (a plain SIGKILL of the worker would leave the horse running its job)."""
     process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    for _ in range(2):
+        try:
+            process.wait(timeout=3)
+            return
+        except subprocess.TimeoutExpired:
+            process.terminate()
+    process.kill()
+    process.wait(timeout=10)
 
 
 def wait_for(predicate, timeout: float = 60.0, interval: float = 0.1) -> Any:
