@@ -43,6 +43,8 @@ ARTIFACT_CACHE_ENTRIES = 8
 # Base models kept in memory at once (one per adapter configuration in use; the default one stays).
 MAX_LIVE_MODELS = 2
 BASE_ENCODER = "base"
+# Longest a request waits for the background encoding of its own image (one encoder pass is ~1.3 s here).
+AHEAD_WAIT_S = 30.0
 # Errors that mean "the registry cannot be asked right now" (Redis down, disk trouble).
 REGISTRY_OUTAGE = (RegistryError, redis.RedisError, OSError)
 # The embedding store failing (a full disk: files raise OSError, its SQLite index sqlite3.Error, even on
@@ -127,6 +129,8 @@ class ModelService:
         self._lock = threading.RLock()
         # Background encoding (training.inference.priority) pauses while any request runs.
         self.priority = RequestsFirst()
+        self._ahead: dict[str, threading.Event] = {}  # digests being encoded in the background now
+        self._ahead_lock = threading.Lock()
         self._artifact_lock = threading.Lock()
         self._live: OrderedDict[str, _LiveModel] = OrderedDict()
         # Parsed artifacts, or why one does not fit this base (so a refused version is not re-read).
@@ -285,15 +289,35 @@ class ModelService:
         Returns False when it was kept already."""
         if self.has_base_embedding(digest):
             return False
+        with self._ahead_lock:
+            if digest in self._ahead:
+                return False
+            done = self._ahead[digest] = threading.Event()
         with self._lock:
             # The default configuration's encoder is the base one, and its live model is never released.
             live = self._live_model(AdapterConfig())
-        with self.priority.background():
-            embedding = live.predictor.embed([image], batch_size=1)[0]
-        self.encoded_images += 1
-        self.encoded_ahead += 1
-        self._keep(BASE_ENCODER, digest, embedding)
+        try:
+            with self.priority.background():
+                embedding = live.predictor.embed([image], batch_size=1)[0]
+            self.encoded_images += 1
+            self.encoded_ahead += 1
+            self._keep(BASE_ENCODER, digest, embedding)
+        finally:
+            with self._ahead_lock:
+                del self._ahead[digest]
+            done.set()
         return True
+
+    def _after_background(self, prepared: PreparedAdapter, digest: str) -> ImageEmbedding | None:
+        """When the background is encoding this very image, wait for it rather than encode it twice
+        (outside any request, so the background is not held at a pause point meanwhile)."""
+        if prepared.encoder_key != BASE_ENCODER:
+            return None
+        with self._ahead_lock:
+            running = self._ahead.get(digest)
+        if running is None or not running.wait(timeout=AHEAD_WAIT_S):
+            return None
+        return self.lookup(prepared, digest)
 
     def embed(self, prepared: PreparedAdapter, images: list[tuple[str, np.ndarray]]) -> list[ImageEmbedding]:
         """Embeddings for (content digest, H x W x 3 uint8 image) pairs, stored ones first, else from the encoder.
@@ -306,7 +330,7 @@ class ModelService:
         for digest, image in images:
             if digest in found or digest in todo:
                 continue
-            stored = self.lookup(prepared, digest)
+            stored = self.lookup(prepared, digest) or self._after_background(prepared, digest)
             if stored is not None:
                 found[digest] = stored
             else:

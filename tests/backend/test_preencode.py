@@ -128,3 +128,21 @@ def test_encoding_ahead_waits_while_a_request_runs(make_backend):
         assert not done.is_set() and models.priority.pauses >= 1  # held at an encoder block
     thread.join(timeout=60)
     assert done.is_set() and models.encoded_ahead == 1 and models.has_base_embedding("d" * 64)
+
+
+def test_a_request_for_an_image_being_encoded_ahead_waits_for_it_instead_of_encoding_twice(make_backend, file_server):
+    backend = make_backend()
+    models = backend.services.models
+    url = file_server.add("/shared.png", encode(noise_image(64, 64, 9)))
+    fetched = backend.services.predictions.fetch_image(url, 1, str(NUMBER))
+    with models.priority.request():  # hold the background encoding at its first block
+        thread = threading.Thread(target=models.encode_ahead, args=(fetched.digest, fetched.image))
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not models.priority.pauses:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    body = predict_body(str(NUMBER), [brush_task(1, url, NUMBER)], context={"result": [keypoint(30, 40)]})
+    assert "error" not in backend.client.post("/predict", json=body).json()["results"][0]
+    thread.join(timeout=60)
+    assert models.encoded_images == models.encoded_ahead == 1
