@@ -212,8 +212,24 @@ class TrainingScheduler:
 
     # ----- admin controls ---------------------------------------------------------------------------
     def train_now(self, project: str) -> dict:
-        """Queue a run now, whatever the auto-training switch says (the admin console's "train")."""
-        return self.schedule(project, ADMIN_TRAIN, force=True)
+        """Queue a run now, whatever the auto-training switch says (the admin console's "train").
+
+        Counted as an event (so the run has something to claim and is not "up to date") without a new
+        debounce stamp: the job starts at once, unless annotations arrived in the last few seconds.
+        Returns ``schedule``'s answer (``queued`` or ``coalesced``, with ``job_id``).
+        """
+        keys = self.keys(project)
+        try:
+            self.connection.incr(keys.events)
+            created, named = self._point_queued(keys, count_event=False)
+            if created:
+                self._enqueue(project, named, ADMIN_TRAIN)
+        except redis.RedisError as exc:
+            raise RedisUnavailable(f"cannot queue training for project {project}: Redis is unreachable ({exc})"
+                                   ) from exc
+        status = "queued" if created else "coalesced"
+        log.info("project %s: %s -> %s job %s", project, ADMIN_TRAIN, status, named)
+        return {"status": status, "project": project, "action": ADMIN_TRAIN, "job_id": named}
 
     def cancel(self, project: str) -> dict:
         """Stop the project's running job and cancel its queued one.
