@@ -200,7 +200,8 @@ async def health(request: Request) -> dict:
     services = services_of(request)
     return {"status": "UP", "model_class": "samloop", **services.models.describe(),
             "embedding_cache": services.models.cache.stats(),
-            "encoded_images": services.models.encoded_images}
+            "embedding_store": services.models.store.stats() if services.models.store is not None else None,
+            "encoded_images": services.models.encoded_images, "encoded_ahead": services.models.encoded_ahead}
 
 
 def setup(request: Request, body: SetupRequest) -> dict:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+from cachetools import LRUCache
 
 from backend.image_source import ImageFetchError, ImageSource
 from backend.metrics import counts_encodings_ahead, timed_prediction
@@ -50,7 +50,7 @@ class PredictionService:
         self.images = images
         self.store = store
         self._pool = ThreadPoolExecutor(max_workers=DOWNLOAD_WORKERS, thread_name_prefix="image-fetch")
-        self._url_index: OrderedDict[tuple[str | None, str], str] = OrderedDict()
+        self._url_index: LRUCache[tuple[str | None, str], str] = LRUCache(URL_INDEX_ENTRIES)
         self._index_lock = threading.Lock()
         # Set by the app to the pre-encoder's submit: (project, [(task id, image URL)], reason) -> queued.
         self.encode_ahead: Callable[[str, list[tuple[int | None, object]], str], bool] | None = None
@@ -203,9 +203,6 @@ class PredictionService:
         if isinstance(url, str):
             with self._index_lock:
                 self._url_index[(project, url)] = digest
-                self._url_index.move_to_end((project, url))
-                while len(self._url_index) > URL_INDEX_ENTRIES:
-                    self._url_index.popitem(last=False)
         return _Fetched(digest, image)
 
     @staticmethod

@@ -36,9 +36,9 @@ def click_context(points: list[tuple[float, float, bool]], label: str, size: tup
     return {"result": [keypoint(x, y, label, positive, size) for x, y, positive in points]}
 
 
-def setup_body(project: int) -> dict:
+def setup_body(project: int, extra_params: dict | None = None) -> dict:
     return {"project": f"{project}.{PROJECT_CREATED_TS}", "schema": LABEL_CONFIG, "hostname": "http://localhost:8080",
-            "access_token": "", "model_version": None, "extra_params": None}
+            "access_token": "", "model_version": None, "extra_params": extra_params}
 
 
 def annotation_created(project: int, task_id: int, labeled_tasks: int) -> dict[str, Any]:

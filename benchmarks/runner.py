@@ -229,7 +229,7 @@ def run_variant(plan: RunPlan, variant: VariantPlan, kind: str, work: Path, ls: 
             out["backend"] = {k: health.get(k) for k in ("model", "device", "precision", "random_weights",
                                                          "encoder_batch_size")}
             out["backend"]["embedding_cache_mb"] = health["embedding_cache"]["max_bytes"] / MB
-            client.post(backend.url + "/setup", json=payloads.setup_body(TRACE_PROJECT)).raise_for_status()
+            out["preencode"] = _connect(client, backend, kind)
             out["idle_rss_mb"] = backend.sampler.current_rss_mb()
             log.info("%s %s: annotator trace", variant.name, kind)
             backend.sampler.phase("trace")
@@ -262,6 +262,26 @@ def run_variant(plan: RunPlan, variant: VariantPlan, kind: str, work: Path, ls: 
         out["memory"] = backend.stop()
         out["load_average_after"] = load_average()
     return out
+
+
+def _connect(client: httpx.Client, backend: BackendProcess, kind: str) -> dict[str, Any] | None:
+    """/setup for the trace project. The optimized backend then encodes the project's tasks ahead
+    (its default); this waits for that and reports its cost. The naive baseline has it switched off."""
+    extra = {"preencode": False} if kind == "baseline" else None
+    client.post(backend.url + "/setup", json=payloads.setup_body(TRACE_PROJECT, extra)).raise_for_status()
+    if extra is not None:
+        return None
+    started = time.monotonic()
+    while True:
+        progress = client.get(f"{backend.url}/projects/{TRACE_PROJECT}/settings").json()["preencode_progress"] or {}
+        if progress.get("state") in ("done", "failed", "off"):
+            break
+        time.sleep(0.5)
+    store = client.get(backend.url + "/health").json().get("embedding_store") or {}
+    per_image = store.get("bytes", 0) / max(1, progress.get("newly_encoded", 0))
+    return {**progress, "wall_seconds": round(time.monotonic() - started, 1),
+            "seconds_per_image": round(progress.get("seconds", 0.0) / max(1, progress.get("total", 0)), 3),
+            "store_mb_per_1000_images": round(per_image * 1000 / MB, 1)}
 
 
 def _train(plan: RunPlan, variant: VariantPlan, kind: str, backend: BackendProcess, client: httpx.Client,

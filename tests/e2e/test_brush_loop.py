@@ -183,6 +183,20 @@ def test_backend_guards_with_basic_auth_and_webhook_secret(scenario: Scenario) -
     assert backend.request("POST", "/webhook", json=event).status_code == 200  # basic auth
 
 
+def test_connecting_encodes_every_task_ahead_and_the_first_click_runs_no_encoder(scenario: Scenario) -> None:
+    backend, project = scenario.backend, scenario.project_id
+    deadline = time.monotonic() + TRAIN_TIMEOUT_S
+    while (progress := backend.project_settings(project).get("preencode_progress") or {}).get("state") != "done":
+        assert time.monotonic() < deadline and progress.get("state") != "failed", progress
+        time.sleep(0.5)
+    assert (progress["total"], progress["encoded"], progress["failed"]) == (N_TASKS, N_TASKS, 0), progress
+    before = backend.health()["encoded_images"]
+    assert before == N_TASKS  # each image once, however often LS asked (connect, batch predictions)
+    with scenario.client() as client:
+        _interactive(scenario, client, FRESH[0], _largest_class(scenario.samples[FRESH[0]]))
+    assert backend.health()["encoded_images"] == before  # answered from the store
+
+
 def test_label_studio_webhooks_train_a_new_adapter_version(trained: Scenario) -> None:
     backend, project = trained.backend, trained.project_id
     events = backend.events(project)
