@@ -6,32 +6,17 @@ model_version change, watch a running job's progress move, cancel it; the screen
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from tests.backend.admin.conftest import REPO, TOKEN, wait_for
 from tests.backend.conftest import publish_adapter
+from tests.e2e import conftest as e2e_fixtures
+
+browser = e2e_fixtures.browser  # headless Debian Chromium through Playwright, as the end-to-end tests use
 
 pytestmark = pytest.mark.e2e  # a browser: run with the end-to-end tests, not in the quick loop
 
 SCREENSHOT = REPO / "docs" / "admin-console.png"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator:
-    from tests.e2e.browser import CHROMIUM_ARGS, ensure_chromium, ensure_playwright
-
-    chromium = ensure_chromium()
-    ensure_playwright()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        launched = pw.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield launched
-        finally:
-            launched.close()
 
 
 def api_project(live, project: str) -> dict:
