@@ -5,6 +5,7 @@ token goes nowhere but Label Studio's media paths."""
 from __future__ import annotations
 
 import io
+import socket
 import struct
 import threading
 import time
@@ -230,3 +231,20 @@ def test_hostile_images_are_per_task_errors_and_the_rest_is_predicted(make_backe
         assert result["result"] == []
     assert all("error" not in r for r in results[-3:]), results[-3:]  # 1x1 images and the good one
     assert backend.client.get("/health").json()["status"] == "UP"
+
+
+# ----- Label Studio down or slow ---------------------------------------------------------------------
+def test_label_studio_down_or_silent_is_a_prompt_task_error(tmp_path):
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # accepts, never answers: a hung Label Studio
+    hung = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    try:
+        for ls_url, words in ((hung, "timed out"), ("http://127.0.0.1:1", "ConnectionError")):
+            images = source(tmp_path, IMAGE_HOSTS="", LABEL_STUDIO_URL=ls_url, LABEL_STUDIO_API_KEY="legacy",
+                            IMAGE_DOWNLOAD_TIMEOUT=1.0)
+            message, took = fetch_within(images, "/data/upload/3/cat.png", 30)
+            assert words in message and took < 10, (ls_url, message, took)
+            assert "legacy" not in message  # the token is never in a message
+    finally:
+        silent.close()
