@@ -19,11 +19,15 @@ import threading
 from typing import Any, Literal
 
 import redis
+from cachetools import LRUCache
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from training.jobs.redis_conn import RedisUnavailable
 
 log = logging.getLogger(__name__)
+
+# Label configs kept in memory, all projects together (the largest real configs are tens of KB).
+CONFIG_MEMORY_CHARS = 64_000_000
 
 
 class ProjectSettings(BaseModel):
@@ -84,7 +88,9 @@ class ProjectSettingsStore:
         self.client = client
         self.prefix = prefix
         self._memory: dict[str, ProjectSettings] = {}
-        self._configs: dict[str, str] = {}
+        # Bounded in characters: /predict may name any project id with a config (each at most 1 MB, checked
+        # in backend.schemas); evicted ones are read from Redis again.
+        self._configs: LRUCache[str, str] = LRUCache(maxsize=CONFIG_MEMORY_CHARS, getsizeof=len)
         self._seen: set[str] = set()
         self._lock = threading.Lock()
 

@@ -172,3 +172,15 @@ def test_stalled_body_is_not_an_error_for_a_normal_request(backend):
     response = backend.client.post("/predict", content=(data[i : i + 7] for i in range(0, len(data), 7)),
                                    headers={"Content-Type": "application/json"})
     assert response.status_code == 200
+
+
+def test_label_configs_in_memory_are_bounded_and_evicted_ones_read_back(redis_client, redis_prefix, monkeypatch):
+    import backend.project_settings as project_settings
+
+    monkeypatch.setattr(project_settings, "CONFIG_MEMORY_CHARS", 20_000)
+    store = project_settings.ProjectSettingsStore(redis_client, redis_prefix)
+    configs = {str(p): BRUSH_CONFIG.replace("cat", f"cat{p}") for p in range(60)}  # 60 x ~0.8 KB
+    for project, config in configs.items():
+        store.remember_project(project, config)
+    assert sum(len(c) for c in store._configs.values()) <= 20_000
+    assert all(store.label_config(p) == c for p, c in configs.items())  # the evicted ones from Redis
