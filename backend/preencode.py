@@ -19,6 +19,7 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass
 
 from backend.image_source import ImageSource
+from backend.metrics import ENCODINGS_AHEAD
 from backend.model_service import ModelService
 from backend.predict import PredictionService
 from backend.project_settings import ProjectSettingsStore
@@ -148,7 +149,9 @@ class PreEncoder:
                 log.warning("project %s: cannot encode task %s ahead: %s", job.project, task_id, fetched.error)
                 failed += 1
             else:
-                newly += self.models.encode_ahead(fetched.digest, fetched.image)
+                if self.models.encode_ahead(fetched.digest, fetched.image):
+                    newly += 1
+                    ENCODINGS_AHEAD.labels("preencoder").inc()
                 encoded += 1
             self._update(job.project, encoded=encoded, newly_encoded=newly, failed=failed)
             if index % LOG_EVERY == 0:

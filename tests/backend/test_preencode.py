@@ -11,6 +11,7 @@ import threading
 import time
 
 import pytest
+from prometheus_client import REGISTRY
 
 from testkit.fake_label_studio import FakeLabelStudio
 from tests.backend.conftest import brush_task, encode, keypoint, noise_image, predict_body
@@ -57,11 +58,13 @@ def test_connecting_encodes_every_task_ahead_and_the_first_click_is_warm(make_ba
     tasks = add_tasks(label_studio, 3)
     backend = connected(make_backend, label_studio)
     models = backend.services.models
+    counted = REGISTRY.get_sample_value("samloop_encodings_ahead_total", {"source": "preencoder"}) or 0.0
     assert backend.client.post("/setup", json=setup_body(str(NUMBER))).status_code == 200
     progress = wait_idle(backend)
     assert progress["state"] == "done"
     assert (progress["total"], progress["encoded"], progress["newly_encoded"], progress["failed"]) == (3, 3, 3, 0)
     assert models.encoded_ahead == models.encoded_images == 3
+    assert REGISTRY.get_sample_value("samloop_encodings_ahead_total", {"source": "preencoder"}) - counted == 3
     assert label_studio.requests_to("/api/tasks")
     result = click(backend, *tasks[1])
     assert "error" not in result

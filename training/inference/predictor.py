@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from training.inference import runtime
+from training.inference.projection_cache import cache_image_projections, decoding
 from training.model.adapter import SamAdapter
 
 # Class maps are resolved at most at this many times the model's input area, then resized
@@ -87,6 +88,9 @@ class Predictor:
         self.max_threads = torch.get_num_threads()
         if channels_last:
             model.sam.image_encoder.to(memory_format=torch.channels_last)
+        if model.base_mask_decoder is not None:
+            # Clicks answered by SAM's own decoder reuse its image-only first-block projections.
+            cache_image_projections(model.base_mask_decoder)
 
     def _autocast(self):
         if self.autocast is None:
@@ -193,7 +197,7 @@ class Predictor:
         class_index = self.model.class_names.index(class_name) if class_name in self.model.class_names else None
         # Several clicks are ambiguous less often than one: one click asks for 3 candidates, like SAM's demo.
         multimask = box is None and (coords is None or coords.shape[1] == 1)
-        with self._autocast():
+        with self._autocast(), decoding(image.embedding) if base else nullcontext():
             low_res, iou = self.model.prompt_logits(image.embedding.to(device), coords, labels, box_t,
                                                     [class_index], multimask=multimask, base_decoder=base)
         best = int(iou[0].argmax())
