@@ -2,8 +2,8 @@
 
 The real job (``training.jobs.training_job.train_project``: export from a Label Studio stand-in over HTTP,
 embeddings, training, evaluation of masks and simulated clicks, publish) with the shipped defaults,
-twice on the same labeled images: first with an empty embedding store (every image and its mirror
-image is encoded), then again (everything comes from the store, as after the backend has shown the
+twice on the same labeled images: first with an empty embedding store (every image is encoded
+once), then again (everything comes from the store, as after the backend has shown the
 images). It runs the job in this process without rq and the debounce; the webhook round trip adds the
 debounce (5 s by default) and the queue pickup on top. Records stage times, steps, how often each
 image was seen, and this process's peak RSS.

@@ -78,7 +78,8 @@ class SampleCache:
     """Prepared samples, plain and horizontally flipped, computed once each.
 
     With ``embeddings`` (a frozen encoder) each sample carries its stored embedding instead of its
-    image: flips are separate images with embeddings of their own, and photometric jitter is off.
+    image, and the loop does not flip (a flip is another image with its own embedding to encode) or
+    jitter (it would change the embedding).
     """
 
     def __init__(self, model: SamAdapter, samples: list[Sample], embeddings: TrainingEmbeddings | None = None
@@ -245,6 +246,9 @@ class _Loop:
         self.rng = np.random.default_rng(config.seed)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.cache = SampleCache(model, list(dataset.samples), embeddings)
+        # On stored embeddings a mirror image would double the encoding, and measured no better on the
+        # stand-in (held-out mIoU 0.445 with flips, 0.451 without, two seeds): windows vary the view.
+        self.flips = config.augment and embeddings is None
         self.optimizer = _optimizer(model, config)
         self.amp = autocast_dtype(model.device, config.precision)
         self.order: list[int] = []
@@ -255,7 +259,7 @@ class _Loop:
             if not self.order:
                 self.order = list(self.rng.permutation(self.size))
             indices.append(int(self.order.pop()))
-        return [self.cache.get(i, flip=self.config.augment and bool(self.rng.random() < 0.5)) for i in indices]
+        return [self.cache.get(i, flip=self.flips and bool(self.rng.random() < 0.5)) for i in indices]
 
     def embed(self, prepared: list[PreparedSample]) -> torch.Tensor:
         if prepared[0].embedding is not None:
@@ -308,7 +312,7 @@ def train_adapter(model: SamAdapter, dataset: SegmentationDataset, config: Train
         embeddings = TrainingEmbeddings(model, None, config.precision)
     loop = _Loop(model, dataset, config, embeddings)
     if embeddings is not None:
-        loop.cache.fill(flips=config.augment)
+        loop.cache.fill(flips=False)
     log.info("training %d trainable parameters on %d images for up to %d steps%s (%s%s)",
              model.trainable_parameter_count(), len(dataset), config.max_steps,
              f" / {config.max_seconds:.0f} s" if config.max_seconds else "", "bf16" if loop.amp else "fp32",
