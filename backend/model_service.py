@@ -280,7 +280,10 @@ class ModelService:
         """Whether the base encoder's embedding of the image is kept (memory or disk); reads no tensor."""
         if (digest, BASE_ENCODER) in self.cache:
             return True
-        return self.store is not None and embedding_key(self.base, digest) in self.store
+        try:
+            return self.store is not None and embedding_key(self.base, digest) in self.store
+        except STORE_FAILURES:
+            return False
 
     def encode_ahead(self, digest: str, image: np.ndarray) -> bool:
         """Encode an image with the base encoder before anyone asks, in the calling (background)
@@ -299,8 +302,9 @@ class ModelService:
         try:
             with self.priority.background():
                 embedding = live.predictor.embed([image], batch_size=1)[0]
-            self.encoded_images += 1
-            self.encoded_ahead += 1
+            with self._lock:  # the counters requests update under it
+                self.encoded_images += 1
+                self.encoded_ahead += 1
             self._keep(BASE_ENCODER, digest, embedding)
         finally:
             with self._ahead_lock:

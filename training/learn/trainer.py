@@ -178,8 +178,9 @@ def _window(embedding: torch.Tensor, sample: PreparedSample, tokens: int, rng: n
     if not tokens or grid <= tokens:
         return _Window(embedding, sample.targets, sample.valid, None)
     scale = sample.targets.shape[-1] // grid  # low-resolution pixels per token
-    inside = np.argwhere(sample.valid.cpu().numpy() > 0)
-    centre = inside[rng.integers(len(inside))] // scale
+    # The valid region is the image's top-left rectangle (the rest is padding).
+    height, width = int(sample.valid[:, 0].sum()), int(sample.valid[0].sum())
+    centre = (rng.integers(max(1, height)) // scale, rng.integers(max(1, width)) // scale)
     row, col = (int(np.clip(c - tokens // 2, 0, grid - tokens)) for c in centre)
     rows, cols = slice(row * scale, (row + tokens) * scale), slice(col * scale, (col + tokens) * scale)
     return _Window(embedding[..., row : row + tokens, col : col + tokens], sample.targets[:, rows, cols],
