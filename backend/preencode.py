@@ -104,7 +104,12 @@ class PreEncoder:
                 self._progress[job.project] = Progress(state="off")
             return False
         with self._wake:
-            self._queue[(job.project, job.tasks is None)] = job  # a project is listed once, however often asked
+            key = (job.project, job.tasks is None)
+            waiting = self._queue.get(key)
+            if waiting is not None and job.tasks is not None:  # batches still waiting are merged, not replaced
+                merged = dict.fromkeys(waiting.tasks + job.tasks)
+                job = _Job(job.project, tuple(merged)[: self.max_tasks])
+            self._queue[key] = job  # a project is listed once, however often asked meanwhile
             current = self._progress.get(job.project)
             if current is None or current.state not in ("listing", "encoding"):
                 self._progress[job.project] = Progress()

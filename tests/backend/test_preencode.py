@@ -149,3 +149,19 @@ def test_a_request_for_an_image_being_encoded_ahead_waits_for_it_instead_of_enco
     assert "error" not in backend.client.post("/predict", json=body).json()["results"][0]
     thread.join(timeout=60)
     assert models.encoded_images == models.encoded_ahead == 1
+
+
+def test_batches_waiting_for_the_encoder_are_merged_not_replaced(make_backend, file_server):
+    backend = make_backend()
+    preencoder, models = backend.services.preencoder, backend.services.models
+    urls = [file_server.add(f"/m{i}.png", encode(noise_image(50, 60, 40 + i))) for i in range(3)]
+    with models.priority.request():  # the first batch's encoding waits, so the next two queue up
+        preencoder.submit(str(NUMBER), [(1, urls[0])], "test")
+        deadline = time.monotonic() + 30
+        while not models.priority.pauses:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        preencoder.submit(str(NUMBER), [(2, urls[1])], "test")
+        preencoder.submit(str(NUMBER), [(3, urls[2])], "test")
+    wait_idle(backend)
+    assert models.encoded_ahead == 3
