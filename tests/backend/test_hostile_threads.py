@@ -15,7 +15,16 @@ import uvicorn
 
 from backend.app import create_app
 from backend.webhook import RecordingScheduler
-from tests.backend.conftest import brush_task, keypoint, make_settings, predict_body
+from tests.backend.conftest import (
+    brush_task,
+    encode,
+    keypoint,
+    make_settings,
+    noise_image,
+    predict_body,
+    publish_adapter,
+)
+from tests.backend.test_hostile_images import streamer  # noqa: F401 - the trickling host fixture
 from training.registry import LocalRegistry
 
 HANG_S = 6.0  # every slow download hangs this long (IMAGE_DOWNLOAD_TIMEOUT)
@@ -110,6 +119,33 @@ def test_stalled_request_body_is_answered_408(tmp_path, redis_prefix):
         assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
         assert b"REQUEST_BODY_TIMEOUT" in answer and took < 8
         assert httpx.get(f"{url}/health", timeout=5).json()["status"] == "UP"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def test_slow_batches_of_one_project_do_not_delay_another_projects_batch(tmp_path, redis_prefix, streamer,  # noqa: F811
+                                                                          file_server):
+    url, server, thread = serve(tmp_path, redis_prefix, IMAGE_DOWNLOAD_TIMEOUT=2.0, IMAGE_DOWNLOAD_DEADLINE=8.0)
+    services = server.config.app.state.services
+    for project in ("71", "72"):
+        publish_adapter(services.registry, services.models.weights, project, ["cat"], seed=1)
+    good = file_server.add("/batch-good.png", encode(noise_image(60, 80)))
+
+    def slow_batch(k: int) -> httpx.Response:
+        tasks = [brush_task(i, f"{streamer}/trickle-{k}-{i}") for i in range(3)]
+        return httpx.post(f"{url}/predict", json=predict_body("71", tasks), timeout=120)
+
+    try:
+        with ThreadPoolExecutor(5) as pool:
+            slow = [pool.submit(slow_batch, k) for k in range(5)]
+            time.sleep(1.0)  # all five downloading from the trickling host (8 s deadline per image)
+            other, took = timed(lambda: httpx.post(f"{url}/predict", timeout=60, json=predict_body(
+                "72", [brush_task(1, good), brush_task(2, good)])))
+            slow_results = [s.result().json()["results"] for s in slow]
+        assert other.status_code == 200 and all("error" not in r for r in other.json()["results"])
+        assert took < 5.0, f"project 72's batch took {took:.1f} s behind project 71's slow downloads (15 s before)"
+        assert all("IMAGE_DOWNLOAD_DEADLINE" in r["error"] for results in slow_results for r in results)
     finally:
         server.should_exit = True
         thread.join(30)
