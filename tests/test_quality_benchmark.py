@@ -118,11 +118,30 @@ def test_a_rerun_reuses_every_finished_cell(smoke):
     assert again["cells"] == results["cells"]
 
 
+def test_the_report_can_be_rewritten_from_the_json_alone(smoke, capsys):
+    work, _, _, md, saved, _ = smoke
+    (work / "out" / "quality.md").write_text("stale")
+    assert benchmarks_main(["quality", "--report-only", "--out", str(work / "out")]) == 0
+    assert (work / "out" / "quality.md").read_text() == md
+    assert json.loads((work / "out" / "quality.json").read_text())["cells"] == saved["cells"]
+    assert benchmarks_main(["quality", "--report-only", "--out", str(work / "nothing")]) == 2
+    assert "quality.json" in capsys.readouterr().err
+
+
+def test_cells_say_where_they_were_computed(smoke):
+    _, _, results, *_ = smoke
+    for cell in results["cells"]:
+        assert cell["computed_on"]["device"] == "cpu" and cell["computed_on"]["torch_threads"] == 1
+
+
 def test_changed_settings_do_not_reuse_cells():
     plan = quick_plan()
     assert plan.fingerprint("data", "base") == quick_plan(repeats=5, labeled=[1, 2, 4]).fingerprint("data", "base")
     assert plan.fingerprint("data", "base") != quick_plan(steps=41).fingerprint("data", "base")
     assert plan.fingerprint("data", "base") != plan.fingerprint("other data", "base")
+    assert plan.fingerprint("data", "base") != quick_plan(device="cuda").fingerprint("data", "base")
+    with pytest.raises(ValueError, match="gpu"):
+        quick_plan(device="gpu").check()
 
 
 def test_the_promptless_scorer_agrees_with_evaluate():

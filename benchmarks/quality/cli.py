@@ -7,6 +7,7 @@ once, ~4 min at one thread, into ``--cache``); with them, on your images and you
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--checkpoint", help="SAM checkpoint file, or 'random' (default: the pretrained stand-in)")
     data.add_argument("--model", default="vit_t", choices=sorted(MODEL_BUILDERS), help="SAM variant (default vit_t)")
     data.add_argument("--image-size", type=int, help="model input size in px (default 256)")
+    data.add_argument("--device", help="cpu (default), cuda, cuda:N or auto")
     data.add_argument("--held-out", type=int, help="held-out images (default 12; at most half of --data)")
     run = parser.add_argument_group("what to measure")
     run.add_argument("--labeled", type=_int_list, help="labeled image counts (default 1,2,4,8,16)")
@@ -60,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"stand-in cache (default {DEFAULT_CACHE})")
     out.add_argument("--note", default="", help="a sentence about this run, shown in the results")
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
+    out.add_argument("--report-only", action="store_true",
+                     help="rewrite the table and plots from the results folder's quality.json; train nothing")
     return parser
 
 
@@ -68,7 +72,8 @@ def plan_from_args(args: argparse.Namespace) -> QualityPlan:
     overrides = {"data": args.data, "images": args.images, "label_config": args.label_config,
                  "checkpoint": args.checkpoint, "model": args.model, "image_size": args.image_size,
                  "held_out": args.held_out, "labeled": args.labeled, "repeats": args.repeats,
-                 "methods": args.methods, "steps": args.steps, "budget_seconds": args.budget_seconds}
+                 "methods": args.methods, "steps": args.steps, "budget_seconds": args.budget_seconds,
+                 "device": args.device}
     for name, value in overrides.items():
         if value is not None:
             setattr(plan, name, value)
@@ -95,7 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         plan = plan_from_args(args)
         out = _out_dir(args, plan)
-        results = run_plan(plan, out / "cells", progress=not args.no_progress)
+        if args.report_only:
+            results = json.loads((out / "quality.json").read_text())
+        else:
+            results = run_plan(plan, out / "cells", progress=not args.no_progress)
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except (ValueError, CheckpointError) as exc:  # DatasetError and LabelConfigError are ValueErrors
         print(f"error: {exc}", file=sys.stderr)
         return 2

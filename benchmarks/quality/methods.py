@@ -18,12 +18,16 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
+from benchmarks.machine import describe, load_average
 from benchmarks.quality.baseline import label_map, score_label_maps, train_head
 from benchmarks.quality.cells import CellKey, PeakMemory
 from benchmarks.quality.data import BenchmarkData, draw_order
 from benchmarks.quality.plan import QualityPlan
 from training.data.dataset import SegmentationDataset
 from training.inference.predictor import ImageEmbedding, Predictor
+from training.inference.runtime import resolve_device
 from training.learn.clicks import evaluate_clicks
 from training.learn.config import TrainConfig
 from training.learn.embeddings import TrainingEmbeddings
@@ -67,6 +71,7 @@ class BenchmarkContext:
     def create(cls, plan: QualityPlan, data: BenchmarkData, weights: BaseWeights) -> BenchmarkContext:
         classes = list(data.pool.class_names)
         base = new_adapter_model(weights, plan.image_size, classes, adapter_config("decoder"))
+        base.to(resolve_device(plan.device))
         predictor = Predictor(base, precision=plan.precision)
         start = time.monotonic()
         held_out = predictor.embed([s.image for s in data.held_out.samples], batch_size=1)
@@ -102,6 +107,7 @@ def _adapter_cell(ctx: BenchmarkContext, method: str, train_set: SegmentationDat
                   ) -> dict[str, Any]:
     plan = ctx.plan
     model = new_adapter_model(ctx.weights, plan.image_size, list(train_set.class_names), adapter_config(method))
+    model.to(ctx.base.device)
     frozen = model.config.encoder == "frozen"
     with PeakMemory() as memory:
         result = train_adapter(model, train_set, config, embeddings=ctx.train_embeddings if frozen else None)
@@ -125,10 +131,18 @@ def _promptless_cell(ctx: BenchmarkContext, train_set: SegmentationDataset, conf
             "masks": score_label_maps(maps, ctx.data.held_out), "clicks": None}
 
 
+def computed_on(device: torch.device) -> dict[str, Any]:
+    """Where and when a cell was computed: a resumed run may compute its cells on another day."""
+    machine = describe()
+    keys = ("cpu_model", "usable_cores", "torch_threads", "git_commit", "git_dirty")
+    return {**{k: machine[k] for k in keys}, "device": str(device), "load_average": load_average(),
+            "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
 def run_cell(ctx: BenchmarkContext, key: CellKey) -> dict[str, Any]:
     """Train ``key.method`` on ``key.labeled`` images of draw ``key.repeat`` and score it (JSON-safe)."""
     if key.method == "sam":
-        return sam_cell(ctx)
+        return {**sam_cell(ctx), "computed_on": computed_on(ctx.base.device)}
     train_set = ctx.train_set(key.labeled, key.repeat)
     config = ctx.train_config(key.repeat)
     start = time.monotonic()
@@ -143,7 +157,7 @@ def run_cell(ctx: BenchmarkContext, key: CellKey) -> dict[str, Any]:
     cell.update(method=key.method, labeled=key.labeled, repeat=key.repeat,
                 images=[s.name for s in train_set.samples], encode_seconds=round(encode, 2),
                 train_seconds=round(cell["train"]["seconds"] + encode, 2),
-                cell_seconds=round(time.monotonic() - start, 1))
+                cell_seconds=round(time.monotonic() - start, 1), computed_on=computed_on(ctx.base.device))
     log.info("%s: mIoU %.3f, NoC@90 %s, %.1f s", key.name, cell["masks"]["mean_iou"],
              None if cell["clicks"] is None else round(cell["clicks"]["noc90"], 2), cell["train_seconds"])
     return cell

@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from training.inference.devices import check_device
+
 # Bump when a method's training or scoring changes: cells of older code are then recomputed.
 CELL_VERSION = 1
 METHOD_NAMES = ("decoder", "encoder", "full", "promptless")
@@ -41,6 +43,7 @@ class QualityPlan:
     held_out: int = 12
     max_clicks: int = 20
     precision: str = "auto"
+    device: str = "cpu"
     seed: int = 0
     cache: Path = DEFAULT_CACHE
     standin: dict[str, Any] = field(default_factory=dict)
@@ -58,6 +61,7 @@ class QualityPlan:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.budget_seconds is not None and self.budget_seconds <= 0:
             raise ValueError(f"budget_seconds must be positive, got {self.budget_seconds!r}")
+        check_device(self.device)
         if self.checkpoint is None and self.model != "vit_t":
             raise ValueError(f"the pretrained stand-in is a vit_t; give --checkpoint for {self.model}")
         self.labeled = sorted(set(self.labeled))
@@ -66,6 +70,8 @@ class QualityPlan:
     def fingerprint(self, data_digest: str, base_digest: str) -> str:
         """Everything a cell's numbers depend on, except which cells are asked for."""
         selecting = {"mode", "labeled", "repeats", "methods", "cache", "note", "data", "images", "label_config"}
+        if self.device == "cpu":
+            selecting.add("device")  # cells made before the option existed were all CPU cells
         settings = {k: v for k, v in asdict(self).items() if k not in selecting}
         settings.update(version=CELL_VERSION, data=data_digest, base=base_digest)
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -11,6 +11,8 @@ matplotlib.use("Agg")  # files only: no display on a server or in CI
 
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend choice)
 
+from benchmarks.quality.report import methods_in_order  # noqa: E402
+
 COLOURS = {"decoder": "tab:blue", "encoder": "tab:orange", "full": "tab:green", "promptless": "tab:purple",
            "sam": "tab:grey"}
 
@@ -22,10 +24,11 @@ def _curve(summary: dict[str, Any], method: str, value: str) -> tuple[list[int],
             [s["max"] for _, s in points])
 
 
-def _plot(results: dict[str, Any], value: str, ylabel: str, path: Path, reference: str | None = None) -> Path:
+def _plot(results: dict[str, Any], value: str, ylabel: str, path: Path, reference: str | None = None,
+          ylim: tuple[float, float] | None = None) -> Path:
     summary = results["summary"]
     figure, axes = plt.subplots(figsize=(6.4, 4.2), dpi=110)
-    for method in results["methods"]:
+    for method in methods_in_order(results):
         if method == "sam":
             continue
         xs, means, lows, highs = _curve(summary, method, value)
@@ -43,9 +46,11 @@ def _plot(results: dict[str, Any], value: str, ylabel: str, path: Path, referenc
     axes.set_xticks(labeled or [1], [str(n) for n in labeled or [1]])
     axes.set_xlabel("labeled images")
     axes.set_ylabel(ylabel)
+    if ylim is not None:
+        axes.set_ylim(*ylim)
     plan = results["plan"]
-    axes.set_title(f"{plan['model']} {plan['image_size']} px, {results['base']['kind']}, "
-                   f"{results['data']['source']}", fontsize=9)
+    axes.set_title(f"{plan['model']} {plan['image_size']} px, base: {results['base']['kind']}, data: "
+                   f"{results['data']['source']}; band: range over {plan['repeats']} repeat(s)", fontsize=9)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     figure.tight_layout()
@@ -57,5 +62,8 @@ def _plot(results: dict[str, Any], value: str, ylabel: str, path: Path, referenc
 def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
     """``miou.png`` (held-out mIoU, higher is better) and ``noc90.png`` (clicks to 90 % IoU, lower is better)."""
     out.mkdir(parents=True, exist_ok=True)
+    most = results["plan"]["max_clicks"]
+    # The whole click range: a curve at the ceiling must read as "never reached 90 %", not as a flat line.
     return [_plot(results, "miou", "held-out mIoU (promptless)", out / "miou.png"),
-            _plot(results, "noc90", f"NoC@90 (max {results['plan']['max_clicks']})", out / "noc90.png", "noc90")]
+            _plot(results, "noc90", f"NoC@90 (max {most}; lower is better)", out / "noc90.png", "noc90",
+                  ylim=(0, most + 1))]

@@ -10,6 +10,12 @@ from typing import Any
 import numpy as np
 
 CLICK_KEYS = ("iou1", "iou3", "iou5", "noc85", "noc90")
+METHOD_ORDER = ("sam", "decoder", "encoder", "full", "promptless")
+
+
+def methods_in_order(results: dict[str, Any]) -> list[str]:
+    """The run's methods, SAM's reference first (the JSON file keeps its keys sorted by name)."""
+    return sorted(results["methods"], key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER))
 
 
 def _cell_values(cell: dict[str, Any]) -> dict[str, float]:
@@ -90,7 +96,7 @@ def _rows(results: dict[str, Any], summary: dict[str, Any]) -> list[str]:
     header = ["method", "labeled", "mIoU", *[f"IoU {c}" for c in classes], "IoU@1", "IoU@3", "IoU@5",
               "NoC@85", "NoC@90", "train s", "peak MB (+growth)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for method in results["methods"]:
+    for method in methods_in_order(results):
         for n, s in sorted(summary.get(method, {}).items(), key=lambda item: int(item[0])):
             memory = "–" if "peak_rss_mb" not in s else \
                 f"{s['peak_rss_mb']['mean']:.0f} (+{s.get('growth_mb', {'mean': 0})['mean']:.0f})"
@@ -114,7 +120,7 @@ def summary_md(results: dict[str, Any]) -> str:
               "methods, encoding each labeled image and its mirror once. Peak MB: resident memory of the "
               "process while training (sampled), growth over its start in brackets.", ""]
     lines += _rows(results, summary) + [""]
-    lines += [f"- `{m}`: {label}" for m, label in results["methods"].items()]
+    lines += [f"- `{m}`: {results['methods'][m]}" for m in methods_in_order(results)]
     if results["left_out_labeled"]:
         lines.append(f"- Left out: labeled counts {results['left_out_labeled']} exceed the pool.")
     return "\n".join(lines) + "\n"
