@@ -142,6 +142,7 @@ class ModelService:
         self.base_builds = 0
         self.encoded_images = 0
         self.encoded_ahead = 0  # of those, encoded in the background before anyone asked
+        self.encoded_on_request = 0  # the others: a request waited for them
         with self._lock:
             self._live_model(AdapterConfig())
 
@@ -347,6 +348,7 @@ class ModelService:
                 live = self._ensure(prepared)
                 embeddings = live.predictor.embed([image for _, image in chunk], batch_size=len(chunk))
                 self.encoded_images += len(chunk)
+                self.encoded_on_request += len(chunk)
             for (digest, _), embedding in zip(chunk, embeddings, strict=True):
                 self._keep(prepared.encoder_key, digest, embedding)
                 found[digest] = embedding

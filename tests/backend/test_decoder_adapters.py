@@ -44,13 +44,13 @@ def masks(result: dict) -> list:
 def test_a_click_after_a_new_version_lands_runs_no_encoder(backend, project, shared_server):
     url = shared_server.add(f"/{project}-keep.png", encode(noise_image(100, 120, 21)))
     models = backend.services.models
-    before = models.encoded_images
+    before = models.encoded_on_request
     assert click(backend, project, url)["model_version"].endswith("-untrained")
-    assert models.encoded_images - before == 1
+    assert models.encoded_on_request - before == 1
     for seed in (1, 2):
         version = publish_decoder_adapter(backend, project, seed, "adapter")
         assert click(backend, project, url)["model_version"].endswith(f"-p{project}-v{version}")
-    assert models.encoded_images - before == 1  # one encoding served three versions
+    assert models.encoded_on_request - before == 1  # one encoding served three versions
 
 
 def test_clicks_are_sams_unless_the_version_measured_its_decoder_better(backend, project, shared_server):

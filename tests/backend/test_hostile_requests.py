@@ -73,13 +73,13 @@ def test_is_positive_must_be_a_boolean(backend, project, flag):
 # ----- item 2: the keypoint cap ----------------------------------------------------------------------
 def test_keypoints_above_the_cap_are_refused_before_the_model(backend, project):
     cap = backend.settings.MAX_PROMPT_POINTS
-    encoded_before = backend.services.models.encoded_images
+    encoded_before = backend.services.models.encoded_on_request
     many = [keypoint(i % 100, (i * 7) % 100) for i in range(cap + 1)]
     assert_4xx(backend.client.post("/predict", json=click_body(project, many)), "MAX_PROMPT_POINTS", str(cap))
     # 20,000 points (5 MB) grew the process by 15 GB before the cap: now refused as quickly.
     flood = [keypoint(i % 100, (i * 7) % 100) for i in range(20_000)]
     assert_4xx(backend.client.post("/predict", json=click_body(project, flood)), "MAX_PROMPT_POINTS")
-    assert backend.services.models.encoded_images == encoded_before
+    assert backend.services.models.encoded_on_request == encoded_before
 
 
 def test_keypoints_at_the_cap_are_answered(make_backend, file_server):

@@ -219,7 +219,7 @@ def test_interactive_rectangle_label_without_brush_twin_falls_back_to_first_labe
 def test_repeated_clicks_encode_the_image_once(backend, project, shared_server):
     url = shared_server.add(f"/{project}-repeat.png", encode(noise_image(120, 90, 11)))
     models = backend.services.models
-    before = models.encoded_images
+    before = models.encoded_on_request
     requests_before = len(shared_server.requests)
     points, stored = [], []
     for k in range(5):
@@ -230,7 +230,7 @@ def test_repeated_clicks_encode_the_image_once(backend, project, shared_server):
         assert response.status_code == 200, response.text
         stored = response.json()["results"]
         assert len(stored[0]["result"]) == 1
-    assert models.encoded_images - before == 1
+    assert models.encoded_on_request - before == 1
     # Later clicks need neither the download nor the decode: the URL maps to the cached embedding.
     assert len(shared_server.requests) - requests_before == 1
 
@@ -238,21 +238,21 @@ def test_repeated_clicks_encode_the_image_once(backend, project, shared_server):
 def test_opening_a_task_warms_the_cache_for_the_first_click(backend, project, shared_server):
     url = shared_server.add(f"/{project}-open.png", encode(noise_image(80, 80, 12)))
     models = backend.services.models
-    before = models.encoded_images
+    before = models.encoded_on_request
     backend.client.post("/predict", json=predict_body(project, [brush_task(1, url)]))
-    assert models.encoded_images - before == 1
+    assert models.encoded_on_request - before == 1
     backend.client.post("/predict", json=predict_body(project, [brush_task(1, url)],
                                                       context={"result": [keypoint(50, 50)]}))
-    assert models.encoded_images - before == 1
+    assert models.encoded_on_request - before == 1
 
 
 def test_same_image_under_two_urls_is_encoded_once(backend, project, shared_server):
     backend.publish(project, ["cat"], seed=7)
     data = encode(noise_image(70, 70, 13))
     tasks = [brush_task(i, shared_server.add(f"/{project}-dup{i}.png", data)) for i in range(3)]
-    before = backend.services.models.encoded_images
+    before = backend.services.models.encoded_on_request
     results = backend.client.post("/predict", json=predict_body(project, tasks)).json()["results"]
-    assert backend.services.models.encoded_images - before == 1
+    assert backend.services.models.encoded_on_request - before == 1
     assert len(results) == 3
 
 
