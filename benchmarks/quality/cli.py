@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--held-out", type=int, help="held-out images (default 12; at most half of --data)")
     run = parser.add_argument_group("what to measure")
     run.add_argument("--labeled", type=_int_list, help="labeled image counts (default 1,2,4,8,16)")
-    run.add_argument("--repeats", type=int, help="draws of the labeled images per count (default 2)")
+    run.add_argument("--repeats", type=int, help="draws of the labeled images per count (default 3)")
     run.add_argument("--methods", type=_name_list, help=f"subset of {','.join(METHOD_NAMES)} (default all)")
     run.add_argument("--steps", type=int, help="training steps per run (default 200)")
     run.add_argument("--budget-seconds", type=float, help="wall-clock cap per training run in seconds (default 40)")

@@ -28,7 +28,7 @@ class QualityPlan:
 
     mode: str = "full"
     labeled: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
-    repeats: int = 2
+    repeats: int = 3
     methods: list[str] = field(default_factory=lambda: list(METHOD_NAMES))
     steps: int = 200
     budget_seconds: float | None = 40.0
