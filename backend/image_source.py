@@ -19,8 +19,10 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 from label_studio_sdk._extensions.label_studio_tools.core.utils import io as ls_io
@@ -28,11 +30,12 @@ from label_studio_sdk._extensions.label_studio_tools.core.utils import io as ls_
 from backend.downloads import BoundedSession, DownloadRefused, label_studio_base
 from backend.ls_auth import LabelStudioAuth
 from backend.settings import Settings
-from training.data.images import ImageError, load_image
+from training.data.images import ImageError, ReducedImage, load_image, load_reduced
 
 log = logging.getLogger(__name__)
 
 PRUNE_INTERVAL_S = 60.0
+T = TypeVar("T")
 
 
 class ImageFetchError(RuntimeError):
@@ -96,14 +99,23 @@ class ImageSource:
 
     def fetch(self, url: object, task_id: int | None = None, project: str | None = None) -> np.ndarray:
         """Download (or read from the cache) and decode one image; raises ImageFetchError."""
+        return self._read(url, task_id, project, load_image)
+
+    def fetch_for_model(self, url: object, task_id: int | None, project: str | None, longest: int) -> ReducedImage:
+        """As ``fetch``, for a model input of ``longest`` pixels: a large JPEG is decoded at a reduced
+        scale (a 12 MP photo ~6x faster), its full size kept for the masks."""
+        return self._read(url, task_id, project, lambda source, max_pixels: load_reduced(source, max_pixels, longest))
+
+    def _read(self, url: object, task_id: int | None, project: str | None, decode: Callable[[Any, int], T]) -> T:
         if not isinstance(url, str) or not url.strip():
             raise ImageFetchError(f"task {task_id}: the image field is {url!r}, not a URL")
+        max_pixels = self.settings.MAX_IMAGE_PIXELS
         try:
             if url.startswith("data:"):
-                return load_image(_decode_data_uri(url), max_pixels=self.settings.MAX_IMAGE_PIXELS)
+                return decode(_decode_data_uri(url), max_pixels)
             path = self._local_path(url, task_id, project)
             try:
-                return load_image(path, max_pixels=self.settings.MAX_IMAGE_PIXELS)
+                return decode(path, max_pixels)
             except ImageError as exc:  # its message names the cached file: name the URL instead
                 raise ImageFetchError(f"task {task_id}: {str(exc).replace(path, _short(url))}") from exc
         except ImageFetchError:

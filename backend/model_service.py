@@ -24,6 +24,7 @@ from cachetools import LRUCache
 from backend.embedding_cache import EmbeddingCache
 from backend.settings import Settings
 from backend.versioning import model_version
+from training.data.images import ReducedImage
 from training.inference.embedding_store import EmbeddingStore, embedding_key
 from training.inference.predictor import ClassPrediction, ImageEmbedding, Predictor, PromptPrediction
 from training.inference.priority import RequestsFirst
@@ -286,7 +287,7 @@ class ModelService:
         except STORE_FAILURES:
             return False
 
-    def encode_ahead(self, digest: str, image: np.ndarray) -> bool:
+    def encode_ahead(self, digest: str, image: np.ndarray | ReducedImage) -> bool:
         """Encode an image with the base encoder before anyone asks, in the calling (background)
         thread: without the model lock, pausing at every encoder block while a request runs. The
         embedding is kept in memory and on disk, where every frozen-encoder version finds it.
@@ -324,14 +325,15 @@ class ModelService:
             return None
         return self.lookup(prepared, digest)
 
-    def embed(self, prepared: PreparedAdapter, images: list[tuple[str, np.ndarray]]) -> list[ImageEmbedding]:
+    def embed(self, prepared: PreparedAdapter, images: list[tuple[str, np.ndarray | ReducedImage]]
+              ) -> list[ImageEmbedding]:
         """Embeddings for (content digest, H x W x 3 uint8 image) pairs, stored ones first, else from the encoder.
 
         Missing images are encoded ``encoder_batch_size`` at a time; duplicates are encoded once.
         Base-encoder embeddings go to the disk store too, where every adapter version finds them.
         """
         found: dict[str, ImageEmbedding] = {}
-        todo: dict[str, np.ndarray] = {}
+        todo: dict[str, np.ndarray | ReducedImage] = {}
         for digest, image in images:
             if digest in found or digest in todo:
                 continue

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-import numpy as np
 from cachetools import LRUCache
 
 from backend.image_source import ImageFetchError, ImageSource
@@ -24,7 +23,7 @@ from backend.project_settings import ProjectSettings, ProjectSettingsStore
 from backend.prompts import Prompt, parse_context
 from backend.regions import mask_regions, task_score
 from backend.schemas import PredictRequest, TaskModel
-from training.data.images import image_digest
+from training.data.images import ReducedImage, image_digest
 from training.inference.predictor import ImageEmbedding
 from training.labelstudio.label_config import LabelConfigError, LabelSetup, parse_label_config
 
@@ -38,7 +37,7 @@ URL_INDEX_ENTRIES = 4096
 @dataclass
 class _Fetched:
     digest: str | None = None
-    image: np.ndarray | None = None
+    image: ReducedImage | None = None  # decoded for the model's input size, with its full size
     error: str | None = None
 
 
@@ -200,10 +199,10 @@ class PredictionService:
 
     def _fetch(self, url: object, task_id: int | None, project: str | None) -> _Fetched:
         try:
-            image = self.images.fetch(url, task_id=task_id, project=project)
+            image = self.images.fetch_for_model(url, task_id, project, self.models.base.image_size)
         except ImageFetchError as exc:
             return _Fetched(error=str(exc))
-        digest = image_digest(image)
+        digest = image_digest(image.pixels)
         if isinstance(url, str):
             with self._index_lock:
                 self._url_index[(project, url)] = digest

@@ -206,6 +206,19 @@ def test_interactive_keypoints_give_one_mask_with_the_chosen_label(backend, proj
     assert 0.0 <= region["score"] <= 1.0
 
 
+def test_a_click_on_a_large_photo_answers_at_its_full_size(backend, project, shared_server):
+    # IMAGE_SIZE px is all the model needs: the JPEG is decoded at a quarter scale, the mask is not.
+    url = shared_server.add(f"/{project}-photo.jpg", encode(noise_image(1100, 1500, 8), "JPEG"), "image/jpeg")
+    context = {"result": [keypoint(30, 40, label="dog", width=1500, height=1100)]}
+    response = backend.client.post("/predict", json=predict_body(project, [brush_task(1, url)], context=context))
+    (region,) = response.json()["results"][0]["result"]
+    assert (region["original_height"], region["original_width"]) == (1100, 1500)
+    assert decoded(region).shape == (1100, 1500)
+    stored = backend.services.models.lookup(backend.services.models.prepare(backend.services.models.untrained),
+                                            backend.services.predictions._url_index[(project, url)])
+    assert stored.original_size == (1100, 1500) and max(stored.input_size) == backend.settings.SAM_IMAGE_SIZE
+
+
 def test_interactive_rectangle_label_without_brush_twin_falls_back_to_first_label(backend, project, shared_server):
     backend.publish(project, ["cat", "dog"], seed=6)
     url = shared_server.add(f"/{project}-box.png", encode(noise_image(217, 333, 8)))

@@ -5,6 +5,8 @@
   base weights, image size and image content; shared by the backend and the training worker.
 - ``devices``: the device rule (auto, cpu, cuda, cuda:N), torch-free for settings to check.
 - ``runtime``: the device rule, precision (bf16 autocast only where native) and intra-op thread caps.
+- ``priority``: requests first: background encoding pauses at encoder blocks while a request runs.
+- ``projection_cache``: clicks on one image reuse the image-only projections of SAM's decoder.
 
-Imports ``training.model``.
+Imports ``training.model`` and ``training.data.images``.
 """

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from training.data.images import ReducedImage
 from training.inference import runtime
 from training.inference.projection_cache import cache_image_projections, decoding
 from training.model.adapter import SamAdapter
@@ -103,24 +104,25 @@ class Predictor:
         count = self.threads if isinstance(self.threads, int) else min(self.max_threads, runtime.free_cores())
         return runtime.intra_op_threads(count)
 
-    def embed(self, images: list[np.ndarray], batch_size: int = 4) -> list[ImageEmbedding]:
-        """Encode H x W x 3 uint8 RGB images, ``batch_size`` at a time."""
+    def embed(self, images: list[np.ndarray | ReducedImage], batch_size: int = 4) -> list[ImageEmbedding]:
+        """Encode H x W x 3 uint8 RGB images, ``batch_size`` at a time. A ``ReducedImage`` (decoded at a
+        reduced scale) keeps its full size as the embedding's ``original_size``: masks come out at it."""
         with self._threads():
             return self._embed(images, batch_size)
 
     @torch.inference_mode()
-    def _embed(self, images: list[np.ndarray], batch_size: int) -> list[ImageEmbedding]:
+    def _embed(self, images: list[np.ndarray | ReducedImage], batch_size: int) -> list[ImageEmbedding]:
         out: list[ImageEmbedding] = []
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
-            prepared = [self.model.preprocess(image) for image in chunk]
+            prepared = [self.model.preprocess(_pixels(image)) for image in chunk]
             batch = torch.stack([tensor for tensor, _ in prepared]).to(self.model.device)
             if self.channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
             with self._autocast():
                 embeddings = self.model.encode(batch).float()
             for image, (_, input_size), emb in zip(chunk, prepared, embeddings, strict=True):
-                out.append(ImageEmbedding(emb.unsqueeze(0).clone(), input_size, tuple(image.shape[:2])))
+                out.append(ImageEmbedding(emb.unsqueeze(0).clone(), input_size, _original_size(image)))
         return out
 
     def predict_classes(self, image: ImageEmbedding, class_names: list[str] | None = None) -> ClassPrediction:
@@ -203,6 +205,16 @@ class Predictor:
         best = int(iou[0].argmax())
         logits = self.model.upscale(low_res[0, best : best + 1, None].float(), image.input_size, (h, w))
         return PromptPrediction(mask=(logits[0] > 0).cpu().numpy(), score=float(iou[0, best].clamp(0, 1)))
+
+
+def _pixels(image: np.ndarray | ReducedImage) -> np.ndarray:
+    return image.pixels if isinstance(image, ReducedImage) else image
+
+
+def _original_size(image: np.ndarray | ReducedImage) -> tuple[int, int]:
+    if isinstance(image, ReducedImage):
+        return image.original_size
+    return int(image.shape[0]), int(image.shape[1])
 
 
 def _resolve_size(original: tuple[int, int], image_size: int) -> tuple[int, int]:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from training.data.images import ImageError, image_digest, load_image, to_rgb_uint8
+from training.data.images import ImageError, image_digest, load_image, load_reduced, to_rgb_uint8
 
 
 def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -249,3 +249,41 @@ def test_image_digest_depends_on_content_shape_and_dtype(rgb: np.ndarray) -> Non
     assert image_digest(rgb.reshape(20, 12, 3)) != digest
     assert image_digest(rgb.view(np.int8)) != digest
     assert image_digest(np.asfortranarray(rgb)) == digest
+
+
+def _jpeg(height: int, width: int, orientation: int | None = None) -> bytes:
+    ramp = np.linspace(0, 255, width, dtype=np.float32)[None, :, None] * np.ones((height, 1, 3), np.float32)
+    image = Image.fromarray(ramp.astype(np.uint8))
+    buffer = io.BytesIO()
+    if orientation is None:
+        image.save(buffer, "JPEG", quality=90)
+    else:
+        exif = image.getexif()
+        exif[0x0112] = orientation
+        image.save(buffer, "JPEG", quality=90, exif=exif)
+    return buffer.getvalue()
+
+
+def test_a_large_jpeg_is_decoded_at_a_reduced_scale_that_keeps_the_models_size() -> None:
+    reduced = load_reduced(_jpeg(1500, 2100), 10_000_000, 512)
+    assert reduced.original_size == (1500, 2100)
+    assert reduced.pixels.shape == (375, 525, 3)  # 1/4 scale, still 512 px or more; 1/8 would be less
+    whole = load_image(_jpeg(1500, 2100))
+    quarter = whole[1::4, 1::4].astype(np.int16)[:375, :525]
+    assert np.abs(reduced.pixels.astype(np.int16) - quarter).mean() < 6  # the same picture, smaller
+
+
+def test_reduced_decoding_keeps_the_displayed_size_of_a_turned_photo() -> None:
+    reduced = load_reduced(_jpeg(1200, 1800, orientation=6), 10_000_000, 256)
+    assert reduced.original_size == (1800, 1200)  # EXIF 6: shown a quarter turn round
+    assert reduced.pixels.shape[:2] == (450, 300)
+    assert load_image(_jpeg(1200, 1800, orientation=6)).shape[:2] == (1800, 1200)
+
+
+def test_small_jpegs_and_other_formats_are_decoded_whole() -> None:
+    small = load_reduced(_jpeg(600, 800), 10_000_000, 512)
+    assert small.pixels.shape[:2] == small.original_size == (600, 800)
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((1500, 2100, 3), np.uint8)).save(buffer, "PNG")
+    png = load_reduced(buffer.getvalue(), 10_000_000, 512)
+    assert png.pixels.shape[:2] == png.original_size == (1500, 2100)
