@@ -90,6 +90,8 @@ def patch_project(request: Request, project: str, changes: dict[str, Any] = Body
         raise HTTPException(404, detail=f"pinned_version {pinned} does not exist for project {project}; "
                                         f"stored versions: {stored or 'none'}")
     services.store.update(project, checked)
+    if checked.get("preencode"):
+        services.preencoder.request(project, "switched on in the admin console")
     log.info("project %s: switches %s set through the admin console", project, checked)
     return project_summary(request, services, project)
 
