@@ -213,7 +213,7 @@ def _training_md(results: dict[str, Any]) -> list[str]:
     lines = ["## Training: ANNOTATION_CREATED webhook → new active version", "",
              f"Real path: webhook → rq scheduler (5 s debounce) → the backend's embedded worker → export from the "
              f"LS stand-in → train → evaluate → registry → backend. Budget TRAIN_MAX_SECONDS={budget:g} (the default "
-             "is 600), default step budget (25 steps per image, 50..500), batch 4.", "",
+             "is 600), default step budget (8 steps per image, 40..400), batch 4.", "",
              "Stages: *pickup* = webhook → the job's first log line (rq fork + imports); *debounce* = waiting for "
              "the burst of events to settle; *load* = building the model (and the active adapter).", "",
              "| variant | kind | labeled images | s to active | steps | s/step | pickup | debounce | export | load | "
