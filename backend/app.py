@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
 from backend.admin import install_admin
-from backend.errors import ParameterError, install_error_handlers, registry_access
+from backend.errors import install_error_handlers, project_param, registry_access
 from backend.image_source import ImageSource
 from backend.metrics import metrics_endpoint
 from backend.model_service import ModelService
@@ -49,7 +49,6 @@ from backend.webhook import TrainingScheduler, WebhookHandler, event_project, la
 from training.jobs.embedded import EmbeddedTraining
 from training.jobs.redis_conn import RedisHandle, open_redis
 from training.labelstudio.label_config import parse_label_config
-from training.labelstudio.projects import project_id
 from training.registry import AdapterRegistry, LocalRegistry, RedisRegistry
 
 log = logging.getLogger(__name__)
@@ -175,13 +174,6 @@ def services_of(request: Request) -> Services:
     return request.app.state.services
 
 
-def _project_param(project: str) -> str:
-    try:
-        return project_id(project)
-    except ValueError as exc:
-        raise ParameterError(str(exc)) from exc
-
-
 # ----- the Label Studio protocol ---------------------------------------------------------------------
 
 
@@ -245,7 +237,7 @@ def webhook(request: Request, body: WebhookRequest) -> JSONResponse:
 
 def versions(request: Request, project: str | None = None) -> dict:
     services = services_of(request)
-    projects = [_project_param(project)] if project is not None else _all_projects(services)
+    projects = [project_param(project)] if project is not None else _all_projects(services)
     base = services.models.base
     listed, details, active = [], [], {}
     with registry_access():
@@ -309,7 +301,7 @@ def _add_admin_routes(app: FastAPI) -> None:
 
 
 def get_settings(request: Request, project: str) -> dict:
-    project = _project_param(project)
+    project = project_param(project)
     services = services_of(request)
     settings = services.store.get(project)
     choice = services.models.choose(project, settings.pinned_version)
@@ -318,7 +310,7 @@ def get_settings(request: Request, project: str) -> dict:
 
 
 def patch_settings(request: Request, project: str, changes: dict[str, Any] = Body(...)) -> dict:  # noqa: B008
-    project = _project_param(project)
+    project = project_param(project)
     services = services_of(request)
     checked = validate_changes(changes)
     if checked.get("pinned_version") is not None:
@@ -332,7 +324,7 @@ def patch_settings(request: Request, project: str, changes: dict[str, Any] = Bod
 
 
 def activate(request: Request, project: str, body: ActivateRequest) -> dict:
-    project = _project_param(project)
+    project = project_param(project)
     services = services_of(request)
     with registry_access():
         info = services.registry.activate(project, body.version)
@@ -341,5 +333,5 @@ def activate(request: Request, project: str, body: ActivateRequest) -> dict:
 
 
 def events(request: Request, project: str) -> dict:
-    project = _project_param(project)
+    project = project_param(project)
     return {"project": project, "events": services_of(request).webhook.counts(project)}

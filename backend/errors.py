@@ -23,6 +23,7 @@ from backend.prompts import PromptError
 from backend.webhook import WebhookError
 from training.jobs.redis_conn import RedisUnavailable
 from training.labelstudio.label_config import LabelConfigError
+from training.labelstudio.projects import project_id
 from training.registry import VersionNotFound
 
 __all__ = ["STATUS_OF", "ParameterError", "RegistryUnavailable", "install_error_handlers", "registry_access"]
@@ -32,6 +33,14 @@ log = logging.getLogger(__name__)
 
 class ParameterError(ValueError):
     """A path or query parameter is malformed; the message names it."""
+
+
+def project_param(project: str) -> str:
+    """A project path or query parameter as the project id (``training.labelstudio.projects``), or 422."""
+    try:
+        return project_id(project)
+    except ValueError as exc:
+        raise ParameterError(str(exc)) from exc
 
 
 class RegistryUnavailable(RuntimeError):

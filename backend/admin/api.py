@@ -25,11 +25,10 @@ from fastapi.exceptions import HTTPException
 
 from backend.admin.auth import require_admin_token
 from backend.admin.overview import all_projects, control_of, project_summary, switch_schema
-from backend.errors import ParameterError, registry_access
+from backend.errors import project_param, registry_access
 from backend.project_settings import validate_changes
 from backend.schemas import ActivateRequest
 from training.jobs.redis_conn import RedisUnavailable
-from training.labelstudio.projects import project_id
 from training.registry import VersionNotFound
 
 __all__ = ["router"]
@@ -41,13 +40,6 @@ router = APIRouter(prefix="/admin/api", dependencies=[Depends(require_admin_toke
 
 def _services(request: Request) -> Any:
     return request.app.state.services
-
-
-def _project(project: str) -> str:
-    try:
-        return project_id(project)
-    except ValueError as exc:
-        raise ParameterError(str(exc)) from exc
 
 
 def _stored_versions(services: Any, project: str) -> list[int]:
@@ -72,7 +64,7 @@ def list_projects(request: Request) -> dict:
 
 @router.get("/projects/{project}")
 def get_project(request: Request, project: str) -> dict:
-    project = _project(project)
+    project = project_param(project)
     services = _services(request)
     if project not in all_projects(services):
         raise HTTPException(404, detail=f"project {project} is unknown here: it has no adapter versions and "
@@ -82,7 +74,7 @@ def get_project(request: Request, project: str) -> dict:
 
 @router.patch("/projects/{project}")
 def patch_project(request: Request, project: str, changes: dict[str, Any] = Body(...)) -> dict:  # noqa: B008
-    project = _project(project)
+    project = project_param(project)
     services = _services(request)
     checked = validate_changes(changes)
     pinned = checked.get("pinned_version")
@@ -98,7 +90,7 @@ def patch_project(request: Request, project: str, changes: dict[str, Any] = Body
 
 @router.post("/projects/{project}/activate")
 def activate_version(request: Request, project: str, body: ActivateRequest) -> dict:
-    project = _project(project)
+    project = project_param(project)
     services = _services(request)
     with registry_access():
         services.registry.activate(project, body.version)
@@ -108,7 +100,7 @@ def activate_version(request: Request, project: str, body: ActivateRequest) -> d
 
 @router.delete("/projects/{project}/versions/{version}")
 def delete_version(request: Request, project: str, version: int) -> dict:
-    project = _project(project)
+    project = project_param(project)
     services = _services(request)
     stored = _stored_versions(services, project)
     if version not in stored:
@@ -128,7 +120,7 @@ def delete_version(request: Request, project: str, version: int) -> dict:
 
 @router.post("/projects/{project}/train")
 def train_now(request: Request, project: str) -> dict:
-    project = _project(project)
+    project = project_param(project)
     services = _services(request)
     outcome = _training(services).train_now(project)
     services.store.remember_project(project)  # listed from now on, so its job shows in the console
@@ -137,7 +129,7 @@ def train_now(request: Request, project: str) -> dict:
 
 @router.post("/projects/{project}/cancel")
 def cancel_training(request: Request, project: str) -> dict:
-    project = _project(project)
+    project = project_param(project)
     services = _services(request)
     try:
         outcome = _training(services).cancel(project)

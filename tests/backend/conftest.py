@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import io
 import itertools
+import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -17,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
+import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -263,6 +266,25 @@ def module_redis_prefix() -> Iterator[str]:
     prefix = f"test-backend-{uuid.uuid4().hex[:12]}"
     yield prefix
     _delete_prefix(redis.Redis.from_url(REDIS_URL), prefix)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def serve_app(app, log_level: str = "warning", **config) -> tuple[str, uvicorn.Server, threading.Thread]:
+    """Serve ``app`` for real (uvicorn, its lifespan included) on a free loopback port, in a thread;
+    returns (base URL, server, thread). Stop it with ``server.should_exit = True`` and a join."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level=log_level, **config))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start within 60 s"
+    return f"http://127.0.0.1:{server.config.port}", server, thread
 
 
 def start_backend(data_dir: Path, prefix: str, **overrides) -> tuple[Backend, Callable[[], None]]:

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-import uvicorn
 
 from backend.app import create_app
 from backend.webhook import RecordingScheduler
@@ -21,14 +18,9 @@ from tests.backend.conftest import (
     noise_image,
     predict_body,
     publish_adapter,
+    serve_app,
 )
 from training.registry import LocalRegistry
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -36,15 +28,8 @@ def served(tmp_path, redis_prefix):
     settings = make_settings(tmp_path, redis_prefix)
     registry = LocalRegistry(tmp_path / "adapters")
     app = create_app(settings, registry=registry, scheduler=RecordingScheduler())
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    yield f"http://127.0.0.1:{port}", app, registry
+    url, server, thread = serve_app(app)
+    yield url, app, registry
     server.should_exit = True
     thread.join(10)
 

@@ -8,8 +8,6 @@ After the run the server is healthy and a project set up before it is served as 
 from __future__ import annotations
 
 import os
-import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,13 +15,11 @@ from pathlib import Path
 import httpx
 import pytest
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, settings
 
 from backend.app import create_app
 from backend.webhook import RecordingScheduler
-from tests.backend.conftest import BRUSH_CONFIG, make_settings
-from tests.backend.test_hostile_threads import free_port
+from tests.backend.conftest import BRUSH_CONFIG, make_settings, serve_app
 from training.registry import LocalRegistry
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "40"))
@@ -44,14 +40,7 @@ def fuzz_server(tmp_path_factory, module_redis_prefix) -> Iterator[str]:
     data_dir = tmp_path_factory.mktemp("fuzz")
     app = create_app(fuzz_settings(data_dir, module_redis_prefix), registry=LocalRegistry(data_dir / "adapters"),
                      scheduler=RecordingScheduler())
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="critical"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    url = f"http://127.0.0.1:{server.config.port}"
+    url, server, thread = serve_app(app, log_level="critical")
     setup = httpx.post(f"{url}/setup", json={"project": f"{BYSTANDER}.1712345678", "schema": BRUSH_CONFIG,
                                              "extra_params": {"split_instances": True}}, timeout=30)
     assert setup.status_code == 200

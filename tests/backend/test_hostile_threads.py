@@ -23,6 +23,7 @@ from tests.backend.conftest import (
     noise_image,
     predict_body,
     publish_adapter,
+    serve_app,
 )
 from tests.backend.test_hostile_images import streamer  # noqa: F401 - the trickling host fixture
 from training.registry import LocalRegistry
@@ -31,24 +32,10 @@ HANG_S = 6.0  # every slow download hangs this long (IMAGE_DOWNLOAD_TIMEOUT)
 SLOW_PREDICTS = 44  # more than anyio's 40 default threads: before the fix they took them all
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def serve(tmp_path, prefix: str, **overrides) -> tuple[str, uvicorn.Server, threading.Thread]:
     settings = make_settings(tmp_path, prefix, **overrides)
     app = create_app(settings, registry=LocalRegistry(tmp_path / "adapters"), scheduler=RecordingScheduler())
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning",
-                                           timeout_graceful_shutdown=2))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    return f"http://127.0.0.1:{server.config.port}", server, thread
+    return serve_app(app, timeout_graceful_shutdown=2)
 
 
 @pytest.fixture
