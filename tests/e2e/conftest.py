@@ -3,7 +3,7 @@
 - ``label_studio`` (session): a running server (``LabelStudioServer``), installed into ``.venv-ls`` on first use.
 - ``ls_client``: an ``httpx.Client`` on that server with the legacy token, for ``tests.e2e.ls_api``.
 - ``stub_backend``: a recording stand-in ML backend on a free loopback port.
-- ``browser`` (session): headless Debian Chromium through Playwright; see ``browser.screenshot_ls_page``.
+- ``browser`` (session, from ``tests/conftest.py``): headless Chromium; see ``browser.screenshot_ls_page``.
 - ``samloop_factory`` (module): starts real samloop backends (``python -m backend``) against that server;
   all of them are stopped when the module ends. Durations measured by the scenarios are printed at the end.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 import pytest
@@ -20,9 +20,6 @@ import pytest
 from tests.e2e.label_studio import LabelStudioError, LabelStudioServer, start_label_studio, stop_label_studio
 from tests.e2e.samloop_backend import TIMINGS, BackendError, SamloopBackend, backend_env
 from tests.e2e.stub_backend import StubMLBackend
-
-if TYPE_CHECKING:
-    from playwright.sync_api import Browser
 
 E2E_DIR = Path(__file__).parent
 
@@ -67,22 +64,6 @@ def stub_backend() -> Iterator[StubMLBackend]:
         yield stub
     finally:
         stub.stop()
-
-
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Browser]:
-    from tests.e2e.browser import CHROMIUM_ARGS, ensure_chromium, ensure_playwright
-
-    chromium = ensure_chromium()
-    ensure_playwright()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        launched = pw.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield launched
-        finally:
-            launched.close()
 
 
 @pytest.fixture(scope="module")

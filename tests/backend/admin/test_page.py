@@ -10,9 +10,6 @@ import pytest
 
 from tests.backend.admin.conftest import REPO, TOKEN, wait_for
 from tests.backend.conftest import publish_adapter
-from tests.e2e import conftest as e2e_fixtures
-
-browser = e2e_fixtures.browser  # headless Debian Chromium through Playwright, as the end-to-end tests use
 
 pytestmark = pytest.mark.e2e  # a browser: run with the end-to-end tests, not in the quick loop
 
