@@ -7,4 +7,5 @@
 - ``locks``: ``file_lock``, for fixtures that build something once for several processes (a venv, a model).
 - ``standin``: a pretrained stand-in for the official vit_t checkpoint (built once, cached) and two
   synthetic scene families, for learning tests and benchmarks on the path of a frozen encoder.
+- ``waiting``: ``wait_for``, polling until a condition holds.
 """

@@ -24,6 +24,7 @@ import pytest
 import uvicorn
 
 from backend.app import create_app
+from testkit.waiting import wait_for  # noqa: F401 - re-exported for the admin tests
 from tests.backend.conftest import REDIS_URL, make_settings
 from training.jobs.scheduler import TrainingScheduler
 from training.registry import LocalRegistry
@@ -129,11 +130,3 @@ def stop_worker(process: subprocess.Popen) -> None:
     process.wait(timeout=10)
 
 
-def wait_for(predicate, timeout: float = 60.0, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s")

