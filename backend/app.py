@@ -28,12 +28,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
 from backend.admin import install_admin
-from backend.errors import install_error_handlers, project_param, registry_access
+from backend.errors import install_error_handlers, registry_access
 from backend.image_source import ImageSource
 from backend.metrics import metrics_endpoint
 from backend.model_service import ModelService
 from backend.predict import PredictionService
 from backend.preencode import PreEncoder
+from backend.project_keys import ProjectDirectory, project_of
 from backend.project_settings import (
     ProjectSettingsStore,
     SettingsError,
@@ -71,6 +72,7 @@ class Services:
     webhook: WebhookHandler
     scheduler: TrainingScheduler
     preencoder: PreEncoder
+    projects: ProjectDirectory
     worker: EmbeddedTraining | None = None
 
     def close(self) -> None:
@@ -114,7 +116,8 @@ def build_services(settings: Settings, registry: AdapterRegistry | None = None,
         models = ModelService(settings, registry)
         images = ImageSource(settings)
         store = ProjectSettingsStore(handle.client, settings.SAMLOOP_REDIS_PREFIX)
-        predictions = PredictionService(models, images, store)
+        projects = ProjectDirectory(handle.client, settings.SAMLOOP_REDIS_PREFIX, registry, store)
+        predictions = PredictionService(models, images, store, projects.resolve)
         scheduler = scheduler if scheduler is not None else scheduler_factory(handle, settings)
         webhook = WebhookHandler(handle.client, settings.SAMLOOP_REDIS_PREFIX, scheduler, store)
         preencoder = PreEncoder(models, predictions, images, store, settings.PREENCODE_MAX_TASKS)
@@ -123,7 +126,7 @@ def build_services(settings: Settings, registry: AdapterRegistry | None = None,
         handle.close()
         raise
     services = Services(settings, handle, registry, models, images, store, predictions, webhook, scheduler,
-                        preencoder)
+                        preencoder, projects)
     if handle.embedded and settings.SAMLOOP_EMBEDDED_WORKER and runs_rq_jobs:
         # Nobody else can reach an embedded Redis: run the training jobs next to the backend.
         services.worker = start_embedded_worker(handle, settings)
@@ -201,6 +204,7 @@ def setup(request: Request, body: SetupRequest) -> dict:
     parse_label_config(body.label_config)
     changes = parse_extra_params(body.extra_params)
     project = body.project
+    services.projects.claim(project)
     pinned = changes.get("pinned_version")
     if pinned is not None:
         _check_version_exists(services, project, pinned)
@@ -229,6 +233,7 @@ def _predict(services: Services, raw: bytes) -> dict:
 def webhook(request: Request, body: WebhookRequest) -> JSONResponse:
     event = body.model_dump()
     services, project = services_of(request), event_project(event)
+    project = None if project is None else services.projects.resolve(project)
     outcome = services.webhook.handle(body.action, project, labeled_tasks(event))
     if body.action == "TASKS_CREATED" and project is not None:
         services.preencoder.request(project, "tasks imported")
@@ -237,7 +242,7 @@ def webhook(request: Request, body: WebhookRequest) -> JSONResponse:
 
 def versions(request: Request, project: str | None = None) -> dict:
     services = services_of(request)
-    projects = [project_param(project)] if project is not None else _all_projects(services)
+    projects = [project_of(request, project)] if project is not None else _all_projects(services)
     base = services.models.base
     listed, details, active = [], [], {}
     with registry_access():
@@ -301,7 +306,7 @@ def _add_admin_routes(app: FastAPI) -> None:
 
 
 def get_settings(request: Request, project: str) -> dict:
-    project = project_param(project)
+    project = project_of(request, project)
     services = services_of(request)
     settings = services.store.get(project)
     choice = services.models.choose(project, settings.pinned_version)
@@ -310,7 +315,7 @@ def get_settings(request: Request, project: str) -> dict:
 
 
 def patch_settings(request: Request, project: str, changes: dict[str, Any] = Body(...)) -> dict:  # noqa: B008
-    project = project_param(project)
+    project = project_of(request, project)
     services = services_of(request)
     checked = validate_changes(changes)
     if checked.get("pinned_version") is not None:
@@ -324,7 +329,7 @@ def patch_settings(request: Request, project: str, changes: dict[str, Any] = Bod
 
 
 def activate(request: Request, project: str, body: ActivateRequest) -> dict:
-    project = project_param(project)
+    project = project_of(request, project)
     services = services_of(request)
     with registry_access():
         info = services.registry.activate(project, body.version)
@@ -333,5 +338,5 @@ def activate(request: Request, project: str, body: ActivateRequest) -> dict:
 
 
 def events(request: Request, project: str) -> dict:
-    project = project_param(project)
+    project = project_of(request, project)
     return {"project": project, "events": services_of(request).webhook.counts(project)}

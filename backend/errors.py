@@ -23,7 +23,7 @@ from backend.prompts import PromptError
 from backend.webhook import WebhookError
 from training.jobs.redis_conn import RedisUnavailable
 from training.labelstudio.label_config import LabelConfigError
-from training.labelstudio.projects import project_id
+from training.labelstudio.projects import project_key
 from training.registry import VersionNotFound
 
 __all__ = ["STATUS_OF", "ParameterError", "RegistryUnavailable", "install_error_handlers", "registry_access"]
@@ -38,7 +38,7 @@ class ParameterError(ValueError):
 def project_param(project: str) -> str:
     """A project path or query parameter as the project id (``training.labelstudio.projects``), or 422."""
     try:
-        return project_id(project)
+        return project_key(project)
     except ValueError as exc:
         raise ParameterError(str(exc)) from exc
 

@@ -44,10 +44,13 @@ class _Fetched:
 class PredictionService:
     """Turns a PredictRequest into Label Studio's ``{"results": [...]}``, one item per task."""
 
-    def __init__(self, models: ModelService, images: ImageSource, store: ProjectSettingsStore) -> None:
+    def __init__(self, models: ModelService, images: ImageSource, store: ProjectSettingsStore,
+                 resolve: Callable[[str], str] = str) -> None:
         self.models = models
         self.images = images
         self.store = store
+        # A bare project id (a task's ``project``) -> the key it means (``backend.project_keys``).
+        self.resolve = resolve
         self._url_index: LRUCache[tuple[str | None, str], str] = LRUCache(URL_INDEX_ENTRIES)
         self._index_lock = threading.Lock()
         # Set by the app to the pre-encoder's submit: (project, [(task id, image URL)], reason) -> queued.
@@ -60,7 +63,8 @@ class PredictionService:
     @timed_prediction
     def predict(self, request: PredictRequest) -> dict:
         """Raises PromptError (a malformed interactive context); everything else is a per-task outcome."""
-        project = request.project_id()
+        project = request.project_ref()
+        project = None if project is None else self.resolve(project)
         prompt = parse_context(request.context, max_points=self.models.settings.MAX_PROMPT_POINTS)
         sent_error = _config_error(request.label_config)
         # Only a usable config is kept: a broken one (e.g. <View/>) must not replace the project's working one.

@@ -13,6 +13,7 @@ The last label config seen per project is kept too, so /predict works after a re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -218,6 +219,31 @@ class ProjectSettingsStore:
         with self._lock:
             self._configs[project] = config
         return config
+
+    def rename(self, project: str, new_name: str) -> bool:
+        """Move the switches and label config of ``project`` to ``new_name`` unless it has its own.
+
+        Returns whether anything moved. Raises RedisUnavailable.
+        """
+        moved = False
+        try:
+            for what in ("settings", "label_config"):
+                # RENAMENX: a target with switches of its own keeps them.
+                with contextlib.suppress(redis.ResponseError):  # "no such key": nothing to move
+                    moved |= bool(self.client.renamenx(self._key(project, what), self._key(new_name, what)))
+            pipe = self.client.pipeline()
+            pipe.srem(self._projects_key, project)
+            if moved:
+                pipe.sadd(self._projects_key, new_name)
+            pipe.execute()
+        except redis.RedisError as exc:
+            raise RedisUnavailable(f"cannot move project {project}'s settings: Redis unreachable ({exc})") from exc
+        with self._lock:
+            for cache in (self._memory, self._configs):
+                cache.pop(project, None)
+                cache.pop(new_name, None)
+            self._seen.discard(project)
+        return moved
 
     def projects(self) -> list[str]:
         try:

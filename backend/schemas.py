@@ -12,7 +12,7 @@ from xml.parsers import expat
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from training.labelstudio.projects import project_id
+from training.labelstudio.projects import project_key
 
 # Label configs are kept per project in Redis: the largest real ones (big taxonomies) are tens of KB.
 MAX_LABEL_CONFIG_CHARS = 1_000_000
@@ -56,7 +56,7 @@ class SetupRequest(_LSModel):
     @field_validator("project", mode="before")
     @classmethod
     def _project(cls, value: Any) -> str:
-        return project_id(value)
+        return project_key(value)
 
 
 class TaskModel(BaseModel):
@@ -73,7 +73,7 @@ class TaskModel(BaseModel):
     @classmethod
     def _project(cls, value: Any) -> int | None:
         # Checked here, inside validation: a -5 found later raised outside it and answered 500.
-        return None if value is None else int(project_id(value))
+        return None if value is None else int(project_key(value))
 
 
 class PredictParams(_LSModel):
@@ -94,7 +94,7 @@ class PredictRequest(_LSModel):
     @field_validator("project", mode="before")
     @classmethod
     def _project(cls, value: Any) -> str | None:
-        return None if value is None or value == "" else project_id(value)
+        return None if value is None or value == "" else project_key(value)
 
     @field_validator("label_config")
     @classmethod
@@ -104,7 +104,7 @@ class PredictRequest(_LSModel):
             return None
         return check_label_config_xml(value)
 
-    def project_id(self) -> str | None:
+    def project_ref(self) -> str | None:
         """From ``project``, else the first task's ``project`` (both already checked ids)."""
         if self.project is not None:
             return self.project

@@ -15,9 +15,9 @@ from typing import Any, Protocol, runtime_checkable
 import redis
 
 from backend.project_settings import ProjectSettingsStore
-from backend.schemas import project_id
 from training.jobs.actions import FORCED_ACTIONS, KNOWN_ACTIONS, TRAINING_ACTIONS
 from training.jobs.redis_conn import RedisUnavailable
+from training.labelstudio.projects import event_key
 
 log = logging.getLogger(__name__)
 
@@ -66,20 +66,19 @@ class WebhookError(ValueError):
 
 
 def event_project(event: dict[str, Any]) -> str | None:
-    """The project id of an event: ``project`` as an object with ``id``, a number, or "<id>.<ts>";
-    else the project of its task or annotation. Raises WebhookError naming a malformed id."""
+    """The project key of an event: from ``project`` (an object with ``id`` and ``created_at`` gives
+    the key /setup got, see ``training.labelstudio.projects.event_key``), else the bare id of its task
+    or annotation. Raises WebhookError naming a malformed id."""
     candidates = [event.get("project")]
     for key in ("task", "annotation"):
         item = event.get(key)
         items = item if isinstance(item, list) else [item]
         candidates += [i.get("project") for i in items if isinstance(i, dict)]
     for candidate in candidates:
-        if isinstance(candidate, dict):
-            candidate = candidate.get("id")
-        if candidate is None:
+        if candidate is None or (isinstance(candidate, dict) and candidate.get("id") is None):
             continue
         try:
-            return project_id(candidate)
+            return event_key(candidate)
         except ValueError as exc:
             raise WebhookError(str(exc)) from exc
     return None

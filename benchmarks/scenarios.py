@@ -253,7 +253,8 @@ def stage_times(log_path: Path, project: str, since: float) -> dict[str, float]:
         return found
     for line in lines:
         match = _LOG_LINE.match(line)
-        if not match or match.group(3) != project:
+        # The job logs the project's key ("101.1712345678"): its id is what the benchmark knows.
+        if not match or match.group(3).partition(".")[0] != project:
             continue
         stamp = time.mktime(time.strptime(match.group(1), "%Y-%m-%d %H:%M:%S")) + int(match.group(2)) / 1000.0
         if stamp + 1.0 < since:
@@ -295,7 +296,8 @@ def _active(client: httpx.Client, base_url: str, project: int) -> tuple[str | No
     if response.status_code != 200:
         raise BenchmarkError(f"GET /versions -> {response.status_code}: {response.text[:300]}")
     answer = response.json()
-    return answer.get("active", {}).get(str(project)), answer
+    # Filtered by id, the answer holds at most the one project Label Studio set up under that id.
+    return next(iter(answer.get("active", {}).values()), None), answer
 
 
 def training_run(client: httpx.Client, base_url: str, project: int, labeled: int, log_path: Path,

@@ -9,6 +9,9 @@ and training.
 - ``DELETE /admin/api/projects/{id}/versions/{n}``: not the active one, nor the pinned one (409)
 - ``POST /admin/api/projects/{id}/train``: queue a run now (auto-training off or not)
 - ``POST /admin/api/projects/{id}/cancel``: stop the running job and cancel the queued one
+- ``POST /admin/api/projects/{name}/move`` ``{"to": key}``: move the adapters and switches stored under
+  ``name`` exactly (a bare id is not resolved here) to another key, e.g. what a bare id held before
+  keys named the Label Studio instance (``backend.project_keys``) to ``"3.1712345678"``
 
 Every change answers the project as ``GET`` would after it. Model and registry work runs in the
 threadpool (plain ``def`` endpoints).
@@ -22,10 +25,12 @@ from typing import Any
 import redis
 from fastapi import APIRouter, Body, Depends, Request
 from fastapi.exceptions import HTTPException
+from pydantic import BaseModel, ConfigDict, Field
 
 from backend.admin.auth import require_admin_token
 from backend.admin.overview import all_projects, control_of, project_summary, switch_schema
 from backend.errors import project_param, registry_access
+from backend.project_keys import TargetTaken, project_of
 from backend.project_settings import validate_changes
 from backend.schemas import ActivateRequest
 from training.jobs.redis_conn import RedisUnavailable
@@ -64,7 +69,7 @@ def list_projects(request: Request) -> dict:
 
 @router.get("/projects/{project}")
 def get_project(request: Request, project: str) -> dict:
-    project = project_param(project)
+    project = project_of(request, project)
     services = _services(request)
     if project not in all_projects(services):
         raise HTTPException(404, detail=f"project {project} is unknown here: it has no adapter versions and "
@@ -74,7 +79,7 @@ def get_project(request: Request, project: str) -> dict:
 
 @router.patch("/projects/{project}")
 def patch_project(request: Request, project: str, changes: dict[str, Any] = Body(...)) -> dict:  # noqa: B008
-    project = project_param(project)
+    project = project_of(request, project)
     services = _services(request)
     checked = validate_changes(changes)
     pinned = checked.get("pinned_version")
@@ -90,7 +95,7 @@ def patch_project(request: Request, project: str, changes: dict[str, Any] = Body
 
 @router.post("/projects/{project}/activate")
 def activate_version(request: Request, project: str, body: ActivateRequest) -> dict:
-    project = project_param(project)
+    project = project_of(request, project)
     services = _services(request)
     with registry_access():
         services.registry.activate(project, body.version)
@@ -100,7 +105,7 @@ def activate_version(request: Request, project: str, body: ActivateRequest) -> d
 
 @router.delete("/projects/{project}/versions/{version}")
 def delete_version(request: Request, project: str, version: int) -> dict:
-    project = project_param(project)
+    project = project_of(request, project)
     services = _services(request)
     stored = _stored_versions(services, project)
     if version not in stored:
@@ -120,16 +125,38 @@ def delete_version(request: Request, project: str, version: int) -> dict:
 
 @router.post("/projects/{project}/train")
 def train_now(request: Request, project: str) -> dict:
-    project = project_param(project)
+    project = project_of(request, project)
     services = _services(request)
     outcome = _training(services).train_now(project)
     services.store.remember_project(project)  # listed from now on, so its job shows in the console
     return {"training": outcome, "project": project_summary(request, services, project)}
 
 
+class MoveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    to: str = Field(min_length=1, max_length=64)
+
+
+@router.post("/projects/{project}/move")
+def move_project(request: Request, project: str, body: MoveRequest) -> dict:
+    source, target = project_param(project), project_param(body.to)
+    if source == target:
+        raise HTTPException(422, detail=f"project {source} cannot be moved onto itself")
+    services = _services(request)
+    try:
+        moved = services.projects.move(source, target)
+    except TargetTaken as exc:
+        raise HTTPException(409, detail=str(exc)) from exc
+    if not moved:
+        raise HTTPException(404, detail=str(moved))
+    log.info("%s, through the admin console", moved)
+    return {"moved": str(moved), "project": project_summary(request, services, target)}
+
+
 @router.post("/projects/{project}/cancel")
 def cancel_training(request: Request, project: str) -> dict:
-    project = project_param(project)
+    project = project_of(request, project)
     services = _services(request)
     try:
         outcome = _training(services).cancel(project)

@@ -132,6 +132,10 @@ def _parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=text)
         sub.add_argument("project")
         sub.add_argument("version", type=int)
+    move = commands.add_parser("move", help="move a project's adapters and switches to another key, e.g. "
+                               "move 3 3.1712345678 (what a bare id held before keys named the instance)")
+    move.add_argument("project")
+    move.add_argument("to")
     for name, text in (("train", "queue a training run now"), ("cancel", "stop the running job, drop the queued one")):
         commands.add_parser(name, help=text).add_argument("project")
     return parser
@@ -146,6 +150,8 @@ def run(args: argparse.Namespace) -> Any:
         return client.call("PATCH", base, parse_assignments(args.assignments))
     if args.command == "activate":
         return client.call("POST", f"{base}/activate", {"version": args.version})
+    if args.command == "move":
+        return client.call("POST", f"{base}/move", {"to": args.to})
     if args.command == "delete":
         return client.call("DELETE", f"{base}/versions/{args.version}")
     return client.call("POST", f"{base}/{args.command}")  # train, cancel
@@ -154,6 +160,8 @@ def run(args: argparse.Namespace) -> Any:
 def render(answer: Any) -> str:
     if "projects" in answer:
         return "\n".join(describe(p) for p in answer["projects"]) or "no projects yet"
+    if "moved" in answer:
+        return f"{answer['moved']}\n{describe(answer['project'])}"
     if "training" in answer:
         training = answer["training"]
         return f"{json.dumps(training)}\n{describe(answer['project'])}"

@@ -18,6 +18,7 @@ from backend.project_settings import ProjectSettings
 from backend.versioning import model_version
 from training.jobs.scheduler import TrainingScheduler
 from training.labelstudio.label_config import LabelConfigError, parse_label_config
+from training.labelstudio.projects import created_of, project_number
 from training.registry import VersionInfo
 
 __all__ = ["all_projects", "control_of", "project_summary", "switch_schema"]
@@ -157,6 +158,9 @@ def project_summary(request: Request, services: Any, project: str) -> dict[str, 
         run, job = None, {"status": "unknown", "message": f"training status unavailable: Redis unreachable ({exc})"}
     return {
         "id": project,
+        "label_studio_id": project_number(project),
+        # When Label Studio created the project (None: stored under a bare id, before keys named the instance).
+        "created": created_of(project),
         "model_version": choice.model_version,
         "served_version": choice.version,
         "switches": settings.model_dump(),

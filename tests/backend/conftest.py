@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from PIL import Image
 from backend.app import create_app
 from backend.settings import Settings
 from backend.webhook import RecordingScheduler
+from training.labelstudio.projects import created_of, project_number
 from training.model.loading import new_adapter_model
 from training.registry import LocalRegistry
 
@@ -93,12 +95,20 @@ def redis_prefix(redis_client: redis.Redis) -> Iterator[str]:
 
 
 _project_ids = itertools.count(1000)
+# The creation time of every test project (2024-04-05T19:34:38Z).
+LS_CREATED = 1712345678
 
 
 @pytest.fixture
 def project() -> str:
-    """A project id no other test in this run uses (apps are shared within a module)."""
-    return str(next(_project_ids))
+    """A project key no other test in this run uses (apps are shared within a module), as Label
+    Studio names it to a backend: ``"<id>.<created timestamp>"``."""
+    return f"{next(_project_ids)}.{LS_CREATED}"
+
+
+def ls_id(project: str) -> int:
+    """The project's id in its Label Studio (what tasks and annotations carry)."""
+    return project_number(project)
 
 
 # ----- images ---------------------------------------------------------------------------------------
@@ -332,8 +342,20 @@ def brush_task(task_id: int, url: str, project: int | None = None, key: str = "i
 
 def predict_body(project: str, tasks: list[dict], config: str = BRUSH_CONFIG, context: dict | None = None) -> dict:
     """A /predict body shaped as Label Studio 1.20+ sends it."""
-    return {"tasks": tasks, "model_version": None, "project": f"{project}.1712345678", "label_config": config,
+    return {"tasks": tasks, "model_version": None, "project": project, "label_config": config,
             "params": {"login": None, "password": None, "context": context}}
+
+
+def setup_body(project: str, config: str = BRUSH_CONFIG, extra_params=None) -> dict:
+    """/setup as Label Studio 1.20+ sends it."""
+    return {"project": project, "schema": config, "hostname": "http://localhost:8080",
+            "access_token": "0123456789abcdef", "model_version": None, "extra_params": extra_params}
+
+
+def ls_created_at(project: str) -> str:
+    """The project's ``created_at`` as Label Studio's webhooks send it (ISO 8601, microseconds, UTC)."""
+    moment = datetime.fromtimestamp(created_of(project) or 0, UTC).replace(microsecond=250_000)
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 def keypoint(x: float, y: float, label: str = "cat", positive: bool | None = True, width: int = 333,

@@ -11,6 +11,7 @@ from tests.backend.conftest import (
     BRUSH_CONFIG,
     brush_task,
     encode,
+    ls_id,
     make_settings,
     noise_image,
     predict_body,
@@ -44,7 +45,7 @@ def test_new_active_version_is_served_without_restart_or_base_rebuild(backend, p
 
 
 def test_projects_alternate_on_one_model(backend, project, shared_server):
-    other = str(int(project) + 200000)
+    other = str(ls_id(project) + 200000)
     url = shared_server.add(f"/{project}-alt.png", encode(noise_image(90, 120, 2)))
     backend.publish(project, ["cat", "dog"], seed=3)
     backend.publish(other, ["cat", "dog"], seed=4)

@@ -9,6 +9,7 @@ from tests.backend.conftest import (
     POLYGON_CONFIG,
     brush_task,
     encode,
+    ls_id,
     noise_image,
     predict_body,
 )
@@ -72,19 +73,19 @@ def test_the_backend_emits_the_classes_the_export_trains_on(backend, project, sh
     size = (48, 64)
     # Training: one annotation with regions of every mask control and every label.
     with FakeLabelStudio() as ls:
-        ls.add_project(int(project), SEVERAL_CONTROLS_CONFIG)
-        url = ls.add_image(int(project), "a.png", encode(noise_image(*size, seed=3)))
+        ls.add_project(ls_id(project), SEVERAL_CONTROLS_CONFIG)
+        url = ls.add_image(ls_id(project), "a.png", encode(noise_image(*size, seed=3)))
         everything = np.ones(size, bool)
         regions = [brush_region(everything, label) for label in ("a", "b")]
         regions += [polygon_region([(0, 0), (64, 0), (64, 48)], size, label) for label in ("b", "c")]
         regions += [rectangle_region(0, 0, 10, 10, size, label) for label in ("a", "d")]
-        ls.add_task(int(project), {"image": url}, [{"result": regions}])
+        ls.add_task(ls_id(project), {"image": url}, [{"result": regions}])
         source = LabelStudioSource(ls.url, ls.legacy_token, retries=0, timeout=5)
         trained = export_dataset(source, project, tmp_path).dataset
     assert trained.class_names == list(setup.labels) == ["a", "b"]
     # Serving: an adapter that knows every label of the config still only emits the classes.
     backend.publish(project, ["a", "b", "c", "d", "e"], seed=1)
-    task = brush_task(1, shared_server.add(f"/{project}-classes.png", encode(noise_image(217, 333, 4))), int(project))
+    task = brush_task(1, shared_server.add(f"/{project}-classes.png", encode(noise_image(217, 333, 4))), ls_id(project))
     (result,) = backend.client.post("/predict", json=predict_body(project, [task], SEVERAL_CONTROLS_CONFIG)).json()[
         "results"]
     assert result["result"], "a random adapter still predicts some regions"

@@ -7,24 +7,19 @@ import pytest
 from label_studio_sdk.converter.brush import decode_rle
 
 from tests.backend.conftest import (
-    BRUSH_CONFIG,
     CHOICES_CONFIG,
     POLYGON_CONFIG,
     brush_task,
     encode,
     keypoint,
+    ls_id,
     noise_image,
     predict_body,
     rectangle,
+    setup_body,
 )
 
 UNTRAINED = "samloop-vit_t-256-RANDOM-WEIGHTS-untrained"
-
-
-def setup_body(project: str, config: str = BRUSH_CONFIG, extra_params=None) -> dict:
-    """/setup as Label Studio 1.20+ sends it."""
-    return {"project": f"{project}.1712345678", "schema": config, "hostname": "http://localhost:8080",
-            "access_token": "0123456789abcdef", "model_version": None, "extra_params": extra_params}
 
 
 def decoded(region: dict) -> np.ndarray:
@@ -84,7 +79,7 @@ def test_predict_with_a_config_without_masks_answers_an_error_result(backend, pr
 
 
 def test_batch_without_adapter_is_empty_and_says_untrained(backend, project, shared_server):
-    tasks = [brush_task(i, shared_server.add(f"/{project}-{i}.png", encode(noise_image(30, 40, i))), int(project))
+    tasks = [brush_task(i, shared_server.add(f"/{project}-{i}.png", encode(noise_image(30, 40, i))), ls_id(project))
              for i in range(3)]
     results = backend.client.post("/predict", json=predict_body(project, tasks)).json()["results"]
     assert [r["model_version"] for r in results] == [UNTRAINED] * 3
@@ -95,7 +90,7 @@ def test_batch_with_adapter_predicts_known_classes_only(backend, project, shared
     # The adapter knows "cat", "dog" and "bird"; the config has "cat", "dog" and "tree".
     version = backend.publish(project, ["bird", "cat", "dog"], seed=1)
     sizes = [(217, 333), (333, 217), (64, 64)]
-    tasks = [brush_task(i, shared_server.add(f"/{project}-b{i}.png", encode(noise_image(h, w, i))), int(project))
+    tasks = [brush_task(i, shared_server.add(f"/{project}-b{i}.png", encode(noise_image(h, w, i))), ls_id(project))
              for i, (h, w) in enumerate(sizes)]
     response = backend.client.post("/predict", json=predict_body(project, tasks))
     assert response.status_code == 200
@@ -183,11 +178,10 @@ def test_predictions_switched_off_gives_no_regions(backend, project, shared_serv
 def test_predict_works_without_setup_and_reuses_the_stored_config(backend, project, shared_server):
     backend.publish(project, ["cat", "dog"], seed=5)
     url = shared_server.add(f"/{project}-nosetup.png", encode(noise_image(60, 60)))
-    body = predict_body(project, [brush_task(1, url, int(project))])
+    body = predict_body(project, [brush_task(1, url, ls_id(project))])
     assert backend.client.post("/predict", json=body).json()["results"][0]["result"]
     # A later request without label_config (and no /setup ever) uses the config seen before.
     body.pop("label_config")
-    body.pop("project")
     assert backend.client.post("/predict", json=body).json()["results"][0]["result"]
 
 
@@ -270,7 +264,7 @@ def test_same_image_under_two_urls_is_encoded_once(backend, project, shared_serv
 
 
 def test_versions_lists_per_project_and_union(backend, project):
-    other = str(int(project) + 100000)
+    other = str(ls_id(project) + 100000)
     backend.publish(project, ["cat"], seed=1)
     backend.publish(project, ["cat"], seed=2)
     backend.publish(other, ["dog"], seed=3)

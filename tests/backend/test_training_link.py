@@ -12,7 +12,7 @@ from rq import Queue, Worker
 
 from backend.app import create_app
 from backend.training_link import job_settings
-from tests.backend.conftest import BRUSH_CONFIG, make_settings
+from tests.backend.conftest import BRUSH_CONFIG, ls_id, make_settings
 from training.jobs.scheduler import TrainingScheduler
 
 
@@ -91,7 +91,7 @@ def test_a_projects_adapter_kind_reaches_its_training_job(tmp_path, redis_prefix
             assert bad.status_code == 422 and "adapter" in bad.json()["detail"]
             kinds = {}
             for project in ("21", "22"):
-                answer = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": int(project)}})
+                answer = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": ls_id(project)}})
                 job = Job.fetch(answer.json()["training"]["job_id"], connection=redis_client)
                 kinds[project] = job.args[1]["adapter_kind"]
             assert kinds == {"21": "encoder", "22": "decoder"}

@@ -5,22 +5,24 @@ from __future__ import annotations
 import pytest
 import redis
 
+from tests.backend.conftest import BRUSH_CONFIG, ls_created_at, ls_id, setup_body
 from training.jobs.actions import KNOWN_ACTIONS, TRAINING_ACTIONS
 
 DEAD = "redis://127.0.0.1:1/0"
 
 
 def ls_project(project: str) -> dict:
-    return {"id": int(project), "title": "Birds", "label_config": "<View/>", "created_at": "2025-01-01T00:00:00Z",
+    return {"id": ls_id(project), "title": "Birds", "label_config": "<View/>",
+            "created_at": ls_created_at(project),
             "min_annotations_to_start_training": 0, "show_collab_predictions": True}
 
 
 def ls_task(project: str, task_id: int = 5) -> dict:
-    return {"id": task_id, "data": {"image": "/data/upload/3/a.png"}, "project": int(project), "is_labeled": True}
+    return {"id": task_id, "data": {"image": "/data/upload/3/a.png"}, "project": ls_id(project), "is_labeled": True}
 
 
 def ls_annotation(project: str, annotation_id: int = 9) -> dict:
-    return {"id": annotation_id, "result": [], "task": 5, "project": int(project), "completed_by": 1,
+    return {"id": annotation_id, "result": [], "task": 5, "project": ls_id(project), "completed_by": 1,
             "was_cancelled": False, "ground_truth": False}
 
 
@@ -38,9 +40,9 @@ def event(action: str, project: str) -> dict:
         "TASKS_DELETED": {"tasks": [{"id": 5}], "project": p},
         "PROJECT_CREATED": {"project": p},
         "PROJECT_UPDATED": {"project": p},
-        "PROJECT_DELETED": {"project": {"id": int(project)}},
-        "LABEL_LINK_CREATED": {"label_link": [{"id": 1, "project": int(project)}], "project": p},
-        "LABEL_LINK_UPDATED": {"label_link": {"id": 1, "project": int(project)}, "project": p},
+        "PROJECT_DELETED": {"project": {"id": ls_id(project)}},
+        "LABEL_LINK_CREATED": {"label_link": [{"id": 1, "project": ls_id(project)}], "project": p},
+        "LABEL_LINK_UPDATED": {"label_link": {"id": 1, "project": ls_id(project)}, "project": p},
         "LABEL_LINK_DELETED": {"label_link": {"id": 1}, "project": p},
         "REVIEW_CREATED": {"review": {"id": 1, "annotation": 9}, "project": p},
         "REVIEW_UPDATED": {"review": {"id": 1, "annotation": 9}, "project": p},
@@ -51,6 +53,8 @@ def event(action: str, project: str) -> dict:
 
 @pytest.mark.parametrize("action", sorted(KNOWN_ACTIONS))
 def test_every_label_studio_action_is_acknowledged(backend, project, action):
+    # Set up first, as Label Studio does on connect: PROJECT_DELETED names only the bare id.
+    assert backend.client.post("/setup", json=setup_body(project, BRUSH_CONFIG)).status_code == 200
     calls_before = len(backend.scheduler.calls)
     response = backend.client.post("/webhook", json=event(action, project))
     assert response.status_code in (200, 201), response.text
@@ -79,8 +83,11 @@ def test_auto_training_off_ignores_events_but_not_the_start_training_button(back
 def test_project_can_come_from_the_task_or_as_setup_style_string(backend, project):
     body = event("ANNOTATION_CREATED", project)
     body.pop("project")
+    # The task's bare id means the project of that id which Label Studio set up last.
+    assert backend.client.post("/webhook", json=body).json()["project"] == str(ls_id(project))
+    assert backend.client.post("/setup", json=setup_body(project, BRUSH_CONFIG)).status_code == 200
     assert backend.client.post("/webhook", json=body).json()["project"] == project
-    assert backend.client.post("/webhook", json={"action": "START_TRAINING", "project": f"{project}.1712345678"}
+    assert backend.client.post("/webhook", json={"action": "START_TRAINING", "project": project}
                                ).json()["project"] == project
 
 

@@ -185,7 +185,7 @@ class SamloopBackend:
 
     def training_status(self, project: int) -> dict[str, str | None]:
         """The project's queued and running training job ids (``None`` when there is none)."""
-        keys = ProjectKeys(self.env.get("SAMLOOP_REDIS_PREFIX", "samloop"), str(project))
+        keys = ProjectKeys(self.env.get("SAMLOOP_REDIS_PREFIX", "samloop"), self.key(project))
         client = redis.Redis.from_url(self.redis_url(), socket_timeout=5)
         try:
             queued, running = client.mget(keys.queued, keys.lock)
@@ -231,7 +231,12 @@ class SamloopBackend:
         return self.get("/versions", project=str(project))
 
     def active_version(self, project: int) -> str | None:
-        return self.versions(project)["active"].get(str(project))
+        # Asked by id, /versions answers the one project Label Studio set up under it.
+        return next(iter(self.versions(project)["active"].values()), None)
+
+    def key(self, project: int) -> str:
+        """The key samloop stores ``project`` under: ``"<id>.<created timestamp>"`` once Label Studio set it up."""
+        return self.project_settings(project)["project"]
 
     def events(self, project: int) -> dict[str, Any]:
         return self.get(f"/projects/{project}/events")["events"]

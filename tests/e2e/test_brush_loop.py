@@ -205,7 +205,11 @@ def test_label_studio_webhooks_train_a_new_adapter_version(trained: Scenario) ->
 
     listing = backend.versions(project)
     active = trained.versions_seen[-1]
-    assert re.fullmatch(rf"samloop-vit_t-{E2E_IMAGE_SIZE}-RANDOM-WEIGHTS-p{project}-v\d+", active), active
+    assert re.fullmatch(rf"samloop-vit_t-{E2E_IMAGE_SIZE}-RANDOM-WEIGHTS-p{project}\.\d+-v\d+", active), active
+    # LS's webhooks (project.created_at) and its /setup ("<id>.<created>") named the same key: the adapter
+    # trained from the webhooks is the one served to the project LS set up.
+    key = backend.key(project)
+    assert re.fullmatch(rf"{project}\.\d{{10}}", key) and f"-p{key}-v" in active and key in listing["active"]
     assert listing["versions"][0].endswith("-untrained") and active in listing["versions"]
     details = {d["model_version"]: d for d in listing["details"]}
     meta = details[active]

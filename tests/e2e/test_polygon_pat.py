@@ -167,7 +167,7 @@ def _interactive(scenario: PolygonScenario, client: httpx.Client, index: int, cl
 
 def test_a_worker_sharing_only_redis_trains_from_a_pat_export(trained: PolygonScenario) -> None:
     backend, project = trained.backend, trained.project_id
-    assert re.fullmatch(rf"samloop-vit_t-\d+-RANDOM-WEIGHTS-p{project}-v\d+", trained.version), trained.version
+    assert re.fullmatch(rf"samloop-vit_t-\d+-RANDOM-WEIGHTS-p{project}\.\d+-v\d+", trained.version), trained.version
     details = {d["model_version"]: d for d in backend.versions(project)["details"]}
     meta = details[trained.version]["metadata"]
     # The worker exported the annotated tasks with the personal access token and downloaded their images.

@@ -25,7 +25,7 @@ import redis
 from rq.job import Job
 
 from training.jobs.keys import FINISH, ProjectKeys, text
-from training.labelstudio.projects import project_id
+from training.labelstudio.projects import project_key
 
 __all__ = ["DURATION_BUCKETS", "on_failure", "on_stopped", "on_success", "read_stats", "record_outcome"]
 
@@ -106,7 +106,7 @@ def on_stopped(job: Job, connection: redis.Redis) -> None:
     if not project:
         return
     try:
-        keys = ProjectKeys(_prefix_of(job), project_id(project))
+        keys = ProjectKeys(_prefix_of(job), project_key(project))
         # FINISH with "not done": releases the lock only if this job holds it; the events stay due.
         connection.register_script(FINISH)(keys=[keys.lock, keys.done, keys.events, keys.queued],
                                            args=[job.id, 0, 0])

@@ -19,7 +19,7 @@ import redis
 
 from training.jobs.keys import CLAIM, FINISH, REFRESH, ProjectKeys, text
 from training.jobs.scheduler import TrainingScheduler
-from training.labelstudio.projects import project_id
+from training.labelstudio.projects import project_key
 
 __all__ = ["ProjectRun"]
 
@@ -41,7 +41,7 @@ class ProjectRun:
                  debounce_seconds: float = 5.0, max_debounce_seconds: float = 60.0,
                  lock_ttl_seconds: float = 60.0, sleep: Callable[[float], None] = time.sleep) -> None:
         self.connection = connection
-        self.keys = ProjectKeys(prefix, project_id(project))
+        self.keys = ProjectKeys(prefix, project_key(project))
         self.prefix = prefix
         self.project = project
         self.job_id = job_id

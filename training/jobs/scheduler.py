@@ -45,7 +45,7 @@ from training.jobs.actions import ADMIN_TRAIN, FORCED_ACTIONS, TRAINING_ACTIONS
 from training.jobs.keys import RELEASE_QUEUED, SCHEDULE, ProjectKeys, text
 from training.jobs.redis_conn import RedisUnavailable
 from training.jobs.settings import JobSettings
-from training.labelstudio.projects import project_id
+from training.labelstudio.projects import project_key
 
 __all__ = ["DEFAULT_JOB", "DEFAULT_QUEUE", "TrainingScheduler"]
 
@@ -128,7 +128,7 @@ class TrainingScheduler:
                    job_timeout=job.timeout, retry_intervals=tuple(job.retry_intervals or ()))
 
     def keys(self, project: str) -> ProjectKeys:
-        return ProjectKeys(self.prefix, project_id(project))
+        return ProjectKeys(self.prefix, project_key(project))
 
     # ----- the webhook side ----------------------------------------------------------------------
     def schedule(self, project: str, action: str, force: bool = False, labeled_tasks: int | None = None) -> dict:
@@ -172,7 +172,8 @@ class TrainingScheduler:
 
     def _point_queued(self, keys: ProjectKeys, count_event: bool) -> tuple[bool, str]:
         """Run the schedule script: (True, new id) when the caller must enqueue it, else (False, queued id)."""
-        job_id = f"samloop-train-{keys.project}-{uuid.uuid4().hex[:12]}"
+        # rq allows letters, digits, "_" and "-" in a job id: "3.1712345678" becomes "3_1712345678".
+        job_id = f"samloop-train-{keys.project.replace('.', '_')}-{uuid.uuid4().hex[:12]}"
         created, named = self._schedule_script(
             keys=[keys.events, keys.last_event, keys.queued, keys.queued_at],
             args=[job_id, Job.redis_job_namespace_prefix, _ENQUEUE_GRACE_SECONDS, 1 if count_event else 0],

@@ -33,7 +33,7 @@ from training.labelstudio.client import (
     fetch_labeled_tasks,
 )
 from training.labelstudio.label_config import LabelSetup, parse_label_config
-from training.labelstudio.projects import project_number
+from training.labelstudio.projects import project_key, project_number
 
 __all__ = ["ExportResult", "export_dataset"]
 
@@ -149,7 +149,8 @@ def export_dataset(source: LabelStudioSource, project: str | int, cache_dir: str
     """
     project_id = project_number(project)
     _quiet_sdk_download_log()
-    cache = Path(cache_dir) / f"project-{project_id}"
+    # By key: project 3 of a fresh Label Studio has other images under the same /data/upload/3/ paths.
+    cache = Path(cache_dir) / f"project-{project_key(project)}"
     cache.mkdir(parents=True, exist_ok=True)
     client = connect(source)
     setup = parse_label_config(fetch_label_config(client, source, project_id))

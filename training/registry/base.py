@@ -114,8 +114,12 @@ def retention_victims(versions: list[int], active: int | None, keep_last: int) -
 
 
 def project_sort_key(project: str) -> tuple[int, int, str]:
-    """Numeric project ids in numeric order ("2" before "10"), then the others by name."""
-    return (0, int(project), project) if project.isdigit() else (1, 0, project)
+    """Label Studio keys in numeric order ("2" before "10", "3" before "3.1712345678" before "4"),
+    then the other names."""
+    number, dot, created = project.partition(".")
+    if number.isdigit() and (not dot or created.isdigit()):
+        return (0, int(number), created)
+    return (1, 0, project)
 
 
 class AdapterRegistry(ABC):
@@ -172,12 +176,28 @@ class AdapterRegistry(ABC):
     def delete_project(self, project: str) -> None:
         """Remove all versions and the active pointer of a project; no-op if unknown."""
 
+    @abstractmethod
+    def rename_project(self, project: str, new_name: str) -> None:
+        """Move all of ``project``'s versions, numbers and active pointer to ``new_name`` at once.
+
+        Raises:
+            RegistryError: ``project`` has no stored versions, or ``new_name`` already has some
+                (nothing is moved).
+        """
+
     def active(self, project: str) -> VersionInfo | None:
         """Info of the active version, or None."""
         for info in self.versions(project):
             if info.active:
                 return info
         return None
+
+    @staticmethod
+    def _rename_refused(project: str, new_name: str, target_versions: list[int]) -> RegistryError:
+        if target_versions:
+            return RegistryError(f"cannot move project {project!r} to {new_name!r}: {new_name!r} already has "
+                                 f"versions {target_versions}")
+        return RegistryError(f"cannot move project {project!r}: it has no stored versions")
 
     def _not_found(self, project: str, version: int | None) -> VersionNotFound:
         return VersionNotFound(project, version, [v.version for v in self.versions(project)])

@@ -218,6 +218,21 @@ class LocalRegistry(AdapterRegistry):
             os.rename(project_dir, trash)
         shutil.rmtree(trash, ignore_errors=True)
 
+    def rename_project(self, project: str, new_name: str) -> None:
+        source, target = self._project_dir(project), self._project_dir(new_name)
+        if not self._stored_numbers(source):
+            raise self._rename_refused(project, new_name, [])
+        with self._locked(source), self._locked(target):
+            stored = self._stored_numbers(target)
+            if stored or not self._stored_numbers(source):
+                raise self._rename_refused(project, new_name, stored)
+            # The target holds at most a lock file and leftovers: set it aside, then one rename moves everything.
+            trash = self.root / f".trash-{new_name}-{uuid.uuid4().hex}"
+            os.rename(target, trash)
+            os.rename(source, target)
+            _fsync_dir(self.root)
+        shutil.rmtree(trash, ignore_errors=True)
+
     # --- reading -----------------------------------------------------------------------------
 
     def _read_active(self, project_dir: Path) -> int | None:

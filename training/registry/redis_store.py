@@ -189,6 +189,35 @@ class RedisRegistry(AdapterRegistry):
         if self.cache_dir is not None:
             shutil.rmtree(self.cache_dir / project, ignore_errors=True)
 
+    def rename_project(self, project: str, new_name: str) -> None:
+        old_index, new_index = self._key(project, "versions"), self._key(new_name, "versions")
+        pointers = ("counter", "active")
+        with self.client.pipeline(transaction=True) as pipe:
+            for _ in range(MAX_ATTEMPTS):
+                try:
+                    pipe.watch(old_index, new_index, *(self._key(project, name) for name in pointers))
+                    stored = [int(v) for v in pipe.zrange(old_index, 0, -1)]
+                    taken = [int(v) for v in pipe.zrange(new_index, 0, -1)]
+                    if taken or not stored:
+                        pipe.unwatch()
+                        raise self._rename_refused(project, new_name, taken)
+                    present = [name for name in pointers if pipe.exists(self._key(project, name))]
+                    pipe.multi()
+                    for name in ["versions", *present]:
+                        pipe.rename(self._key(project, name), self._key(new_name, name))
+                    for version in stored:
+                        pipe.rename(self._key(project, "v", version), self._key(new_name, "v", version))
+                    pipe.srem(self._projects_key, project)
+                    pipe.sadd(self._projects_key, new_name)
+                    pipe.execute()
+                    break
+                except redis.WatchError:
+                    continue
+            else:
+                raise RegistryError(f"project {project!r}: rename kept conflicting with other writers")
+        if self.cache_dir is not None:
+            shutil.rmtree(self.cache_dir / project, ignore_errors=True)
+
     # --- reading -----------------------------------------------------------------------------
 
     def active_version(self, project: str) -> int | None:

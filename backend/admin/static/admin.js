@@ -186,7 +186,8 @@ function projectCard(project, switches) {
   const loss = plot(project.job ? "loss (running job)" : "loss (last run)",
     [{ name: "loss", color: "#7a3fe0", points: curve || [] }], "step");
   return h("section", { class: "project", id: `project-${project.id}` },
-    h("h2", {}, `Project ${project.id} `, h("span", { class: "model-version" }, project.model_version)),
+    h("h2", {}, `Project ${project.label_studio_id} `, h("span", { class: "muted" }, created(project)),
+      h("span", { class: "model-version" }, project.model_version)),
     h("div", { class: "muted" }, `classes: ${project.classes.join(", ") || "–"}; adapter knows: `
       + `${project.adapter_classes.join(", ") || "–"}; active v${project.active_version ?? "–"}, `
       + `pinned v${project.pinned_version ?? "–"}`),
@@ -194,6 +195,12 @@ function projectCard(project, switches) {
     preencode(project),
     h("div", { class: "row" }, versionsTable(project), h("div", {}, jobPanel(project), lastRun(project))),
     h("div", { class: "row" }, iou, noc, loss));
+}
+
+function created(project) {
+  // The key tells Label Studio instances apart: each restarts its project ids at 1.
+  if (project.created === null) return "(stored before keys named the Label Studio instance) ";
+  return `(created ${new Date(project.created * 1000).toISOString().slice(0, 16).replace("T", " ")} UTC) `;
 }
 
 // ----- page ----------------------------------------------------------------------------------------

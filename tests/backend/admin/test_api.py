@@ -7,7 +7,7 @@ from rq.job import Job
 
 from backend.project_settings import ProjectSettingsStore
 from tests.backend.admin.conftest import LiveBackend, wait_for
-from tests.backend.conftest import brush_task, encode, noise_image, predict_body, publish_adapter
+from tests.backend.conftest import brush_task, encode, ls_id, noise_image, predict_body, publish_adapter
 
 
 def publish(live: LiveBackend, project: str, count: int = 1) -> list[int]:
@@ -139,7 +139,7 @@ def test_cancel_a_running_job_keeps_the_active_version(live, worker, project):
 
 
 def test_cancel_a_queued_job_and_nothing(live, worker, project):
-    busy, waiting = project, str(int(project) + 500)
+    busy, waiting = project, str(ls_id(project) + 500)
     live.job_overrides[busy] = {"steps": 400, "step_seconds": 0.1}
     with live.client() as client:
         client.patch(f"/admin/api/projects/{waiting}", json={"auto_training": True})  # makes it known
@@ -168,3 +168,24 @@ def test_preencode_progress_is_what_the_settings_answer_reports(live, project):
     with live.client() as client:
         settings = client.get(f"/projects/{project}/settings").json()
     assert summary(live, project)["preencode_progress"] == settings.get("preencode_progress")
+
+
+def test_move_what_a_bare_id_holds_to_a_key(live, project):
+    bare = str(ls_id(project))
+    publish(live, bare, 2)
+    with live.client() as client:
+        moved = client.post(f"/admin/api/projects/{bare}/move", json={"to": project})
+        assert moved.status_code == 200, moved.text
+        assert moved.json()["moved"] == f"moved project {bare}'s 2 adapter version(s) to {project}"
+        assert [v["version"] for v in moved.json()["project"]["versions"]] == [1, 2]
+        assert moved.json()["project"]["model_version"].endswith(f"-p{project}-v2")
+        again = client.post(f"/admin/api/projects/{bare}/move", json={"to": project})
+        assert again.status_code == 404 and f"nothing was stored under project {bare}" in again.json()["detail"]
+        publish(live, bare, 1)
+        taken = client.post(f"/admin/api/projects/{bare}/move", json={"to": project})
+        assert taken.status_code == 409 and "already has versions [1, 2]" in taken.json()["detail"]
+        assert [v.version for v in live.registry.versions(bare)] == [1]
+        onto_itself = client.post(f"/admin/api/projects/{project}/move", json={"to": project})
+        assert onto_itself.status_code == 422 and "onto itself" in onto_itself.json()["detail"]
+        malformed = client.post(f"/admin/api/projects/{bare}/move", json={"to": "3:1"})
+        assert malformed.status_code == 422 and "'3:1'" in malformed.json()["detail"]

@@ -105,3 +105,14 @@ def test_console_off_is_named(tmp_path, redis_prefix):
 ])
 def test_assignments(pairs, expected):
     assert parse_assignments(pairs) == expected
+
+
+def test_move_a_bare_ids_adapters(live, project):
+    bare = project.partition(".")[0]
+    publish_adapter(live.registry, live.services.models.weights, bare, ["cat"])
+    done = admin(live, "move", bare, project)
+    assert done.returncode == 0, done.stderr
+    assert f"moved project {bare}'s 1 adapter version(s) to {project}" in done.stdout
+    assert [v.version for v in live.registry.versions(project)] == [1] and live.registry.versions(bare) == []
+    refused = admin(live, "move", bare, project)
+    assert refused.returncode != 0 and f"nothing was stored under project {bare}" in refused.stderr

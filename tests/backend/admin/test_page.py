@@ -45,9 +45,12 @@ def test_the_page_switches_activates_and_follows_a_job(live, worker, project, br
         sign_in(page, live, "wrong-token")
         page.wait_for_selector("#login-error:has-text('wrong token')")
         sign_in(page, live, TOKEN)
-        card = page.locator(f"#project-{project}")
+        card = page.locator(f"[id='project-{project}']")
         card.wait_for()
         assert card.locator(".model-version").inner_text().endswith(f"-p{project}-v3")
+        # The heading names Label Studio's id and when that instance created the project.
+        heading = card.locator("h2").inner_text()
+        assert heading.startswith(f"Project {project.partition('.')[0]} ") and "created 2024-04-05 19:34 UTC" in heading
 
         card.locator("input[data-switch=predictions]").click()
         wait_for(lambda: api_project(live, project)["switches"]["predictions"] is False)
