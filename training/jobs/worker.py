@@ -17,15 +17,22 @@ clicks leave (the embedded worker of ``make run`` starts at nice 10).
 rq's scheduler runs inside the worker (``--no-scheduler`` turns it off): it is what re-enqueues a
 failed job after its Retry back-off. Registry maintenance (which retries jobs whose worker was
 killed) runs every ``--maintenance-interval`` seconds.
+
+When the worker's loop ends on an error (Redis restarted, a connection lost mid-job), the process waits
+for Redis and starts a fresh worker: only SIGTERM/SIGINT, ``--burst`` and ``--max-jobs`` end it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
+import time
+from collections.abc import Callable
 
+import redis
 from rq import Queue, SimpleWorker, SpawnWorker, Worker
 
 from training.jobs.redis_conn import connect
@@ -34,6 +41,10 @@ from training.jobs.scheduler import DEFAULT_QUEUE
 __all__ = ["WORKER_CLASSES", "build_worker", "main"]
 
 log = logging.getLogger(__name__)
+
+# After a worker's loop ends on an error: the first wait before reconnecting, the longest, and how long a
+# worker must have run for the next error to start from the first wait again.
+RECONNECT_FIRST_S, RECONNECT_MAX_S, RECONNECT_RESET_S = 1.0, 30.0, 60.0
 
 WORKER_CLASSES: dict[str, type[Worker] | type[SimpleWorker]] = {
     "fork": Worker, "spawn": SpawnWorker, "simple": SimpleWorker,
@@ -105,9 +116,44 @@ def main(argv: list[str] | None = None) -> int:
         os.nice(args.nice)
     log.info("training worker %s (%s, nice %d) listening on %s at %s", worker.name, args.worker_class,
              os.getpriority(os.PRIO_PROCESS, 0), ", ".join(queues), args.url.split("@")[-1])
-    worker.work(burst=args.burst, max_jobs=args.max_jobs, with_scheduler=not args.no_scheduler,
-                logging_level=level)
-    return 0
+    return _work_until_stopped(worker, args, level, lambda: build_worker(
+        connection, queues, args.worker_class, args.name, args.maintenance_interval))
+
+
+def _work_until_stopped(worker: Worker | SimpleWorker, args: argparse.Namespace, level: str,
+                        rebuild: Callable[[], Worker | SimpleWorker]) -> int:
+    """Run ``worker``; when its loop ends on an error (Redis restarted, a lost connection), wait for
+    Redis and run a fresh one, so a Redis restart does not need someone to restart the worker."""
+    pause = RECONNECT_FIRST_S
+    while True:
+        started = time.monotonic()
+        try:
+            worker.work(burst=args.burst, max_jobs=args.max_jobs, with_scheduler=not args.no_scheduler,
+                        logging_level=level)
+        except redis.RedisError as exc:  # rq's teardown talks to Redis too
+            log.warning("worker %s: Redis failed while stopping (%s)", worker.name, exc)
+        # rq notes when SIGTERM/SIGINT (or its shutdown command) asked to stop; burst and max_jobs end on purpose.
+        if args.burst or args.max_jobs is not None or getattr(worker, "_shutdown_requested_date", None):
+            return 0
+        if time.monotonic() - started > RECONNECT_RESET_S:
+            pause = RECONNECT_FIRST_S
+        log.warning("worker %s stopped on an error; starting a fresh one once Redis answers", worker.name)
+        _wait_for_redis(worker.connection, pause)
+        pause = min(pause * 2, RECONNECT_MAX_S)
+        with contextlib.suppress(redis.RedisError):
+            worker.register_death()  # frees its name for a worker started with --name
+        worker = rebuild()
+
+
+def _wait_for_redis(connection: redis.Redis, pause: float) -> None:
+    while True:
+        time.sleep(pause)
+        try:
+            connection.ping()
+            return
+        except redis.RedisError as exc:
+            log.warning("Redis still unreachable (%s); trying again in %.0f s", exc, pause)
+            pause = min(pause * 2, RECONNECT_MAX_S)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import redis
@@ -63,6 +64,24 @@ def test_forking_worker_runs_a_queued_job_at_the_niceness_asked_for():
         assert Job.fetch(queued["job_id"], connection=conn).get_status() == "finished"
         run = json.loads(conn.lrange("test:runs", 0, -1)[0])
         assert run["project"] == "4" and run["niceness"] == min(19, own + 7)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_a_requested_stop_ends_the_worker_process(stop):
+    # The process starts a fresh worker when one stops on an error: a stop that was asked for must still end it.
+    with redis_server() as url:
+        worker = subprocess.Popen([sys.executable, "-m", "training.jobs.worker", "--url", url, "--queues",
+                                   "samloop-stop-test", "--log-level", "INFO"], cwd=REPO,
+                                  env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for(lambda: connect(url).smembers("rq:workers"), timeout=60)
+            time.sleep(1.0)  # rq registers the worker a moment before it installs its signal handlers
+            worker.send_signal(stop)
+            assert worker.wait(timeout=30) == 0
+            assert "starting a fresh one" not in worker.stderr.read()
+        finally:
+            if worker.poll() is None:
+                worker.kill()
 
 
 @pytest.mark.parametrize("value", ["-5", "20", "low"])
