@@ -6,6 +6,17 @@ import json
 from pathlib import Path
 from typing import Any
 
+from benchmarks.report_format import (
+    TARGET_VARIANT,
+    _fmt,
+    _niceness,
+    _pair,
+    _ratio,
+    _x,
+    backend_peak_mb,
+    worker_peak_mb,
+)
+from benchmarks.report_summary import summary_md
 from benchmarks.scenarios import KIND_ORDER, KIND_TITLES
 
 # Issue 3's speed targets (vit_t, 1024 px, 2 CPU cores).
@@ -15,42 +26,6 @@ TARGETS = [
     ("automatic prediction of one image, 4 classes (p50)", "open", "p50", 2000.0, "ms"),
     ("backend resident memory (peak)", "memory", "backend", 1536.0, "MB"),
 ]
-TARGET_VARIANT = "vit_t-1024"
-
-
-def _pair(results: dict[str, Any]) -> dict[str, dict[str, dict]]:
-    pairs: dict[str, dict[str, dict]] = {}
-    for run in results["runs"]:
-        pairs.setdefault(run["variant"], {})[run["kind"]] = run
-    return pairs
-
-
-def _ratio(baseline: float | None, optimized: float | None) -> float | None:
-    if not baseline or not optimized:
-        return None
-    return round(baseline / optimized, 2)
-
-
-def _fmt(value: Any, digits: int = 0) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def _x(value: float | None) -> str:
-    return "–" if value is None else f"{value:.2f}×"
-
-
-def backend_peak_mb(run: dict) -> float | None:
-    return run.get("memory", {}).get("roles", {}).get("backend", {}).get("peak_rss_mb")
-
-
-def worker_peak_mb(run: dict) -> float | None:
-    roles = run.get("memory", {}).get("roles", {})
-    peaks = [roles[r]["peak_rss_mb"] for r in ("worker", "worker_job") if r in roles]
-    return max(peaks) if peaks else None
 
 
 def comparisons(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -243,11 +218,6 @@ def _training_md(results: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
-def _niceness(training: dict[str, Any], template: str) -> str:
-    niceness = training.get("worker_niceness")
-    return "" if niceness is None else template.format(niceness)
-
-
 def _memory_md(results: dict[str, Any]) -> list[str]:
     lines = ["## Memory (peak resident set, MB)", "",
              "*File-backed* = the part of the backend's largest sampled RSS that is mapped files (shared "
@@ -297,17 +267,6 @@ def _hotspots_md(results: dict[str, Any]) -> list[str]:
 # ----- the short summary for README.md ---------------------------------------------------------------------------
 
 
-def _lat(run: dict | None, kind: str, stat: str = "p50") -> float | None:
-    if not run:
-        return None
-    return run["interactive"]["latency_ms"].get(kind, {}).get(stat)
-
-
-def _both(run: dict | None, kind: str) -> str:
-    p50, p95 = _lat(run, kind), _lat(run, kind, "p95")
-    return "–" if p50 is None else f"{p50:.0f} / {p95:.0f}"
-
-
 def _precision_note(m: dict[str, Any]) -> str:
     # Results recorded before "auto_precision" existed all came from CPU runs.
     precision = m.get("auto_precision") or ("bf16" if m["native_bf16"] else "fp32")
@@ -316,87 +275,3 @@ def _precision_note(m: dict[str, Any]) -> str:
     return ("This device has no native bf16 (a CPU without avx512_bf16 or amx_bf16, or a GPU without bf16), so "
             "`PRECISION=auto` computes in fp32, as the baseline does: the two runs differ only in the embedding "
             "cache and the training worker's priority, and differences elsewhere are run-to-run noise.")
-
-
-def summary_md(results: dict[str, Any]) -> str:
-    """A compact table of the headline figures (for README.md's "Measured results")."""
-    pairs = _pair(results)
-    opt, base = pairs.get(TARGET_VARIANT, {}).get("optimized"), pairs.get(TARGET_VARIANT, {}).get("baseline")
-    lines = [_summary_machine(results), "",
-             "| vit_t, 1024 px | optimized | naive baseline | ratio |", "|---|---:|---:|---:|"]
-    lines += _summary_latency_rows(opt, base)
-    if opt:
-        lines += _summary_batch_and_memory_rows(opt, base)
-        lines += _summary_training_rows(opt, base)
-    lines += _summary_other_models(pairs)
-    return "\n".join(lines) + "\n"
-
-
-def _summary_machine(results: dict[str, Any]) -> str:
-    m = results["machine"]
-    return (f"{m['cpu_model']}, {m['usable_cores']} cores (native bf16: {'yes' if m['native_bf16'] else 'no'}), "
-            f"torch {m['torch_version']} ({m['torch_threads']} threads, {m['device']}), "
-            f"load average {m['load_average_at_start'][0]} at the start and "
-            f"{results.get('load_average_at_end', ['–'])[0]} at the end; random weights; "
-            f"{results['plan']['image']} task images; mode {results['mode']}, {results.get('total_seconds')} s.")
-
-
-def _summary_latency_rows(opt: dict | None, base: dict | None) -> list[str]:
-    rows = [("warm click p50 / p95 ms", "later_click"), ("first click after opening a task, ms", "first_click"),
-            ("first click on a task not opened, ms", "cold_first_click"),
-            ("first click on a revisited task, ms", "revisit_first_click"),
-            ("open a task: automatic /predict with 4 classes, ms", "open"),
-            ("first click on a 12 MP photo, ms", "photo_first_click")]
-    return [f"| {title} | {_both(opt, kind)} | {_both(base, kind)} | {_x(_ratio(_lat(base, kind), _lat(opt, kind)))} |"
-            for title, kind in rows if _lat(opt, kind) is not None]
-
-
-def _summary_batch_and_memory_rows(opt: dict, base: dict | None) -> list[str]:
-    ob = opt["batch_summary"]
-    bb = base["batch_summary"] if base else {}
-    return [f"| batch of {ob['tasks']} tasks, images/s | {ob['images_per_second']:.2f} | "
-            f"{_fmt(bb.get('images_per_second'), 2)} | "
-            f"{_x(_ratio(ob['images_per_second'], bb.get('images_per_second')))} |",
-            f"| backend peak resident memory, MB | {_fmt(backend_peak_mb(opt))} | "
-            f"{_fmt(backend_peak_mb(base) if base else None)} | "
-            f"{_x(_ratio(backend_peak_mb(base) if base else None, backend_peak_mb(opt)))} |"]
-
-
-def _summary_training_rows(opt: dict, base: dict | None) -> list[str]:
-    lines = []
-    base_training = {t["labeled_images"]: t for t in (base or {}).get("training", [])}
-    for t in opt.get("training", []):
-        if t.get("clicks_meanwhile"):
-            continue
-        b = base_training.get(t["labeled_images"], {})
-        lines.append(f"| training, webhook → active, {t['labeled_images']} labeled images, s "
-                     f"(s/step) | {t['seconds_to_active']:.0f} ({_fmt(t['seconds_per_step'], 1)}) | "
-                     f"{_fmt(b.get('seconds_to_active'))} ({_fmt(b.get('seconds_per_step'), 1)}) | |")
-    for t in opt.get("training", []):
-        during = t.get("clicks_meanwhile")
-        if during and during["latency_ms"].get("n"):
-            lat = during["latency_ms"]
-            nice = _niceness(t, " (worker at nice {})")
-            lines.append(f"| warm click p50 / p95 while training runs{nice}, ms | {lat['p50']:.0f} / "
-                         f"{lat['p95']:.0f} | | |")
-    lines.append(f"| training worker peak resident memory, MB | {_fmt(worker_peak_mb(opt))} | "
-                 f"{_fmt(worker_peak_mb(base) if base else None)} | |")
-    return lines
-
-
-def _summary_other_models(pairs: dict[str, dict[str, dict]]) -> list[str]:
-    others = [name for name in pairs if name != TARGET_VARIANT]
-    if not others:
-        return []
-    lines = ["", "| other models (optimized / baseline) | warm click p50 ms | first click, not opened, ms | "
-                 "open, 4 classes, ms | batch images/s | backend peak MB |", "|---|---:|---:|---:|---:|---:|"]
-    for name in others:
-        o, b = pairs[name].get("optimized"), pairs[name].get("baseline")
-
-        def cell(fn: Any, digits: int = 0, o: dict | None = o, b: dict | None = b) -> str:
-            return f"{_fmt(fn(o) if o else None, digits)} / {_fmt(fn(b) if b else None, digits)}"
-
-        lines.append(f"| {name} | {cell(lambda r: _lat(r, 'later_click'))} | "
-                     f"{cell(lambda r: _lat(r, 'cold_first_click'))} | {cell(lambda r: _lat(r, 'open'))} | "
-                     f"{cell(lambda r: r['batch_summary']['images_per_second'], 2)} | {cell(backend_peak_mb)} |")
-    return lines
