@@ -30,6 +30,7 @@ from training.labelstudio.projects import project_number
 log = logging.getLogger(__name__)
 
 LOG_EVERY = 25  # tasks between progress lines in the log
+CLOSE_WAIT_S = 5.0
 
 
 @dataclass
@@ -93,6 +94,8 @@ class PreEncoder:
             self._closed = True
             self._queue.clear()
             self._wake.notify_all()
+        # An image being encoded finishes first (about a second); a stuck download must not hold up shutdown.
+        self._thread.join(timeout=CLOSE_WAIT_S)
 
     def _enqueue(self, job: _Job, reason: str) -> bool:
         if not self.max_tasks:
@@ -104,6 +107,8 @@ class PreEncoder:
                 self._progress[job.project] = Progress(state="off")
             return False
         with self._wake:
+            if self._closed:
+                return False
             key = (job.project, job.tasks is None)
             waiting = self._queue.get(key)
             if waiting is not None and job.tasks is not None:  # batches still waiting are merged, not replaced

@@ -165,3 +165,13 @@ def test_batches_waiting_for_the_encoder_are_merged_not_replaced(make_backend, f
         preencoder.submit(str(NUMBER), [(3, urls[2])], "test")
     wait_idle(backend)
     assert models.encoded_ahead == 3
+
+
+def test_closing_waits_for_the_encoding_thread(make_backend, label_studio):
+    add_tasks(label_studio, 3)
+    backend = connected(make_backend, label_studio)
+    preencoder = backend.services.preencoder
+    preencoder.request(str(NUMBER), "test")
+    preencoder.close()  # returns once the thread is gone: nothing encodes into a store being closed
+    assert not preencoder._thread.is_alive()
+    assert not preencoder.request(str(NUMBER), "after close")
