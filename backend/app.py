@@ -37,7 +37,7 @@ from backend.preencode import PreEncoder
 from backend.project_keys import ProjectDirectory, project_of
 from backend.project_settings import (
     ProjectSettingsStore,
-    SettingsError,
+    check_pinned_version,
     parse_extra_params,
     validate_changes,
 )
@@ -207,7 +207,8 @@ def setup(request: Request, body: SetupRequest) -> dict:
     services.projects.claim(project)
     pinned = changes.get("pinned_version")
     if pinned is not None:
-        _check_version_exists(services, project, pinned)
+        with registry_access():
+            check_pinned_version(services.registry, project, pinned)
     # Without switches there is nothing to write: a Redis outage must not fail LS's connect.
     current = services.store.update(project, changes) if changes else services.store.get(project)
     services.store.remember_project(project, body.label_config)
@@ -285,14 +286,6 @@ def _all_projects(services: Services) -> list[str]:
     return sorted(known, key=lambda p: (len(p), p))
 
 
-def _check_version_exists(services: Services, project: str, version: int) -> None:
-    with registry_access():
-        stored = [info.version for info in services.registry.versions(project)]
-    if version not in stored:
-        raise SettingsError(f"pinned_version {version} does not exist for project {project}; "
-                            f"stored versions: {stored or 'none'}")
-
-
 # ----- the admin API ---------------------------------------------------------------------------------
 
 
@@ -319,7 +312,8 @@ def patch_settings(request: Request, project: str, changes: dict[str, Any] = Bod
     services = services_of(request)
     checked = validate_changes(changes)
     if checked.get("pinned_version") is not None:
-        _check_version_exists(services, project, checked["pinned_version"])
+        with registry_access():
+            check_pinned_version(services.registry, project, checked["pinned_version"])
     settings = services.store.update(project, checked)
     if checked.get("preencode"):
         services.preencoder.request(project, "switched on")

@@ -24,6 +24,7 @@ from cachetools import LRUCache
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from training.jobs.redis_conn import RedisUnavailable
+from training.registry import AdapterRegistry
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,16 @@ def validate_changes(changes: dict[str, Any]) -> dict[str, Any]:
                              for e in exc.errors())
         raise SettingsError(f"bad setting value(s): {problems}") from exc
     return {key: getattr(checked, key) for key in changes}
+
+
+def check_pinned_version(registry: AdapterRegistry, project: str, version: int) -> None:
+    """A pinned version must be stored: SettingsError (422) naming the stored ones otherwise.
+
+    Call it inside ``backend.errors.registry_access`` (a storage failure is a 503)."""
+    stored = [info.version for info in registry.versions(project)]
+    if version not in stored:
+        raise SettingsError(f"pinned_version {version} does not exist for project {project}; "
+                            f"stored versions: {stored or 'none'}")
 
 
 class ProjectSettingsStore:

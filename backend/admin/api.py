@@ -31,7 +31,7 @@ from backend.admin.auth import require_admin_token
 from backend.admin.overview import all_projects, control_of, project_summary, switch_schema
 from backend.errors import project_param, registry_access
 from backend.project_keys import TargetTaken, project_of
-from backend.project_settings import validate_changes
+from backend.project_settings import check_pinned_version, validate_changes
 from backend.schemas import ActivateRequest
 from training.jobs.redis_conn import RedisUnavailable
 from training.registry import VersionNotFound
@@ -82,10 +82,9 @@ def patch_project(request: Request, project: str, changes: dict[str, Any] = Body
     project = project_of(request, project)
     services = _services(request)
     checked = validate_changes(changes)
-    pinned = checked.get("pinned_version")
-    if pinned is not None and pinned not in (stored := _stored_versions(services, project)):
-        raise HTTPException(404, detail=f"pinned_version {pinned} does not exist for project {project}; "
-                                        f"stored versions: {stored or 'none'}")
+    if checked.get("pinned_version") is not None:
+        with registry_access():
+            check_pinned_version(services.registry, project, checked["pinned_version"])
     services.store.update(project, checked)
     if checked.get("preencode"):
         services.preencoder.request(project, "switched on in the admin console")

@@ -60,7 +60,7 @@ def test_switch_predictions_off_is_seen_by_every_process_and_by_predict(live, pr
     ({"colour": "red"}, 422, "'colour'"),
     ({"predictions": "maybe"}, 422, "predictions"),
     ({"adapter": "both"}, 422, "adapter"),
-    ({"pinned_version": 99}, 404, "pinned_version 99 does not exist"),
+    ({"pinned_version": 99}, 422, "pinned_version 99 does not exist"),
 ])
 def test_bad_switches_are_named(live, project, change, status, words):
     publish(live, project)
