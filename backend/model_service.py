@@ -22,6 +22,7 @@ import torch
 from cachetools import LRUCache
 
 from backend.embedding_cache import EmbeddingCache
+from backend.project_settings import PROJECTS_IN_MEMORY
 from backend.settings import Settings
 from backend.versioning import model_version
 from training.data.images import ReducedImage
@@ -136,7 +137,9 @@ class ModelService:
         self._live: OrderedDict[str, _LiveModel] = OrderedDict()
         # Parsed artifacts, or why one does not fit this base (so a refused version is not re-read).
         self._artifacts: LRUCache[tuple[str, int], Artifact | AdapterMismatchError] = LRUCache(ARTIFACT_CACHE_ENTRIES)
-        self._last_active: dict[str, int | None] = {}
+        # For registry outages; an LRUCache is not thread-safe, hence the lock (choose runs in request threads).
+        self._last_active: LRUCache[str, int | None] = LRUCache(PROJECTS_IN_MEMORY)
+        self._last_active_lock = threading.Lock()
         self._refused: set[tuple[str | None, int | None]] = set()
         self._default_key = _config_key(AdapterConfig())
         # Counters for tests, benchmarks and /health: a rebuilt base or a re-encoded image is visible.
@@ -174,9 +177,11 @@ class ModelService:
             return AdapterChoice(project, pinned, model_version(self.base, project, pinned), pinned=True)
         try:
             version = self.registry.active_version(project)
-            self._last_active[project] = version
+            with self._last_active_lock:
+                self._last_active[project] = version
         except REGISTRY_OUTAGE as exc:
-            version = self._last_active.get(project)
+            with self._last_active_lock:
+                version = self._last_active.get(project)
             log.warning("project %s: registry unreachable (%s); using last known adapter version %s",
                         project, exc, version)
         return AdapterChoice(project, version, model_version(self.base, project, version))

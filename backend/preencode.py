@@ -18,11 +18,13 @@ import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 
+from cachetools import LRUCache
+
 from backend.image_source import ImageSource
 from backend.metrics import ENCODINGS_AHEAD
 from backend.model_service import ModelService
 from backend.predict import PredictionService
-from backend.project_settings import ProjectSettingsStore
+from backend.project_settings import PROJECTS_IN_MEMORY, ProjectSettingsStore
 from training.labelstudio.client import LabelStudioError, connect, list_tasks
 from training.labelstudio.label_config import LabelConfigError, parse_label_config
 from training.labelstudio.projects import project_number
@@ -63,7 +65,7 @@ class PreEncoder:
         self.models, self.predictions, self.images, self.store = models, predictions, images, store
         self.max_tasks = max_tasks
         self._queue: OrderedDict[tuple[str, bool], _Job] = OrderedDict()
-        self._progress: dict[str, Progress] = {}
+        self._progress: LRUCache[str, Progress] = LRUCache(PROJECTS_IN_MEMORY)
         self._wake = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="pre-encoder", daemon=True)

@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 # Label configs kept in memory, all projects together (the largest real configs are tens of KB).
 CONFIG_MEMORY_CHARS = 64_000_000
+# Per-project state a backend process keeps in memory, for at most this many projects (the least recently
+# used are dropped; Redis and the registry keep everything): requests naming made-up projects cannot grow it.
+PROJECTS_IN_MEMORY = 10_000
 
 
 class ProjectSettings(BaseModel):
@@ -99,11 +102,11 @@ class ProjectSettingsStore:
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self.client = client
         self.prefix = prefix
-        self._memory: dict[str, ProjectSettings] = {}
+        self._memory: LRUCache[str, ProjectSettings] = LRUCache(PROJECTS_IN_MEMORY)
         # Bounded in characters: /predict may name any project id with a config (each at most 1 MB, checked
         # in backend.schemas); evicted ones are read from Redis again.
         self._configs: LRUCache[str, str] = LRUCache(maxsize=CONFIG_MEMORY_CHARS, getsizeof=len)
-        self._seen: set[str] = set()
+        self._seen: LRUCache[str, bool] = LRUCache(PROJECTS_IN_MEMORY)  # projects Redis is known to list
         self._lock = threading.Lock()
 
     def _key(self, project: str, what: str) -> str:
@@ -126,9 +129,11 @@ class ProjectSettingsStore:
     def read(self, project: str, label_config: str | None = None) -> tuple[ProjectSettings, str | None]:
         """What a /predict needs, in one round trip: the switches and the label config.
 
-        ``label_config`` (the request's) is recorded like ``remember_project`` does and returned;
-        without one, the stored config is (None if there is none). Redis down: the last known
-        switches and the config this process has seen, with a warning.
+        ``label_config`` (the request's) is returned, and kept as the project's config when the project
+        is known (set up, or given switches): a /predict naming a project never set up writes nothing,
+        so requests for any number of made-up projects cannot fill Redis. Without one, the stored
+        config is returned (None if there is none). Redis down: the last known switches and the config
+        this process has seen, with a warning.
         """
         with self._lock:
             record = self._needs_record(project, label_config)
@@ -140,7 +145,7 @@ class ProjectSettingsStore:
         if config is None:
             pipe.get(self._key(project, "label_config"))
         if record:
-            self._queue_record(pipe, project, label_config)
+            pipe.sismember(self._projects_key, project)
         try:
             replies = pipe.execute()
         except redis.RedisError as exc:
@@ -148,10 +153,10 @@ class ProjectSettingsStore:
             return self._last_known(project), config
         if config is None:
             config = _text(replies[1])
-        with self._lock:
-            if record:
-                self._seen.add(project)
-            if config is not None:
+        if record and replies[-1]:
+            self.remember_project(project, label_config)  # a known project's newest config: rare, one more trip
+        if config is not None and label_config is None:
+            with self._lock:
                 self._configs[project] = config
         return self._settings_from(project, replies[0]), config
 
@@ -202,7 +207,7 @@ class ProjectSettingsStore:
             log.warning("project %s: cannot record the project in Redis (%s)", project, exc)
             return
         with self._lock:
-            self._seen.add(project)
+            self._seen[project] = True
             if label_config is not None:
                 self._configs[project] = label_config
 
@@ -253,7 +258,7 @@ class ProjectSettingsStore:
             for cache in (self._memory, self._configs):
                 cache.pop(project, None)
                 cache.pop(new_name, None)
-            self._seen.discard(project)
+            self._seen.pop(project, None)
         return moved
 
     def projects(self) -> list[str]:
@@ -262,7 +267,7 @@ class ProjectSettingsStore:
         except redis.RedisError as exc:
             log.warning("Redis unreachable (%s); listing only projects seen by this process", exc)
             with self._lock:
-                return sorted(self._seen | set(self._memory) | set(self._configs))
+                return sorted(set(self._seen) | set(self._memory) | set(self._configs))
         return sorted(m.decode() if isinstance(m, bytes) else m for m in members)
 
 

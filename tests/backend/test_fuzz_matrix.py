@@ -22,6 +22,7 @@ from tests.backend.conftest import (
     noise_image,
     predict_body,
     rectangle,
+    setup_body,
     start_backend,
 )
 from tests.backend.test_hostile_images import HOSTILE_IMAGES, png_header_only
@@ -154,6 +155,8 @@ def test_every_hostile_case_is_refused_or_a_task_error(app, shared_server):
     backend = app
     backend.publish(PROJECT, ["cat", "dog"], seed=2)
     backend.publish(BYSTANDER, ["cat", "dog"], seed=3)
+    for project in (PROJECT, BYSTANDER):  # connected, as Label Studio does first: their configs are stored
+        assert backend.client.post("/setup", json=setup_body(project, BRUSH_CONFIG)).status_code == 200
     good = shared_server.add("/matrix-good.png", encode(noise_image(64, 80, 5)))
     image_urls = {"good": good, **{name: shared_server.add(f"/matrix-{name}", body)
                                    for name, (body, _) in HOSTILE_IMAGES.items()}}

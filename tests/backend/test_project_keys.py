@@ -80,3 +80,14 @@ def test_a_bare_ids_adapters_older_than_the_project_stay_apart(backend, project)
     assert backend.client.get(f"/projects/{newer}/settings").json()["settings"]["predictions"] is True
     # Still listed under its bare id, for an admin to move or delete.
     assert backend.client.get("/versions").json()["active"][bare].endswith(f"-p{bare}-v1")
+
+
+def test_predictions_for_made_up_projects_write_nothing(backend, shared_server):
+    url = shared_server.add("/made-up.png", encode(noise_image(48, 48, 5)))
+    redis_client, prefix = backend.services.redis.client, backend.settings.SAMLOOP_REDIS_PREFIX
+    before = set(redis_client.scan_iter(match=f"{prefix}:*"))
+    made_up = [f"{900_000 + n}.{LS_CREATED}" for n in range(30)]
+    for key in made_up:
+        assert predict(backend, key, url)["model_version"] == UNTRAINED
+    assert set(redis_client.scan_iter(match=f"{prefix}:*")) == before
+    assert not set(made_up) & set(backend.services.store.projects())

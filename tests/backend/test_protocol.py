@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from label_studio_sdk.converter.brush import decode_rle
 
+from backend.project_settings import ProjectSettingsStore
 from tests.backend.conftest import (
+    BRUSH_CONFIG,
     CHOICES_CONFIG,
     POLYGON_CONFIG,
     brush_task,
@@ -175,14 +177,19 @@ def test_predictions_switched_off_gives_no_regions(backend, project, shared_serv
     assert results["results"][0]["result"] == []
 
 
-def test_predict_works_without_setup_and_reuses_the_stored_config(backend, project, shared_server):
+def test_predict_reuses_the_config_of_setup_and_of_earlier_requests(backend, project, shared_server):
     backend.publish(project, ["cat", "dog"], seed=5)
     url = shared_server.add(f"/{project}-nosetup.png", encode(noise_image(60, 60)))
     body = predict_body(project, [brush_task(1, url, ls_id(project))])
+    assert backend.client.post("/setup", json=setup_body(project, POLYGON_CONFIG)).status_code == 200
+    # A request's config is the project's newest one: it replaces what /setup stored.
     assert backend.client.post("/predict", json=body).json()["results"][0]["result"]
-    # A later request without label_config (and no /setup ever) uses the config seen before.
     body.pop("label_config")
-    assert backend.client.post("/predict", json=body).json()["results"][0]["result"]
+    (result,) = backend.client.post("/predict", json=body).json()["results"]
+    assert result["result"] and result["result"][0]["type"] == "brushlabels"
+    # Another process on the same Redis reads the same config.
+    assert ProjectSettingsStore(backend.services.redis.client, backend.settings.SAMLOOP_REDIS_PREFIX
+                                ).label_config(project) == BRUSH_CONFIG
 
 
 def test_interactive_keypoints_give_one_mask_with_the_chosen_label(backend, project, shared_server):
