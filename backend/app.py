@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
 from backend.admin import install_admin
+from backend.admin.overview import all_projects
 from backend.errors import install_error_handlers, registry_access
 from backend.image_source import ImageSource
 from backend.metrics import metrics_endpoint
@@ -243,7 +244,7 @@ def webhook(request: Request, body: WebhookRequest) -> JSONResponse:
 
 def versions(request: Request, project: str | None = None) -> dict:
     services = services_of(request)
-    projects = [project_of(request, project)] if project is not None else _all_projects(services)
+    projects = [project_of(request, project)] if project is not None else all_projects(services)
     base = services.models.base
     listed, details, active = [], [], {}
     with registry_access():
@@ -277,13 +278,6 @@ def _json_body_doc(model: type[BaseModel]) -> dict:
     schema = {"type": "object", "description": (model.__doc__ or "").strip(),
               "required": [name for name, field in model.model_fields.items() if field.is_required()]}
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
-
-
-def _all_projects(services: Services) -> list[str]:
-    with registry_access():
-        known = set(services.registry.projects())
-    known |= set(services.store.projects())
-    return sorted(known, key=lambda p: (len(p), p))
 
 
 # ----- the admin API ---------------------------------------------------------------------------------

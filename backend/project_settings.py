@@ -247,8 +247,11 @@ class ProjectSettingsStore:
                 # RENAMENX: a target with switches of its own keeps them.
                 with contextlib.suppress(redis.ResponseError):  # "no such key": nothing to move
                     moved |= bool(self.client.renamenx(self._key(project, what), self._key(new_name, what)))
+            # Listed as long as something of it is left (a target with switches of its own kept them).
+            left = self.client.exists(self._key(project, "settings"), self._key(project, "label_config"))
             pipe = self.client.pipeline()
-            pipe.srem(self._projects_key, project)
+            if not left:
+                pipe.srem(self._projects_key, project)
             if moved:
                 pipe.sadd(self._projects_key, new_name)
             pipe.execute()

@@ -20,6 +20,7 @@ from training.jobs.scheduler import TrainingScheduler
 from training.labelstudio.label_config import LabelConfigError, parse_label_config
 from training.labelstudio.projects import created_of, project_number
 from training.registry import VersionInfo
+from training.registry.base import project_sort_key
 
 __all__ = ["all_projects", "control_of", "project_summary", "switch_schema"]
 
@@ -38,11 +39,11 @@ def control_of(services: Any) -> TrainingScheduler | None:
 
 
 def all_projects(services: Any) -> list[str]:
-    """Projects with adapter versions or settings (numeric ids in numeric order)."""
+    """Projects with adapter versions or settings, by Label Studio id ("3" before "3.1712345678" before "10")."""
     with registry_access():
         known = set(services.registry.projects())
     known |= set(services.store.projects())
-    return sorted(known, key=lambda p: (len(p), p))
+    return sorted(known, key=project_sort_key)
 
 
 def _classes(services: Any, project: str) -> list[str]:

@@ -81,3 +81,18 @@ def test_read_gives_switches_and_label_config_and_notes_the_project(redis_client
     assert "7" in other.projects() and "8" not in other.projects() and other.label_config("8") is None
     other.client = redis.Redis.from_url(DEAD_REDIS, socket_connect_timeout=0.2)
     assert other.read("7") == (ProjectSettings(predictions=False), "<View/>")  # logged, not raised
+
+
+def test_rename_moves_switches_and_config_unless_the_target_has_its_own(redis_client, redis_prefix):
+    store = ProjectSettingsStore(redis_client, redis_prefix)
+    store.update("4", {"predictions": False})
+    store.remember_project("4", "<View>a</View>")
+    assert store.rename("4", "4.17") is True
+    assert store.get("4.17").predictions is False and store.label_config("4.17") == "<View>a</View>"
+    assert store.get("4").predictions is True and store.label_config("4") is None
+    assert "4" not in store.projects() and "4.17" in store.projects()
+    store.update("5", {"auto_training": False})
+    store.update("5.17", {"predictions": False})
+    assert store.rename("5", "5.17") is False
+    assert store.get("5.17") == ProjectSettings(predictions=False) and store.get("5").auto_training is False
+    assert {"5", "5.17"} <= set(store.projects())  # nothing lost, both still listed
