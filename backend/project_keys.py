@@ -24,7 +24,7 @@ from fastapi import Request
 
 from backend.errors import RegistryUnavailable, project_param, registry_access
 from backend.project_settings import ProjectSettingsStore
-from training.jobs.keys import text
+from training.jobs.keys import ProjectKeys, text
 from training.jobs.redis_conn import RedisUnavailable
 from training.labelstudio.projects import created_of, is_instance_key, project_number
 from training.registry import AdapterRegistry, RegistryError
@@ -49,7 +49,7 @@ class ProjectDirectory:
 
     def __init__(self, client: redis.Redis, prefix: str, registry: AdapterRegistry,
                  store: ProjectSettingsStore) -> None:
-        self.client, self.registry, self.store = client, registry, store
+        self.client, self.prefix, self.registry, self.store = client, prefix, registry, store
         self._hash = f"{prefix}:backend:project-keys"
         self._lookups: TTLCache[str, str] = TTLCache(LOOKUP_ENTRIES, LOOKUP_SECONDS)
         self._lock = threading.Lock()
@@ -78,6 +78,11 @@ class ProjectDirectory:
         try:
             previous = text(self.client.hget(self._hash, number))
             if previous != key:
+                if self._training(number):
+                    # Its version would land under the bare id after the move: the next /setup adopts.
+                    log.info("project %s: a run under the bare id %s is queued or training; adopting "
+                             "what it holds at a later /setup", key, number)
+                    return
                 # Adopted first: a failed move is tried again by the next /setup.
                 self.adopt(number, key)
                 self.client.hset(self._hash, number, key)
@@ -88,6 +93,10 @@ class ProjectDirectory:
             return
         with self._lock:
             self._lookups[number] = key
+
+    def _training(self, bare: str) -> bool:
+        keys = ProjectKeys(self.prefix, bare)
+        return any(value is not None for value in self.client.mget(keys.lock, keys.queued))
 
     def adopt(self, bare: str, key: str) -> str:
         """Move what is stored under ``bare`` to ``key`` unless it belongs to another project.

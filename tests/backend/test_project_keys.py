@@ -15,6 +15,7 @@ from tests.backend.conftest import (
     predict_body,
     setup_body,
 )
+from training.jobs.keys import ProjectKeys
 
 UNTRAINED = "samloop-vit_t-256-RANDOM-WEIGHTS-untrained"
 
@@ -91,3 +92,18 @@ def test_predictions_for_made_up_projects_write_nothing(backend, shared_server):
         assert predict(backend, key, url)["model_version"] == UNTRAINED
     assert set(redis_client.scan_iter(match=f"{prefix}:*")) == before
     assert not set(made_up) & set(backend.services.store.projects())
+
+
+def test_adoption_waits_for_a_run_under_the_bare_id(backend, project):
+    bare = str(ls_id(project))
+    backend.publish(bare, ["cat"], seed=4)
+    lock = ProjectKeys(backend.settings.SAMLOOP_REDIS_PREFIX, bare).lock
+    redis_client = backend.services.redis.client
+    redis_client.set(lock, "a-running-job")  # a run that would publish under the bare id after a move
+    try:
+        assert setup(backend, project) == UNTRAINED
+        assert [v.version for v in backend.registry.versions(bare)] == [1]
+    finally:
+        redis_client.delete(lock)
+    assert setup(backend, project).endswith(f"-p{project}-v1")  # the next /setup adopts
+    assert backend.registry.versions(bare) == []
