@@ -22,7 +22,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q -rs
+	$(PY) -m pytest -q -rs --durations=20
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not e2e and not slow"
