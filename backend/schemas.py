@@ -12,7 +12,7 @@ from xml.parsers import expat
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from training.labelstudio.projects import project_key
+from training.labelstudio.projects import project_key, project_number
 
 # Label configs are kept per project in Redis: the largest real ones (big taxonomies) are tens of KB.
 MAX_LABEL_CONFIG_CHARS = 1_000_000
@@ -73,7 +73,7 @@ class TaskModel(BaseModel):
     @classmethod
     def _project(cls, value: Any) -> int | None:
         # Checked here, inside validation: a -5 found later raised outside it and answered 500.
-        return None if value is None else int(project_key(value))
+        return None if value is None else project_number(value)
 
 
 class PredictParams(_LSModel):

@@ -107,3 +107,14 @@ def test_adoption_waits_for_a_run_under_the_bare_id(backend, project):
         redis_client.delete(lock)
     assert setup(backend, project).endswith(f"-p{project}-v1")  # the next /setup adopts
     assert backend.registry.versions(bare) == []
+
+
+def test_a_tasks_project_may_be_written_as_a_key(backend, project, shared_server):
+    url = shared_server.add(f"/{project}-task-key.png", encode(noise_image(40, 40, 6)))
+    setup(backend, project)
+    backend.publish(project, ["cat"], seed=6)
+    body = predict_body(project, [brush_task(1, url, project)])  # "project": "<id>.<created>" in the task
+    body.pop("project")
+    response = backend.client.post("/predict", json=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["results"][0]["model_version"].endswith(f"-p{project}-v1")
