@@ -36,7 +36,7 @@ class ParameterError(ValueError):
 
 
 def project_param(project: str) -> str:
-    """A project path or query parameter as the project id (``training.labelstudio.projects``), or 422."""
+    """A project path or query parameter as the project key (``training.labelstudio.projects``), or 422."""
     try:
         return project_key(project)
     except ValueError as exc:

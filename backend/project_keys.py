@@ -104,15 +104,16 @@ class ProjectDirectory:
         Returns what happened, in words (the log shows it).
         """
         with registry_access():
-            legacy, own = self.registry.versions(bare), self.registry.versions(key)
+            legacy = self.registry.versions(bare)
         created = created_of(key)
-        if legacy and own:
-            why = f"{key} has adapters of its own"
-        elif legacy and created is not None and legacy[0].created < created - ADOPT_CLOCK_SLACK_S:
+        if legacy and created is not None and legacy[0].created < created - ADOPT_CLOCK_SLACK_S:
             why = (f"its adapter v{legacy[0].version} is older than the Label Studio project {key}, so it was "
                    "trained for a project of another Label Studio instance")
         else:
-            return str(self.move(bare, key))
+            try:
+                return str(self.move(bare, key))
+            except TargetTaken:
+                why = f"{key} has adapters of its own"
         outcome = f"kept what is stored under project {bare} apart from {key}: {why}"
         log.warning("%s", outcome)
         return outcome

@@ -8,7 +8,8 @@ in seconds, embeddings stay valid for every version) or ``encoder`` (LoRA in the
 domain shifts; best with a GPU worker). A change of kind trains from scratch. ``preencode`` (on/off):
 encode the project's task images in the background when Label Studio connects and when tasks are
 imported, so the first click on a task is warm.
-The last label config seen per project is kept too, so /predict works after a restart without /setup.
+The last label config of each known project (set up, or given switches) is kept too, so a /predict
+without one works after a restart.
 """
 
 from __future__ import annotations
