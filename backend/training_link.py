@@ -20,7 +20,7 @@ from training.jobs.scheduler import TrainingScheduler
 
 
 def job_settings(settings: Settings) -> dict[str, Any]:
-    """``training.jobs.settings.JobSettings`` fields from the backend's settings (same environment names)."""
+    """``training.pipeline.settings.JobSettings`` fields from the backend's settings (same environment names)."""
     return {
         "label_studio_url": settings.LABEL_STUDIO_URL,
         "label_studio_api_key": "",  # from the worker's own environment: job arguments sit in Redis

@@ -24,8 +24,8 @@ from benchmarks.machine import describe
 from testkit.fake_label_studio import FakeLabelStudio
 from testkit.ls_annotations import brush_region, png_bytes
 from testkit.standin import TARGET_CLASSES, target_dataset
-from training.jobs.settings import JobSettings
 from training.jobs.training_job import train_project
+from training.pipeline.settings import JobSettings
 
 CONFIG = ("<View><Image name=\"image\" value=\"$image\"/><BrushLabels name=\"tag\" toName=\"image\">"
           + "".join(f'<Label value="{name}"/>' for name in TARGET_CLASSES) + "</BrushLabels></View>")

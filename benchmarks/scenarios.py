@@ -235,9 +235,9 @@ _LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) \w+ training\
 # Stage boundaries in the job's log (training.jobs' JobProgress.stage messages), in order.
 _STAGES = [
     ("debounce", "waiting for the burst"),
-    ("export", "exporting labeled tasks"),
+    ("export", "fetching changed tasks"),
     ("model_load", "held-out tasks"),
-    ("train", "training for up to"),
+    ("train", " run: up to "),
     ("evaluate", "scoring the candidate"),
     ("publish", "publishing:"),
     ("done", " published ("),

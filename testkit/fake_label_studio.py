@@ -62,6 +62,7 @@ class _State:
     access_tokens: set[str] = field(default_factory=set)
     next_task: int = 1
     next_annotation: int = 1
+    clock: int = 0
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -137,10 +138,45 @@ class FakeLabelStudio:
             self.state.tasks[project_id].append({
                 "id": task_id, "data": data, "annotations": stored, "predictions": [], "drafts": [], "meta": {},
                 "created_at": "2026-01-01T09:00:00.000000Z", "updated_at": "2026-01-01T10:00:00.000000Z",
-                "inner_id": task_id, "total_annotations": len(stored), "cancelled_annotations": 0,
+                "inner_id": task_id, "total_annotations": sum(1 for a in stored if not a["was_cancelled"]),
+                "cancelled_annotations": sum(1 for a in stored if a["was_cancelled"]),
                 "total_predictions": 0, "project": project_id,
             })
             return task_id
+
+    def _touch(self) -> str:
+        """A new ``updated_at``, later than every earlier one (Label Studio moves it on every change)."""
+        self.state.clock += 1
+        return f"2026-01-02T00:00:{self.state.clock // 1000000:02d}.{self.state.clock % 1000000:06d}Z"
+
+    def _find(self, task_id: int) -> tuple[int, dict]:
+        for project_id, tasks in self.state.tasks.items():
+            for task in tasks:
+                if task["id"] == task_id:
+                    return project_id, task
+        raise KeyError(f"no task {task_id}")
+
+    def set_annotations(self, task_id: int, annotations: list[dict]) -> None:
+        """Replace a task's annotations (an annotator's edit, a new annotation or a deletion: ``[]``)."""
+        with self._lock:
+            project_id, task = self._find(task_id)
+            stamp = self._touch()
+            stored = []
+            for extra in annotations:
+                annotation = {"id": self.state.next_annotation, "completed_by": 1, "result": [],
+                              "was_cancelled": False, "ground_truth": False, "created_at": stamp, "updated_at": stamp,
+                              "task": task_id, "project": project_id, **extra}
+                self.state.next_annotation += 1
+                stored.append(annotation)
+            task["annotations"] = stored
+            task["total_annotations"] = sum(1 for a in stored if not a.get("was_cancelled"))
+            task["cancelled_annotations"] = len(stored) - task["total_annotations"]
+            task["updated_at"] = stamp
+
+    def delete_task(self, task_id: int) -> None:
+        with self._lock:
+            project_id, task = self._find(task_id)
+            self.state.tasks[project_id].remove(task)
 
     def fail(self, prefix: str, status: int, times: int = -1) -> None:
         """Answer ``status`` to the next ``times`` requests whose path starts with ``prefix`` (-1: always)."""
@@ -267,9 +303,13 @@ class _Handler(BaseHTTPRequestHandler):
         except (KeyError, ValueError):
             self._json(400, {"detail": "project, page and page_size must be integers"})
             return
+        include = [f for f in query.get("include", [""])[0].split(",") if f]
         with self.ls._lock:
-            tasks = [{"id": t["id"], "data": t["data"], "project": project_id}
+            tasks = [{"id": t["id"], "data": t["data"], "project": project_id, "updated_at": t["updated_at"],
+                      "total_annotations": t["total_annotations"], "cancelled_annotations": t["cancelled_annotations"]}
                      for t in self.ls.state.tasks.get(project_id, [])]
+        if include:  # Label Studio 1.23 answers only the fields named
+            tasks = [{k: v for k, v in t.items() if k in include} for t in tasks]
         chosen = tasks[(page - 1) * size : page * size]
         if page > 1 and not chosen:
             self._json(404, {"detail": "Invalid page."})
@@ -291,6 +331,9 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             if query.get("download_all_tasks", ["false"])[0].lower() != "true":
                 tasks = [t for t in tasks if t["annotations"]]
+            if "ids[]" in query:  # as Label Studio: ``ids[]`` selects tasks, a plain ``ids`` is ignored
+                wanted = {int(i) for i in query["ids[]"]}
+                tasks = [t for t in tasks if t["id"] in wanted]
             self._json(200, tasks)
         else:
             self._json(404, {"detail": "not found"})

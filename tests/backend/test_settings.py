@@ -63,7 +63,7 @@ def test_model_version_spelling():
 
 def test_one_device_rule_for_the_backend_and_the_jobs(tmp_path):
     from tests.backend.conftest import make_settings
-    from training.jobs.settings import JobSettings
+    from training.pipeline.settings import JobSettings
 
     assert make_settings(tmp_path, "p", DEVICE="cuda:1").DEVICE == "cuda:1"
     assert JobSettings(device="cuda:1").device == "cuda:1"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from backend.settings import Settings
-from training.jobs.settings import ENV_NAMES
+from training.pipeline.settings import ENV_NAMES
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"

@@ -62,6 +62,11 @@ class ProjectKeys:
     def last_run(self) -> str:
         return self.key("last_run")
 
+    @property
+    def full(self) -> str:
+        """Set while a retrain from scratch is asked for and no run has taken it yet."""
+        return self.key("full")
+
 
 # KEYS: events, last_event, queued, queued_at   ARGV: new job id, rq job key prefix, grace seconds, count (0/1)
 # Returns {1, id} when the caller must enqueue job `id`, {0, id} when the event joined queued job `id`.

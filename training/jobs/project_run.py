@@ -88,6 +88,15 @@ class ProjectRun:
             return False
         return True
 
+    def take_full_request(self) -> bool:
+        """Whether a retrain from scratch was asked for; the request is this run's from now on."""
+        return bool(self.connection.getdel(self.keys.full))
+
+    def request_full(self) -> None:
+        """Ask again for a retrain from scratch (this run failed before it could do it)."""
+        with suppress(redis.RedisError):
+            self.connection.set(self.keys.full, 1)
+
     def refresh_lock(self) -> bool:
         return bool(self._refresh(keys=[self.keys.lock], args=[self.job_id, self.lock_ttl_ms]))
 

@@ -44,8 +44,8 @@ from training.jobs import job_stats
 from training.jobs.actions import ADMIN_TRAIN, FORCED_ACTIONS, TRAINING_ACTIONS
 from training.jobs.keys import RELEASE_QUEUED, SCHEDULE, ProjectKeys, text
 from training.jobs.redis_conn import RedisUnavailable
-from training.jobs.settings import JobSettings
 from training.labelstudio.projects import project_key
+from training.pipeline.settings import DEFAULT_DEBOUNCE_SECONDS, JobSettings
 
 __all__ = ["DEFAULT_JOB", "DEFAULT_QUEUE", "TrainingScheduler"]
 
@@ -66,7 +66,7 @@ class TrainingScheduler:
 
     Args:
         connection: a ``redis.Redis`` with ``decode_responses=False`` (rq's requirement).
-        job_settings: JSON-safe dict handed to every job (see ``training.jobs.settings.JobSettings``).
+        job_settings: JSON-safe dict handed to every job (see ``training.pipeline.settings.JobSettings``).
         queue_name: the rq queue workers listen on.
         debounce_seconds: quiet time a job waits for before it claims the events.
         max_debounce_seconds: the longest a steady stream of events can delay a run.
@@ -82,7 +82,7 @@ class TrainingScheduler:
     """
 
     def __init__(self, connection: redis.Redis, job_settings: dict[str, Any] | None = None,
-                 queue_name: str = DEFAULT_QUEUE, debounce_seconds: float = 5.0,
+                 queue_name: str = DEFAULT_QUEUE, debounce_seconds: float = DEFAULT_DEBOUNCE_SECONDS,
                  max_debounce_seconds: float = 60.0, min_annotations: int = 1,
                  auto_training_enabled: Callable[[str], bool] | None = None, prefix: str = "samloop",
                  job_func: str = DEFAULT_JOB, job_timeout: int | None = None,
@@ -121,7 +121,7 @@ class TrainingScheduler:
         """A scheduler that enqueues the same call as ``job`` did (for the follow-up run)."""
         settings = dict(job.args[1]) if len(job.args) > 1 and isinstance(job.args[1], dict) else {}
         return cls(job.connection, settings, queue_name=job.origin,
-                   debounce_seconds=float(settings.get("debounce_seconds", 5.0)),
+                   debounce_seconds=float(settings.get("debounce_seconds", DEFAULT_DEBOUNCE_SECONDS)),
                    max_debounce_seconds=float(settings.get("max_debounce_seconds", 60.0)),
                    min_annotations=int(settings.get("min_annotations", 1)),
                    prefix=str(settings.get("redis_prefix", "samloop")), job_func=job.func_name,
@@ -212,15 +212,19 @@ class TrainingScheduler:
         return job_id
 
     # ----- admin controls ---------------------------------------------------------------------------
-    def train_now(self, project: str) -> dict:
+    def train_now(self, project: str, full: bool = False) -> dict:
         """Queue a run now, whatever the auto-training switch says (the admin console's "train").
 
         Counted as an event (so the run has something to claim and is not "up to date") without a new
         debounce stamp: the job starts at once, unless annotations arrived in the last few seconds.
-        Returns ``schedule``'s answer (``queued`` or ``coalesced``, with ``job_id``).
+        ``full``: the next run retrains from scratch (the request waits in Redis until a run takes it, so
+        it survives coalescing with other events). Returns ``schedule``'s answer (``queued`` or
+        ``coalesced``, with ``job_id``) and ``full``.
         """
         keys = self.keys(project)
         try:
+            if full:
+                self.connection.set(keys.full, 1)
             self.connection.incr(keys.events)
             created, named = self._point_queued(keys, count_event=False)
             if created:
@@ -230,7 +234,7 @@ class TrainingScheduler:
                                    ) from exc
         status = "queued" if created else "coalesced"
         log.info("project %s: %s -> %s job %s", project, ADMIN_TRAIN, status, named)
-        return {"status": status, "project": project, "action": ADMIN_TRAIN, "job_id": named}
+        return {"status": status, "project": project, "action": ADMIN_TRAIN, "job_id": named, "full": full}
 
     def cancel(self, project: str) -> dict:
         """Stop the project's running job and cancel its queued one.

@@ -32,6 +32,7 @@ __all__ = [
     "fetch_label_config",
     "fetch_labeled_tasks",
     "list_tasks",
+    "parse_export",
 ]
 
 log = logging.getLogger(__name__)
@@ -146,7 +147,11 @@ def fetch_labeled_tasks(client: LabelStudio, source: LabelStudioSource, project_
         )
         return b"".join(chunks)
 
-    body = retrying(source, "export", url, fetch)
+    return parse_export(retrying(source, "export", url, fetch), url)
+
+
+def parse_export(body: bytes, url: str) -> list[dict]:
+    """The tasks of a JSON export's body; a clear ``LabelStudioError`` when it is not a list of tasks."""
     try:
         tasks = json.loads(body)
     except ValueError as exc:

@@ -35,7 +35,7 @@ from training.labelstudio.client import (
 from training.labelstudio.label_config import LabelSetup, parse_label_config
 from training.labelstudio.projects import project_key, project_number
 
-__all__ = ["ExportResult", "export_dataset"]
+__all__ = ["ExportResult", "download_session", "export_dataset", "task_sample"]
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +76,14 @@ def _fetch_image(url: str, task: dict, source: LabelStudioSource, token: str, ca
         raise TaskSkipped(f"image {url} cannot be fetched: {exc}") from exc
 
 
-def _task_image(task: dict, setup: LabelSetup, source: LabelStudioSource, token: str, cache_dir: Path) -> np.ndarray:
+def _task_image(task: dict, setup: LabelSetup, source: LabelStudioSource, token: str, cache_dir: Path
+                ) -> tuple[Path, np.ndarray]:
     url = (task.get("data") or {}).get(setup.image_key)
     if not isinstance(url, str) or not url:
         raise TaskSkipped(f"task data has no image URL in field {setup.image_key!r}")
     path = _fetch_image(url, task, source, token, cache_dir)
     try:
-        return load_image(path)
+        return path, load_image(path)
     except ImageError as exc:
         if not path.is_relative_to(cache_dir):
             raise TaskSkipped(f"image {url} cannot be read: {exc}") from exc
@@ -90,9 +91,27 @@ def _task_image(task: dict, setup: LabelSetup, source: LabelStudioSource, token:
         path.unlink(missing_ok=True)
     path = _fetch_image(url, task, source, token, cache_dir)
     try:
-        return load_image(path)
+        return path, load_image(path)
     except ImageError as exc:
         raise TaskSkipped(f"image {url} cannot be read: {exc}") from exc
+
+
+def download_session(source: LabelStudioSource):
+    """The session ``get_local_path`` downloads through: timeouts and retries of ``source``."""
+    return ls_io.http_session(TimeoutSession(source.timeout, source.retries, source.backoff))
+
+
+def task_sample(task: dict, annotation: dict, setup: LabelSetup, source: LabelStudioSource, token: str,
+                cache_dir: Path, max_side: int | None) -> tuple[Path, np.ndarray, dict[str, np.ndarray]]:
+    """(downloaded image path, image, {class: mask}) of one task's ``annotation``, shrunk to ``max_side``.
+
+    Raises:
+        TaskSkipped: the image cannot be fetched or read, or the annotation cannot be decoded.
+    """
+    path, image = _task_image(task, setup, source, token, cache_dir)
+    masks = annotation_masks(annotation.get("result"), setup, image.shape[0], image.shape[1])
+    image, masks = _downscale(image, masks, max_side)
+    return path, image, masks
 
 
 def _downscale(image: np.ndarray, masks: dict[str, np.ndarray], max_side: int | None
@@ -123,7 +142,7 @@ class _DropLocalhostAdvice(logging.Filter):
         return first
 
 
-def _quiet_sdk_download_log() -> None:
+def quiet_sdk_download_log() -> None:
     sdk_log = logging.getLogger(ls_io.__name__)
     if not any(isinstance(f, _DropLocalhostAdvice) for f in sdk_log.filters):
         sdk_log.addFilter(_DropLocalhostAdvice())
@@ -148,7 +167,7 @@ def export_dataset(source: LabelStudioSource, project: str | int, cache_dir: str
         LabelConfigError: the label config has nothing to train masks on (see ``label_config``).
     """
     project_id = project_number(project)
-    _quiet_sdk_download_log()
+    quiet_sdk_download_log()
     # By key: project 3 of a fresh Label Studio has other images under the same /data/upload/3/ paths.
     cache = Path(cache_dir) / f"project-{project_key(project)}"
     cache.mkdir(parents=True, exist_ok=True)
@@ -159,7 +178,7 @@ def export_dataset(source: LabelStudioSource, project: str | int, cache_dir: str
     items: list[tuple[str, np.ndarray, dict[str, np.ndarray]]] = []
     class_names = list(setup.labels)
     result = ExportResult(SegmentationDataset(class_names, []))
-    with ls_io.http_session(TimeoutSession(source.timeout, source.retries, source.backoff)):
+    with download_session(source):
         for task in tasks:
             task_id = task.get("id")
             annotation = pick_annotation(task)
@@ -167,13 +186,11 @@ def export_dataset(source: LabelStudioSource, project: str | int, cache_dir: str
                 result.cancelled_only += 1
                 continue
             try:
-                image = _task_image(task, setup, source, token, cache)
-                masks = annotation_masks(annotation.get("result"), setup, image.shape[0], image.shape[1])
+                _, image, masks = task_sample(task, annotation, setup, source, token, cache, max_side)
             except TaskSkipped as exc:
                 log.warning("task %s skipped: %s", task_id, exc)
                 result.skipped.append({"task": task_id, "reason": str(exc)})
                 continue
-            image, masks = _downscale(image, masks, max_side)
             items.append((f"task-{task_id}", image, masks))
             result.task_ids.append(task_id)
             result.annotations[task_id] = annotation.get("id")

@@ -229,7 +229,8 @@ def object_masks(masks: np.ndarray, class_names: Sequence[str], instances: bool 
     return objects
 
 
-def _summary(traces: list[ObjectTrace], report: Sequence[int]) -> dict:
+def summarize(traces: list[ObjectTrace], report: Sequence[int]) -> dict:
+    """Means over objects: ``{"objects", "iou_at": {"k": IoU after k clicks}, "noc85", "noc90"}``."""
     if not traces:
         return {"objects": 0, "iou_at": {str(k): None for k in report}, "noc85": None, "noc90": None}
     ious = np.array([t.ious for t in traces], np.float64)
@@ -280,11 +281,11 @@ def evaluate_clicks(predictor: Predictor, dataset: SegmentationDataset, max_clic
         for name, truth in objects:
             predict = decoder_for(predictor, embedding, name if class_prompts else None)
             traces[name].append(simulate_object(predict, truth, max_clicks, report))
-    result = _summary([t for per_class in traces.values() for t in per_class], report)
+    result = summarize([t for per_class in traces.values() for t in per_class], report)
     result.update({
         "images": images,
         "max_clicks": max_clicks,
-        "per_class": {name: _summary(found, report) for name, found in traces.items() if found},
+        "per_class": {name: summarize(found, report) for name, found in traces.items() if found},
     })
     return result
 

@@ -8,9 +8,11 @@ content) costs nothing; a second run on the same images encodes nothing.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import torch
+from cachetools import LRUCache
 
 from training.data.images import image_digest
 from training.inference.embedding_store import EmbeddingStore, embedding_key
@@ -27,9 +29,11 @@ class TrainingEmbeddings:
         model: an adapter whose image encoder is the base model's (``config.encoder == "frozen"``).
         store: the shared on-disk store, or None to encode every image (kept in memory only).
         precision: the encoder's precision (auto|bf16|fp32, as ``Predictor``).
+        memo_entries: most embeddings kept in memory (None: all this object was asked for).
     """
 
-    def __init__(self, model: SamAdapter, store: EmbeddingStore | None = None, precision: str = "auto") -> None:
+    def __init__(self, model: SamAdapter, store: EmbeddingStore | None = None, precision: str = "auto",
+                 memo_entries: int | None = None) -> None:
         if model.config.encoder != "frozen":
             raise ValueError("stored embeddings need a frozen image encoder; this adapter's encoder is "
                              f"{model.config.encoder!r}")
@@ -38,11 +42,17 @@ class TrainingEmbeddings:
         self.predictor = Predictor(model, precision=precision)
         self.encoded = 0  # images that went through the encoder (tests and progress)
         self.reused = 0  # images found in the store
-        self._memo: dict[str, ImageEmbedding] = {}  # this run's embeddings, by image digest
+        # This run's embeddings by image digest; ``memo_entries`` bounds them (a run over a large project
+        # must not hold every embedding: 4 MB each at 1024 px), the store has the rest.
+        self._memo: dict[str, ImageEmbedding] | LRUCache = {} if memo_entries is None else LRUCache(memo_entries)
 
     def get(self, image: np.ndarray) -> ImageEmbedding:
         """The image's embedding (1 x 256 x G x G float32 on the CPU) with its geometry."""
-        digest = image_digest(image)
+        return self.get_by_digest(image_digest(image), lambda: image)
+
+    def get_by_digest(self, digest: str, load: Callable[[], np.ndarray]) -> ImageEmbedding:
+        """The embedding of the image whose content digest is ``digest``; ``load()`` gives the image,
+        called only when the store does not have it (a cached task then needs no image decode)."""
         if digest in self._memo:
             return self._memo[digest]
         key = embedding_key(self.model.base, digest)
@@ -50,7 +60,7 @@ class TrainingEmbeddings:
         if found is not None:
             self.reused += 1
         else:
-            found = self.predictor.embed([image], batch_size=1)[0]
+            found = self.predictor.embed([load()], batch_size=1)[0]
             self.encoded += 1
             if self.store is not None:
                 self.store.put(key, found)

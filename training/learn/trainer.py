@@ -7,11 +7,13 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from cachetools import LRUCache
 
 from training.data.dataset import Sample, SegmentationDataset
 from training.inference.runtime import autocast_dtype
@@ -60,9 +62,9 @@ class PreparedSample:
     embedding: torch.Tensor | None = None  # 1 x 256 x G x G from the frozen base encoder
 
 
-def prepare_sample(model: SamAdapter, image: np.ndarray, masks: np.ndarray) -> PreparedSample:
-    """Resize and pad an image (H x W x 3 uint8) and its masks (C x H x W bool) like SAM's input."""
-    tensor, (h, w) = model.preprocess(image)
+def prepare_targets(model: SamAdapter, masks: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(C x L x L targets in [0, 1], L x L valid region) of C x H x W bool masks in the model's frame."""
+    h, w = model.input_size(masks.shape[1:])
     size = model.image_size
     low = size // 4
     planes = [cv2.resize(m.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) for m in masks]
@@ -71,7 +73,29 @@ def prepare_sample(model: SamAdapter, image: np.ndarray, masks: np.ndarray) -> P
     targets = F.interpolate(padded[None], (low, low), mode="area")[0]
     valid = torch.zeros(low, low)
     valid[: math.ceil(h * low / size), : math.ceil(w * low / size)] = 1
+    return targets, valid
+
+
+def prepare_sample(model: SamAdapter, image: np.ndarray, masks: np.ndarray) -> PreparedSample:
+    """Resize and pad an image (H x W x 3 uint8) and its masks (C x H x W bool) like SAM's input."""
+    tensor, _ = model.preprocess(image)
+    targets, valid = prepare_targets(model, masks)
     return PreparedSample(tensor, targets, valid)
+
+
+class PreparedSource(Protocol):
+    """Training data that prepares its own samples (e.g. from cached masks and stored embeddings, without
+    decoding images): ``class_names``, ``len()`` and ``prepare(index, model, embeddings)``."""
+
+    class_names: list[str]
+
+    def __len__(self) -> int: ...
+
+    def prepare(self, index: int, model: SamAdapter, embeddings: TrainingEmbeddings) -> PreparedSample: ...
+
+
+# (rng, batch size) -> sample indices of one batch; the default is shuffled epochs.
+Sampler = Callable[[np.random.Generator, int], list[int]]
 
 
 class SampleCache:
@@ -82,15 +106,18 @@ class SampleCache:
     jitter (it would change the embedding).
     """
 
-    def __init__(self, model: SamAdapter, samples: list[Sample], embeddings: TrainingEmbeddings | None = None
-                 ) -> None:
+    def __init__(self, model: SamAdapter, samples: list[Sample] | PreparedSource,
+                 embeddings: TrainingEmbeddings | None = None, max_entries: int | None = None) -> None:
         self.model = model
         self.samples = samples
         self.embeddings = embeddings
-        self._cache: dict[tuple[int, bool], PreparedSample] = {}
+        self._cache: dict[tuple[int, bool], PreparedSample] | LRUCache = (
+            {} if max_entries is None else LRUCache(max_entries))
 
     def get(self, index: int, flip: bool) -> PreparedSample:
         key = (index, flip)
+        if key not in self._cache and hasattr(self.samples, "prepare"):
+            self._cache[key] = _to(self.samples.prepare(index, self.model, self.embeddings), self.model.device)
         if key not in self._cache:
             sample = self.samples[index]
             image, masks = sample.image, sample.masks
@@ -240,13 +267,16 @@ class _Plateau:
 class _Loop:
     """One training run's state: the model, its data, the optimiser and the random streams."""
 
-    def __init__(self, model: SamAdapter, dataset: SegmentationDataset, config: TrainConfig,
-                 embeddings: TrainingEmbeddings | None) -> None:
+    def __init__(self, model: SamAdapter, dataset: SegmentationDataset | PreparedSource, config: TrainConfig,
+                 embeddings: TrainingEmbeddings | None, sampler: Sampler | None = None,
+                 max_prepared: int | None = None) -> None:
         torch.manual_seed(config.seed)
         self.model, self.config, self.size = model, config, len(dataset)
         self.rng = np.random.default_rng(config.seed)
         self.generator = torch.Generator().manual_seed(config.seed)
-        self.cache = SampleCache(model, list(dataset.samples), embeddings)
+        samples = dataset if hasattr(dataset, "prepare") else list(dataset.samples)
+        self.cache = SampleCache(model, samples, embeddings, max_prepared)
+        self.sampler = sampler
         # On stored embeddings a mirror image would double the encoding, and measured no better on the
         # stand-in (held-out mIoU 0.445 with flips, 0.451 without, two seeds): windows vary the view.
         self.flips = config.augment and embeddings is None
@@ -255,6 +285,8 @@ class _Loop:
         self.order: list[int] = []
 
     def batch(self) -> list[PreparedSample]:
+        if self.sampler is not None:
+            return [self.cache.get(i, flip=False) for i in self.sampler(self.rng, self.config.batch_size)]
         indices = []
         while len(indices) < min(self.config.batch_size, self.size):
             if not self.order:
@@ -293,16 +325,21 @@ class _Loop:
         return value
 
 
-def train_adapter(model: SamAdapter, dataset: SegmentationDataset, config: TrainConfig,
+def train_adapter(model: SamAdapter, dataset: SegmentationDataset | PreparedSource, config: TrainConfig,
                   progress: Callable[[TrainProgress], None] | None = None,
                   embeddings: TrainingEmbeddings | None = None,
-                  on_ready: Callable[[], None] | None = None) -> TrainResult:
+                  on_ready: Callable[[], None] | None = None, sampler: Sampler | None = None,
+                  max_prepared: int | None = None) -> TrainResult:
     """Train ``model``'s adapter parts on ``dataset`` in place; returns the loss history.
 
     The dataset's classes must be the model's classes in the same order (``model.set_classes``).
     With a frozen image encoder, ``embeddings`` (default: in memory, no store) gives each image's
     embedding once, before the loop; the encoder never runs inside it. ``on_ready`` is called when the
     data is prepared and the loop starts. The model is left in eval mode.
+
+    ``sampler`` draws each batch's indices (an incremental run mixes new and earlier tasks); with one, only
+    the samples drawn are prepared, when first drawn, so a run's cost follows its steps, not the data's size;
+    ``max_prepared`` bounds how many prepared samples are kept in memory (None: all).
     """
     if list(dataset.class_names) != list(model.class_names):
         raise ValueError(f"dataset classes {dataset.class_names} differ from the model's {model.class_names}; "
@@ -311,8 +348,8 @@ def train_adapter(model: SamAdapter, dataset: SegmentationDataset, config: Train
         raise ValueError("cannot train on an empty dataset")
     if model.config.encoder == "frozen" and embeddings is None:
         embeddings = TrainingEmbeddings(model, None, config.precision)
-    loop = _Loop(model, dataset, config, embeddings)
-    if embeddings is not None:
+    loop = _Loop(model, dataset, config, embeddings, sampler, max_prepared)
+    if embeddings is not None and sampler is None:
         loop.cache.fill(flips=False)
     log.info("training %d trainable parameters on %d images for up to %d steps%s (%s%s)",
              model.trainable_parameter_count(), len(dataset), config.max_steps,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from training.model.adapter import SamAdapter
 from training.model.artifact import BaseIdentity, read_artifact
 from training.model.config import AdapterConfig
@@ -13,21 +15,24 @@ def base_identity(weights: BaseWeights, image_size: int) -> BaseIdentity:
 
 
 def new_adapter_model(weights: BaseWeights, image_size: int, class_names: list[str],
-                      config: AdapterConfig | None = None) -> SamAdapter:
-    """A fresh adapter (LoRA B = 0, random class prompts) on the base model."""
-    sam = load_base_model(weights, image_size)
+                      config: AdapterConfig | None = None, sam: torch.nn.Module | None = None) -> SamAdapter:
+    """A fresh adapter (LoRA B = 0, random class prompts) on the base model (``sam``: an untouched copy of
+    it already built, else it is loaded from ``weights``)."""
+    sam = sam if sam is not None else load_base_model(weights, image_size)
     return SamAdapter(sam, base_identity(weights, image_size), class_names, config or AdapterConfig())
 
 
 def load_adapter_model(data: bytes, weights: BaseWeights, image_size: int,
-                       expected_classes: list[str] | None = None) -> SamAdapter:
-    """Rebuild a saved adapter on the base model; mismatched base or classes raise AdapterMismatchError."""
+                       expected_classes: list[str] | None = None, sam: torch.nn.Module | None = None) -> SamAdapter:
+    """Rebuild a saved adapter on the base model (``sam`` as ``new_adapter_model``); mismatched base or
+    classes raise AdapterMismatchError."""
     artifact = read_artifact(data)
     base = base_identity(weights, image_size)
     artifact.header.check_base(base)
     if expected_classes is not None:
         artifact.header.check_classes(expected_classes)
-    model = SamAdapter(load_base_model(weights, image_size), base, artifact.header.class_names, artifact.header.config)
+    sam = sam if sam is not None else load_base_model(weights, image_size)
+    model = SamAdapter(sam, base, artifact.header.class_names, artifact.header.config)
     model.apply_artifact(artifact)
     return model
 

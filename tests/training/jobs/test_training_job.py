@@ -31,10 +31,10 @@ from testkit.ls_annotations import (
 from tests.training.jobs.test_scheduler import REPO, redis_server, wait_for
 from training.jobs.redis_conn import connect
 from training.jobs.scheduler import TrainingScheduler
-from training.jobs.settings import JobSettings, step_budget
 from training.model.artifact import read_artifact
 from training.model.loading import new_adapter_model
 from training.model.weights import resolve_checkpoint
+from training.pipeline.settings import JobSettings, step_budget
 from training.registry import open_registry
 
 QUEUE = "samloop-jobs-test"
@@ -66,6 +66,8 @@ def settings_for(ls: FakeLabelStudio, tmp_path: Path, **overrides) -> dict:
         image_size=64, data_dir=str(tmp_path / "data"), registry=str(tmp_path / "adapters"),
         steps_per_image=1, min_steps=2, max_steps=3, train_max_seconds=30, batch_size=2,
         ls_retries=1, ls_backoff=0.01, lock_ttl_seconds=5,
+        # One task in three is a held-out candidate: tasks 1, 2 and 5 of the fixture's six (a stable hash).
+        holdout_every=3,
     ).to_dict() | overrides
 
 
@@ -80,6 +82,12 @@ def run_queue(conn) -> None:
 
 def registry(tmp_path: Path):
     return open_registry(str(tmp_path / "adapters"))
+
+
+def resubmit(ls: FakeLabelStudio, task_id: int) -> None:
+    """The task's annotation saved again (same regions, a new annotation id and time)."""
+    _, task = ls._find(task_id)
+    ls.set_annotations(task_id, [{"result": task["annotations"][0]["result"]}])
 
 
 def add_broken_tasks(ls: FakeLabelStudio) -> tuple[int, int]:
@@ -120,7 +128,7 @@ def test_the_default_job_path_names_the_real_job():
 
 
 def test_scheduler_and_settings_import_without_torch():
-    probe = "import sys, training.jobs.scheduler, training.jobs.settings; print('torch' in sys.modules)"
+    probe = "import sys, training.jobs.scheduler, training.pipeline.settings; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr
 
@@ -150,7 +158,8 @@ def test_job_trains_publishes_and_keeps_a_better_active_version(conn, ls, tmp_pa
     store = registry(tmp_path)
     info, weights = store.load(PROJECT)
     assert info.version == 1 and info.active and len(weights) > 1000
-    assert info.metadata["promoted"] is True and info.metadata["metrics"]["candidate"]["images"] == 1
+    assert info.metadata["data"]["holdout_ids"] == [1, 2, 5]
+    assert info.metadata["promoted"] is True and info.metadata["metrics"]["candidate"]["images"] == 3
     assert info.metadata["warm_start_from"] is None
     assert sorted(s["task"] for s in info.metadata["data"]["skipped"]) == sorted([bad, missing])
     assert sched.status(PROJECT)["last_run"]["status"] == "promoted"
@@ -179,6 +188,7 @@ def test_a_candidate_is_promoted_over_an_active_version_on_held_out_tasks(conn, 
     first = make_scheduler(conn, settings).schedule(PROJECT, "ANNOTATION_CREATED", False)
     run_queue(conn)
     assert Job.fetch(first["job_id"], connection=conn).return_value()["status"] == "promoted"
+    resubmit(ls, 3)  # an annotator edits a training task: the next run has something new to learn
     # Any candidate within 1.0 mean IoU of the active version is promoted: the "promoted" branch.
     lenient = make_scheduler(conn, settings | {"promote_tolerance": 1.0})
     second = lenient.schedule(PROJECT, "ANNOTATION_UPDATED", False)
@@ -192,6 +202,9 @@ def test_a_candidate_is_promoted_over_an_active_version_on_held_out_tasks(conn, 
     assert info.version == 2 and info.active and info.metadata["warm_start_from"] == 1
     assert metrics["evaluated_on"] == "holdout" and metrics["active_version"] == 1
     assert metrics["active"] is not None and "held-out mean IoU" in info.metadata["decision"]
+    # The active version's held-out scores were read back from its metadata, not computed again.
+    assert metrics["active_scored"] == {"read_back": 3, "computed": 0}
+    assert info.metadata["plan"]["kind"] == "incremental" and info.metadata["plan"]["new_tasks"] == 1
     # Clicks: both decoders scored on the held-out objects, the choice recorded in the version and its file.
     clicks = metrics["clicks"]
     assert clicks["decoder"] in ("adapter", "base") and clicks["base"]["objects"] >= 1

@@ -18,7 +18,11 @@ from training.inference.devices import check_device
 from training.learn.config import TrainConfig
 from training.model.config import AdapterConfig
 
-__all__ = ["ENV_NAMES", "JobSettings", "step_budget"]
+__all__ = ["DEFAULT_DEBOUNCE_SECONDS", "ENV_NAMES", "JobSettings", "step_budget"]
+
+# A burst's last event starts the run this many seconds later (annotators submit every few seconds at
+# most: a shorter wait would start a run that the next submission makes stale at once).
+DEFAULT_DEBOUNCE_SECONDS = 2.0
 
 # Environment variable -> JobSettings field (names shared with backend/settings.py).
 ENV_NAMES = {
@@ -39,6 +43,10 @@ ENV_NAMES = {
     "TRAIN_PROMOTE_TOLERANCE": "promote_tolerance",
     "SAMLOOP_ADAPTER": "adapter_kind",
     "EMBEDDING_STORE_MB": "embedding_store_mb",
+    "TRAIN_INCREMENTAL_STEPS": "incremental_steps",
+    "TRAIN_NEW_SHARE": "new_share",
+    "TRAIN_HOLDOUT_CAP": "holdout_cap",
+    "TRAIN_CLICK_OBJECTS": "click_objects",
 }
 
 
@@ -49,8 +57,13 @@ class JobSettings:
     registry: ``""`` = a local directory ``<data_dir>/adapters``; ``"redis"`` = the Redis the job
         came from (prefix ``redis_prefix``; for workers without a shared disk); a path or a
         redis:// URL = ``open_registry(registry)``.
-    Step budget: ``steps_per_image`` x training images, clamped to [min_steps, max_steps]; the
+    Step budget of a full run: ``steps_per_image`` x training images, clamped to [min_steps, max_steps];
+        of an incremental run (warm start from the active version): ``incremental_steps``, with
+        ``new_share`` of every batch drawn from the tasks new or changed since that version. The
         wall-clock budget ``train_max_seconds`` applies too, whichever ends first.
+    Held-out set: one new task in ``holdout_every``, at most ``holdout_cap``, none below ``holdout_min``
+        labeled tasks (``training.pipeline.holdout``). The click gate clicks at most ``click_objects``
+        held-out objects.
     adapter_kind: ``decoder`` (frozen encoder, trained on stored embeddings) or ``encoder`` (encoder
         LoRA); ``adapter_options`` refine it. A project's kind comes from its settings in the backend.
     embedding_store_mb: bound of the on-disk embedding store ``<data_dir>/embeddings``, shared with
@@ -81,12 +94,16 @@ class JobSettings:
     adapter_options: dict[str, Any] = field(default_factory=dict)
     embedding_store_mb: int = 4096
     click_max_clicks: int = 20
+    click_objects: int = 6
     promote_tolerance: float = 0.01
     holdout_every: int = 5
     holdout_min: int = 5
+    holdout_cap: int = 32
+    incremental_steps: int = 24
+    new_share: float = 0.5
     min_annotations: int = 1
     export_max_side: int = 2048
-    debounce_seconds: float = 5.0
+    debounce_seconds: float = DEFAULT_DEBOUNCE_SECONDS
     max_debounce_seconds: float = 60.0
     lock_ttl_seconds: float = 60.0
     ls_retries: int = 3
@@ -95,7 +112,8 @@ class JobSettings:
     def __post_init__(self) -> None:
         ints = {"image_size": 64, "keep_versions": 1, "steps_per_image": 1, "min_steps": 1, "max_steps": 1,
                 "batch_size": 1, "holdout_every": 2, "holdout_min": 0, "min_annotations": 0,
-                "export_max_side": 16, "ls_retries": 0, "embedding_store_mb": 1, "click_max_clicks": 1}
+                "export_max_side": 16, "ls_retries": 0, "embedding_store_mb": 1, "click_max_clicks": 1,
+                "click_objects": 0, "holdout_cap": 0, "incremental_steps": 1}
         for name, low in ints.items():
             value = getattr(self, name)
             if isinstance(value, str) and value.strip().lstrip("-").isdigit():
@@ -103,6 +121,9 @@ class JobSettings:
                 setattr(self, name, value)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        self.new_share = float(self.new_share)
+        if not 0 < self.new_share <= 1:
+            raise ValueError(f"new_share must be within (0, 1], got {self.new_share!r}")
         self.promote_tolerance = float(self.promote_tolerance)
         if not -1.0 <= self.promote_tolerance <= 1.0:
             raise ValueError(f"promote_tolerance must be within [-1, 1], got {self.promote_tolerance!r}")
