@@ -121,7 +121,8 @@ def build_services(settings: Settings, registry: AdapterRegistry | None = None,
         predictions = PredictionService(models, images, store, projects.resolve)
         scheduler = scheduler if scheduler is not None else scheduler_factory(handle, settings)
         webhook = WebhookHandler(handle.client, settings.SAMLOOP_REDIS_PREFIX, scheduler, store)
-        preencoder = PreEncoder(models, predictions, images, store, settings.PREENCODE_MAX_TASKS)
+        preencoder = PreEncoder(models, predictions, images, store, settings.PREENCODE_MAX_TASKS,
+                                settings.PREENCODE_RELIST_SECONDS)
         predictions.encode_ahead = preencoder.submit
     except BaseException:
         handle.close()
@@ -214,7 +215,7 @@ def setup(request: Request, body: SetupRequest) -> dict:
     current = services.store.update(project, changes) if changes else services.store.get(project)
     services.store.remember_project(project, body.label_config)
     services.images.remember_setup(project, body.hostname, body.access_token)
-    services.preencoder.request(project, "setup")
+    services.preencoder.request_on_setup(project, body.label_config, settings_changed=bool(changes))
     prepared = services.models.prepare(services.models.choose(project, current.pinned_version))
     log.info("setup project %s: model_version %s, settings %s", project, prepared.choice.model_version,
              current.model_dump())

@@ -1,7 +1,10 @@
 """Encoding ahead of the annotator: a project's task images are encoded before anyone opens them.
 
-When Label Studio connects (``/setup``), when tasks are imported (``TASKS_CREATED``) and when a batch
-``/predict`` arrives before any adapter exists, the project is queued here. One background thread
+When Label Studio connects (``/setup``), when tasks are imported (``TASKS_CREATED``), when the switch is
+turned on and when a batch ``/predict`` arrives before any adapter exists, the project is queued here.
+Label Studio also calls ``/setup`` before every prediction request, on every listing of a project's
+models and on every model page: a ``/setup`` lists the project again only when this process has not
+listed it yet (a connect), its label config or settings changed, or ``relist_seconds`` have passed. One background thread
 lists its tasks through Label Studio's API (``GET /api/tasks``, in Label Studio's order, at most
 ``PREENCODE_MAX_TASKS``), downloads each image and encodes those not stored yet with the base encoder
 (``ModelService.encode_ahead``: no model lock, paused at every encoder block while a request runs).
@@ -61,9 +64,12 @@ class PreEncoder:
     """The background queue of projects (and task batches) to encode ahead, and their progress."""
 
     def __init__(self, models: ModelService, predictions: PredictionService, images: ImageSource,
-                 store: ProjectSettingsStore, max_tasks: int) -> None:
+                 store: ProjectSettingsStore, max_tasks: int, relist_seconds: float = 300.0) -> None:
         self.models, self.predictions, self.images, self.store = models, predictions, images, store
         self.max_tasks = max_tasks
+        self.relist_seconds = relist_seconds
+        # project -> (monotonic time, label config hash) of its last listing asked for by /setup
+        self._listed: LRUCache[str, tuple[float, int]] = LRUCache(PROJECTS_IN_MEMORY)
         self._queue: OrderedDict[tuple[str, bool], _Job] = OrderedDict()
         self._progress: LRUCache[str, Progress] = LRUCache(PROJECTS_IN_MEMORY)
         self._wake = threading.Condition()
@@ -75,6 +81,17 @@ class PreEncoder:
     def request(self, project: str, reason: str) -> bool:
         """Queue the project's tasks (listed from Label Studio); False when its switch is off."""
         return self._enqueue(_Job(project, None), reason)
+
+    def request_on_setup(self, project: str, label_config: str, settings_changed: bool) -> bool:
+        """``/setup``'s request: queued only at a connect, a change, or ``relist_seconds`` after the last one."""
+        now, config = time.monotonic(), hash(label_config)
+        with self._wake:
+            last = self._listed.get(project)
+            if (not settings_changed and last is not None and last[1] == config
+                    and now - last[0] < self.relist_seconds):
+                return False
+            self._listed[project] = (now, config)
+        return self.request(project, "setup")
 
     def submit(self, project: str, tasks: list[tuple[int | None, object]], reason: str) -> bool:
         """Queue these (task id, image URL) pairs of the project, e.g. a batch /predict's tasks."""

@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     # Tasks per project encoded ahead of the annotator (project switch ``preencode``), in Label
     # Studio's order; 1000 vit_t embeddings at 1024 px are ~1 GB on disk and ~25 CPU minutes here.
     PREENCODE_MAX_TASKS: int = Field(1000, ge=0)
+    # Label Studio calls /setup before every prediction and model listing: a /setup lists the project's
+    # tasks again only after a connect, a change, or this many seconds (task imports always do).
+    PREENCODE_RELIST_SECONDS: float = Field(300.0, ge=0)
 
     BASIC_AUTH_USER: str = ""
     BASIC_AUTH_PASS: str = ""

@@ -14,7 +14,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from testkit.fake_label_studio import FakeLabelStudio
-from tests.backend.conftest import brush_task, encode, keypoint, noise_image, predict_body
+from tests.backend.conftest import BRUSH_CONFIG, brush_task, encode, keypoint, noise_image, predict_body
 from tests.backend.test_protocol import setup_body
 
 NUMBER = 41
@@ -175,3 +175,29 @@ def test_closing_waits_for_the_encoding_thread(make_backend, label_studio):
     preencoder.close()  # returns once the thread is gone: nothing encodes into a store being closed
     assert not preencoder._thread.is_alive()
     assert not preencoder.request(str(NUMBER), "after close")
+
+
+def test_repeated_setups_list_the_project_once_until_something_changes(make_backend, label_studio):
+    """Label Studio sends /setup before every prediction and model listing: those must not each list
+    every task of the project again (issue 21: 256 full listings from 214 /setups in ten minutes)."""
+    add_tasks(label_studio, 2)
+    backend = connected(make_backend, label_studio)
+
+    def listings() -> int:
+        wait_idle(backend)
+        return len(label_studio.requests_to("/api/tasks"))
+
+    for _ in range(10):
+        assert backend.client.post("/setup", json=setup_body(str(NUMBER))).status_code == 200
+    assert listings() == 1  # the connect listed it; nine more /setups listed nothing
+    changed = setup_body(str(NUMBER), config=BRUSH_CONFIG.replace("</View>", "<Header value=\"x\"/></View>"))
+    assert backend.client.post("/setup", json=changed).status_code == 200
+    assert listings() == 2  # a changed label config lists again
+    switched = setup_body(str(NUMBER), config=changed["schema"], extra_params={"preencode": True})
+    assert backend.client.post("/setup", json=switched).status_code == 200
+    assert listings() == 3  # so do changed settings
+    response = backend.client.post("/webhook", json={"action": "TASKS_CREATED", "project": {"id": NUMBER}})
+    assert response.status_code < 300 and listings() == 4  # and an import
+    backend.services.preencoder.relist_seconds = 0.0
+    assert backend.client.post("/setup", json=switched).status_code == 200
+    assert listings() == 5  # and a /setup once the last listing is older than PREENCODE_RELIST_SECONDS
