@@ -1,7 +1,7 @@
 """Encoding ahead of the annotator: a project's task images are encoded before anyone opens them.
 
-When Label Studio connects (``/setup``), when tasks are imported (``TASKS_CREATED``), when the switch is
-turned on and when a batch ``/predict`` arrives before any adapter exists, the project is queued here.
+When Label Studio connects (``/setup``), when tasks are imported (``TASKS_CREATED``), when the switch
+is turned on and when a batch ``/predict`` arrives before any adapter exists, the project is queued here.
 Label Studio also calls ``/setup`` before every prediction request, on every listing of a project's
 models and on every model page: a ``/setup`` lists the project again only when this process has not
 listed it yet (a connect), its label config or settings changed, or ``relist_seconds`` have passed. One background thread

@@ -122,11 +122,17 @@ def delete_version(request: Request, project: str, version: int) -> dict:
     return project_summary(request, services, project)
 
 
+class TrainRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    full: bool = Field(False, description="retrain from scratch instead of from the active version")
+
+
 @router.post("/projects/{project}/train")
-def train_now(request: Request, project: str) -> dict:
+def train_now(request: Request, project: str, body: TrainRequest | None = None) -> dict:
     project = project_of(request, project)
     services = _services(request)
-    outcome = _training(services).train_now(project)
+    outcome = _training(services).train_now(project, full=body is not None and body.full)
     services.store.remember_project(project)  # listed from now on, so its job shows in the console
     return {"training": outcome, "project": project_summary(request, services, project)}
 

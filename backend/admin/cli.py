@@ -1,4 +1,4 @@
-"""``python -m backend admin status|set|activate|delete|train|cancel ...``: the admin API from a terminal.
+"""``python -m backend admin status|set|activate|delete|train [--full]|cancel ...``: the admin API from a terminal.
 
 The backend's URL comes from ``--url`` or SAMLOOP_URL (default http://localhost:9090), the token from
 ``--token`` or ADMIN_TOKEN. Exit status: 0 done, 2 refused request (the message says why), 3 backend
@@ -136,8 +136,10 @@ def _parser() -> argparse.ArgumentParser:
                                "move 3 3.1712345678 (what a bare id held before keys named the instance)")
     move.add_argument("project")
     move.add_argument("to")
-    for name, text in (("train", "queue a training run now"), ("cancel", "stop the running job, drop the queued one")):
-        commands.add_parser(name, help=text).add_argument("project")
+    train = commands.add_parser("train", help="queue a training run now")
+    train.add_argument("project")
+    train.add_argument("--full", action="store_true", help="retrain from scratch, not from the active version")
+    commands.add_parser("cancel", help="stop the running job, drop the queued one").add_argument("project")
     return parser
 
 
@@ -154,7 +156,9 @@ def run(args: argparse.Namespace) -> Any:
         return client.call("POST", f"{base}/move", {"to": args.to})
     if args.command == "delete":
         return client.call("DELETE", f"{base}/versions/{args.version}")
-    return client.call("POST", f"{base}/{args.command}")  # train, cancel
+    if args.command == "train":
+        return client.call("POST", f"{base}/train", {"full": True} if args.full else None)
+    return client.call("POST", f"{base}/cancel")
 
 
 def render(answer: Any) -> str:

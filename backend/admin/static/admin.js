@@ -139,6 +139,10 @@ function jobPanel(project) {
   const job = project.job;
   const buttons = project.training_connected ? [
     h("button", { "data-train": project.id, onclick: () => act(`${base}/train`, "POST") }, "Train now"), " ",
+    h("button", { "data-retrain": project.id, onclick: () => {
+      if (confirm(`Retrain project ${project.id} from scratch on every labeled task? Runs take longer than the usual update.`)) {
+        act(`${base}/train`, "POST", { full: true });
+      } } }, "Retrain from scratch"), " ",
     h("button", { "data-cancel": project.id, disabled: !job, onclick: () => act(`${base}/cancel`, "POST") }, "Cancel"),
   ] : [h("span", { class: "muted" }, "no training queue connected")];
   if (!job) return h("div", { class: "job" }, h("b", {}, "Job: "), h("span", { class: "job-stage" }, "idle"), h("br"), buttons);

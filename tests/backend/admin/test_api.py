@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from rq.job import Job
 
+from backend.admin.overview import control_of
 from backend.project_settings import ProjectSettingsStore
 from tests.backend.admin.conftest import LiveBackend, wait_for
 from tests.backend.conftest import brush_task, encode, ls_id, noise_image, predict_body, publish_adapter
@@ -189,3 +190,15 @@ def test_move_what_a_bare_id_holds_to_a_key(live, project):
         assert onto_itself.status_code == 422 and "onto itself" in onto_itself.json()["detail"]
         malformed = client.post(f"/admin/api/projects/{bare}/move", json={"to": "3:1"})
         assert malformed.status_code == 422 and "'3:1'" in malformed.json()["detail"]
+
+
+def test_a_full_retrain_is_asked_for_and_a_bad_body_is_named(live, project):
+    publish(live, project)
+    with live.client() as client:
+        bad = client.post(f"/admin/api/projects/{project}/train", json={"full": "very"})
+        assert bad.status_code == 422 and "full" in bad.text
+        asked = client.post(f"/admin/api/projects/{project}/train", json={"full": True})
+    assert asked.status_code == 200 and asked.json()["training"]["full"] is True
+    # The request waits in Redis for the run that takes it (rq jobs coalesce; the flag does not get lost).
+    keys = control_of(live.services).keys(project)
+    assert live.services.redis.client.get(keys.full) == b"1"

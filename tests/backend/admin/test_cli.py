@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from backend.admin.cli import parse_assignments
+from backend.admin.overview import control_of
 from backend.app import create_app
 from backend.webhook import RecordingScheduler
 from tests.backend.admin.conftest import REPO, TOKEN, serve, wait_for
@@ -56,6 +57,14 @@ def test_status_lists_every_project(live, project):
     publish_adapter(live.registry, live.services.models.weights, project, ["cat"])
     done = admin(live, "status")
     assert done.returncode == 0 and f"project {project}: serving" in done.stdout and "v1" in done.stdout
+
+
+def test_train_full_asks_for_a_retrain_from_scratch(live, project):
+    publish_adapter(live.registry, live.services.models.weights, project, ["cat"])
+    asked = admin(live, "--json", "train", "--full", project)
+    assert asked.returncode == 0, asked.stderr
+    assert json.loads(asked.stdout)["training"]["full"] is True
+    assert live.services.redis.client.get(control_of(live.services).keys(project).full) == b"1"
 
 
 def test_train_and_cancel_a_running_job(live, worker, project):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from backend.admin.overview import control_of
 from tests.backend.admin.conftest import REPO, TOKEN, wait_for
 from tests.backend.conftest import publish_adapter
 
@@ -75,5 +76,11 @@ def test_the_page_switches_activates_and_follows_a_job(live, worker, project, br
         card.locator(".run-status", has_text="cancelled").wait_for()
         assert card.locator(".job-stage").inner_text() == "idle"
         assert api_project(live, project)["active_version"] == 2
+
+        live.job_overrides[project] = {"steps": 1, "step_seconds": 0.0}
+        page.once("dialog", lambda dialog: dialog.accept())  # "Retrain ... from scratch?"
+        card.locator("button[data-retrain]").click()
+        full_key = control_of(live.services).keys(project).full
+        wait_for(lambda: live.services.redis.client.get(full_key) == b"1")
     finally:
         context.close()

@@ -284,3 +284,21 @@ def test_timed_out_job_publishes_nothing_and_frees_the_project(conn, ls, tmp_pat
     status = sched.status(PROJECT)
     assert status["running_job"] is None and status["last_run"]["status"] == "failed"
     assert "JobTimeoutException" in status["last_run"]["error"]
+
+
+def test_a_full_retrain_asked_through_the_queue_retrains_from_scratch(conn, ls, tmp_path):
+    settings = settings_for(ls, tmp_path)
+    sched = make_scheduler(conn, settings)
+    sched.schedule(PROJECT, "ANNOTATION_CREATED", False)
+    run_queue(conn)
+    sched.train_now(PROJECT)  # nothing changed since version 1: an ordinary run has nothing to do
+    run_queue(conn)
+    assert sched.status(PROJECT)["last_run"]["status"] == "up_to_date"
+    asked = sched.train_now(PROJECT, full=True)
+    assert asked["full"] is True and conn.get(sched.keys(PROJECT).full) == b"1"
+    run_queue(conn)
+    outcome = Job.fetch(asked["job_id"], connection=conn).return_value()
+    assert outcome["plan"]["kind"] == "full" and outcome["version"] == 2
+    meta = {v.version: v for v in registry(tmp_path).versions(PROJECT)}[2].metadata
+    assert meta["warm_start_from"] is None and "full retrain" in meta["start"]
+    assert conn.get(sched.keys(PROJECT).full) is None  # taken by that run
