@@ -43,8 +43,10 @@ def backend(data_dir: Path) -> Iterator[tuple[str, psutil.Process]]:
     process = subprocess.Popen([sys.executable, "-m", "backend", "--host", "127.0.0.1", "--port", str(port)],
                                cwd=REPO, env=env)
     url = f"http://127.0.0.1:{port}"
+    started = time.monotonic()
     try:
         wait_for(lambda: _answers(url), timeout=120, interval=0.25)
+        print(f"backend answered /health {time.monotonic() - started:.1f} s after its start")
         yield url, psutil.Process(process.pid)
     finally:
         if process.poll() is None:
