@@ -25,11 +25,18 @@ log = logging.getLogger(__name__)
 
 
 class Recovery:
-    """Runs reconciliation passes one at a time; a pass asked for while one runs follows it once."""
+    """Runs reconciliation passes one at a time; a pass asked for while one runs follows it once.
 
-    def __init__(self, services: Any) -> None:
+    A pass that could not ask Label Studio about every project (unreachable, refusing) is tried again
+    after ``retry_delays`` (the last one repeats): Label Studio may be down at samloop's start too.
+    """
+
+    def __init__(self, services: Any, retry_delays: tuple[float, ...] = (60, 120, 300, 900)) -> None:
         self.services = services
+        self.retry_delays = retry_delays
         self.last: dict[str, Any] | None = None  # the last pass: when, why, per-project outcomes
+        self._retries = 0
+        self._retry_at: float | None = None
         self._wake = threading.Condition()
         self._pending: str | None = None
         self._running = False
@@ -52,20 +59,45 @@ class Recovery:
             self._wake.notify_all()
         self._thread.join(timeout=5)
 
+    def _next(self) -> str | None:
+        """Wait for a request or a due retry; None when closed (the caller holds ``_wake``)."""
+        while not self._closed and self._pending is None:
+            if self._retry_at is not None and time.monotonic() >= self._retry_at:
+                self._retry_at = None
+                return "retry: Label Studio could not be asked about every project"
+            timeout = None if self._retry_at is None else self._retry_at - time.monotonic()
+            self._wake.wait(timeout)
+        if self._closed:
+            return None
+        reason, self._pending = self._pending, None
+        return reason
+
     def _run(self) -> None:
         while True:
             with self._wake:
-                self._wake.wait_for(lambda: self._pending is not None or self._closed)
-                if self._closed:
+                reason = self._next()
+                if reason is None:
                     return
-                reason, self._pending, self._running = self._pending, None, True
+                self._running = True
+            complete = False
             try:
                 self.last = self.run_pass(reason)
+                complete = not any(o["status"] in ("failed", "unreachable") for o in self.last["projects"])
             except Exception:  # one failed pass must not end recovery for the next outage
                 log.exception("recovery of missed events failed")
             finally:
                 with self._wake:
                     self._running = False
+                    self._plan_retry(complete)
+
+    def _plan_retry(self, complete: bool) -> None:
+        if complete:
+            self._retries, self._retry_at = 0, None
+            return
+        delay = self.retry_delays[min(self._retries, len(self.retry_delays) - 1)]
+        self._retries += 1
+        self._retry_at = time.monotonic() + delay
+        log.warning("recovery of missed events incomplete; trying again in %.0f s", delay)
 
     # ----- one pass ---------------------------------------------------------------------------------
     def projects(self) -> list[str]:
@@ -81,7 +113,13 @@ class Recovery:
 
     def run_pass(self, reason: str) -> dict[str, Any]:
         started = time.time()
-        outcomes = [self.reconcile(project) for project in self.projects()]
+        outcomes: list[dict[str, Any]] = []
+        for project in self.projects():
+            if outcomes and outcomes[-1]["status"] == "unreachable":
+                # The same Label Studio for all of them: no point waiting on its timeouts again.
+                outcomes.append({"project": project, "status": "unreachable", "reason": "not tried"})
+                continue
+            outcomes.append(self.reconcile(project))
         scheduled = [o["project"] for o in outcomes if o["status"] == "scheduled"]
         log.info("recovery of missed events (%s): %d projects checked, scheduled: %s", reason, len(outcomes),
                  scheduled or "none")
@@ -104,4 +142,5 @@ class Recovery:
             return {"project": project, "status": "skipped", "reason": str(exc)}
         except (LabelStudioError, redis.RedisError, ValueError) as exc:
             log.warning("recovery: project %s not checked: %s", project, exc)
-            return {"project": project, "status": "failed", "reason": str(exc)}
+            unreachable = isinstance(exc, LabelStudioError) and exc.status is None
+            return {"project": project, "status": "unreachable" if unreachable else "failed", "reason": str(exc)}

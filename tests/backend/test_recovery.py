@@ -21,9 +21,10 @@ from rq.job import Job
 
 from backend.app import create_app
 from backend.project_settings import ProjectSettingsStore
+from backend.recovery import Recovery
 from testkit.fake_label_studio import FakeLabelStudio
 from testkit.waiting import wait_for
-from tests.backend.conftest import BRUSH_CONFIG, LS_CREATED, make_settings
+from tests.backend.conftest import BRUSH_CONFIG, LS_CREATED, free_port, make_settings
 from tests.backend.test_faults_redis import RestartableRedis, restartable  # noqa: F401 - a fixture
 from tests.backend.test_health import scheduler_on
 from training.jobs.keys import ProjectKeys
@@ -49,8 +50,8 @@ def queued_trigger(client: redis.Redis, prefix: str, project: str) -> str | None
 
 
 def settings_for(tmp_path, prefix: str, ls: FakeLabelStudio, **overrides):
-    return make_settings(tmp_path, prefix, LABEL_STUDIO_URL=ls.url, LABEL_STUDIO_API_KEY=ls.legacy_token,
-                         PREENCODE_MAX_TASKS=0, **overrides)
+    values = {"LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ls.legacy_token, "PREENCODE_MAX_TASKS": 0}
+    return make_settings(tmp_path, prefix, **(values | overrides))
 
 
 def test_at_start_up_projects_annotated_while_samloop_was_down_are_scheduled(tmp_path, redis_prefix, redis_client,
@@ -101,3 +102,40 @@ def test_an_annotation_whose_webhook_got_503_is_trained_when_redis_comes_back(
     conn = redis.Redis.from_url(restartable.url)
     assert queued_trigger(conn, redis_prefix, key) == MISSED_EVENTS
     Queue(queue_name, connection=conn).delete(delete_jobs=True)
+
+
+def test_label_studio_down_during_recovery_is_tried_again_and_unreachable_is_tried_once(
+        tmp_path, redis_prefix, redis_client, queue_name):
+    store = ProjectSettingsStore(redis_client, redis_prefix)
+    keys = [f"{number}.{LS_CREATED}" for number in (61, 62)]
+    with FakeLabelStudio() as ls:
+        for number, key in zip((61, 62), keys, strict=True):
+            ls.add_project(number, BRUSH_CONFIG, created_at=CREATED_ISO)
+            ls.add_task(number, {"image": "/data/upload/x.png"}, [{"result": [], "updated_at": iso(time.time())}])
+            store.remember_project(key, BRUSH_CONFIG)
+        ls.fail("/api/projects", 502)  # a proxy answering for a Label Studio that is down
+        settings = settings_for(tmp_path, redis_prefix, ls)
+        with TestClient(create_app(settings, scheduler_factory=scheduler_on(queue_name))) as client:
+            services = client.app.state.services
+            services.recovery.close()  # this test's own, with a short retry delay
+            recovery = Recovery(services, retry_delays=(0.5,))
+            try:
+                recovery.request("test")
+                wait_for(lambda: recovery.last is not None, timeout=60)
+                assert {o["status"] for o in recovery.last["projects"]} == {"failed"}
+                ls.state.faults.clear()
+                wait_for(lambda: recovery.last["reason"].startswith("retry"), timeout=30)
+                wait_for(recovery.idle, timeout=30)
+                assert {o["status"] for o in recovery.last["projects"]} == {"scheduled"}
+            finally:
+                recovery.close()
+        assert all(queued_trigger(redis_client, redis_prefix, key) == MISSED_EVENTS for key in keys)
+        redis_client.delete(*(ProjectKeys(redis_prefix, key).queued for key in keys))  # as if those jobs ran
+
+        down = settings_for(tmp_path, redis_prefix, ls, LABEL_STUDIO_URL=f"http://127.0.0.1:{free_port()}")
+        with TestClient(create_app(down, scheduler_factory=scheduler_on(queue_name))) as client:
+            recovery = client.app.state.services.recovery
+            wait_for(lambda: recovery.idle() and recovery.last is not None, timeout=60)
+            first, second = recovery.last["projects"]
+            assert first["status"] == "unreachable" and "no response" in first["reason"]
+            assert second == {"project": keys[1], "status": "unreachable", "reason": "not tried"}
