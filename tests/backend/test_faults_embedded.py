@@ -19,10 +19,15 @@ from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 import redis
+from rq.job import Job
 
+from testkit.fake_label_studio import FakeLabelStudio
 from testkit.waiting import wait_for
 from tests.backend.conftest import BRUSH_CONFIG, LS_CREATED, free_port
+from tests.training.jobs.test_training_job import ls  # noqa: F401 - a fixture
+from training.jobs.keys import ProjectKeys, text
 from training.jobs.redis_server import socket_path_for
 from training.model.loading import new_adapter_model
 from training.model.weights import resolve_checkpoint
@@ -34,12 +39,13 @@ SWITCHES = {"predictions": False, "auto_training": False, "pinned_version": 1}
 
 
 @contextmanager
-def backend(data_dir: Path) -> Iterator[tuple[str, psutil.Process]]:
+def backend(data_dir: Path, **overrides: str) -> Iterator[tuple[str, psutil.Process]]:
+    """``python -m backend`` as ``make run`` starts it (embedded Redis and worker), in ``data_dir``."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO), "SAM_MODEL": "vit_t", "SAM_CHECKPOINT": "random",
            "SAM_IMAGE_SIZE": "256", "PRECISION": "fp32", "SAMLOOP_DATA_DIR": str(data_dir), "REDIS_URL": "",
            "LABEL_STUDIO_URL": "", "LABEL_STUDIO_API_KEY": "", "PREENCODE_MAX_TASKS": "0", "OMP_NUM_THREADS": "1",
-           "LOG_LEVEL": "WARNING"}
+           "LOG_LEVEL": "WARNING", **overrides}
     process = subprocess.Popen([sys.executable, "-m", "backend", "--host", "127.0.0.1", "--port", str(port)],
                                cwd=REPO, env=env)
     url = f"http://127.0.0.1:{port}"
@@ -116,3 +122,36 @@ def test_embedded_redis_killed_comes_back_and_a_power_cut_loses_nothing(tmp_path
     with backend(data_dir) as (url, _):
         stored = redis.Redis(unix_socket_path=str(socket_path_for(data_dir.resolve())))
         assert stored.get(f"samloop:backend:project:{KEY}:label_config").decode() == BRUSH_CONFIG
+
+
+def stage_of_run(data_dir: Path, project: str) -> str | None:
+    """The stage the project's running job reports, read from the embedded Redis as an admin would."""
+    client = redis.Redis(unix_socket_path=str(socket_path_for(data_dir.resolve())), socket_timeout=2)
+    try:
+        job_id = text(client.get(ProjectKeys("samloop", project).lock))
+        return Job.fetch(job_id, connection=client).get_meta(refresh=False).get("stage") if job_id else None
+    except redis.RedisError:
+        return None
+    finally:
+        client.close()
+
+
+@pytest.mark.slow
+def test_embedded_redis_killed_in_the_middle_of_a_run_and_the_loop_goes_on(tmp_path, ls: FakeLabelStudio):  # noqa: F811
+    data_dir = tmp_path / "data"
+    env = {"LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ls.legacy_token, "SAM_IMAGE_SIZE": "64",
+           "TRAIN_MAX_SECONDS": "20", "TRAIN_MIN_ANNOTATIONS": "1"}
+    with backend(data_dir, **env) as (url, _):
+        answer = httpx.post(f"{url}/webhook", json={"action": "START_TRAINING", "project": {"id": 7}}, timeout=10)
+        assert answer.status_code == 201, answer.text
+        wait_for(lambda: stage_of_run(data_dir, "7") == "training", timeout=180, interval=0.2)
+        started = time.monotonic()
+        os.kill(int((data_dir / "redis.pid").read_text()), signal.SIGKILL)
+
+        def active() -> str | None:
+            answer = httpx.get(f"{url}/versions", params={"project": "7"}, timeout=10)
+            return answer.json()["active"].get("7") if answer.status_code == 200 else None
+
+        version = wait_for(active, timeout=300, interval=1.0)
+        print(f"version {version} active {time.monotonic() - started:.0f} s after Redis was killed mid-run")
+        wait_for(lambda: httpx.get(f"{url}/health", timeout=2).json()["status"] == "UP", timeout=30)
