@@ -3,7 +3,9 @@
 - the embedded redis-server SIGKILLed alone: the backend restarts it on the same files; within 30 s a
   webhook is answered again (not 503) and the switches read as before; the worker carries on;
 - then everything SIGKILLed (backend, redis-server, worker), as a power cut or the OOM killer would:
-  started again, the switches, the pin, the label config and the project directory are all there.
+  started again, the switches, the pin, the label config and the project directory are all there;
+- (slow) the embedded redis-server SIGKILLed while the worker trains a project from the fake Label
+  Studio: the run goes on and its version becomes active.
 """
 
 from __future__ import annotations
