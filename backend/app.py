@@ -89,7 +89,7 @@ class Services:
         self.predictions.close()
         self.images.close()
         if self.worker is not None:
-            self.worker.stop()  # before Redis: a job cut off mid-write would fail instead of stopping cleanly
+            self.worker.stop()  # before Redis: the worker records its shutdown (and its job's) there
         self.redis.close()
 
 
