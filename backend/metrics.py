@@ -8,6 +8,11 @@ Counted as they happen, in this process (prometheus-client's default registry):
   (``task_opened``: the single-task /predict Label Studio sends when a task is opened;
   ``preencoder``: the pre-encoder of the project's task list).
 
+Set every second by ``backend.health.HealthMonitor``:
+
+- ``samloop_redis_up`` (1/0), ``samloop_training_worker_up`` (1/0: a worker listens on the training
+  queue, and the embedded one's process runs) and ``samloop_training_workers`` (how many rq lists).
+
 Read when scraped (``ServiceCollector``), so they agree with what the service and Redis hold:
 
 - ``samloop_embedding_lookups_total{layer, result}``: embedding memory cache and disk store hits and misses.
@@ -29,14 +34,14 @@ from typing import Any, TypeVar
 import redis
 from fastapi import Request
 from fastapi.responses import Response
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from training.jobs.job_stats import read_stats
 
-__all__ = ["ENCODINGS_AHEAD", "PREDICTED_TASKS", "PREDICTION_SECONDS", "ServiceCollector", "counts_encodings_ahead",
-           "metrics_endpoint", "timed_prediction"]
+__all__ = ["ENCODINGS_AHEAD", "PREDICTED_TASKS", "PREDICTION_SECONDS", "REDIS_UP", "TRAINING_WORKERS",
+           "TRAINING_WORKER_UP", "ServiceCollector", "counts_encodings_ahead", "metrics_endpoint", "timed_prediction"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +55,10 @@ PREDICTION_SECONDS = Histogram("samloop_prediction_seconds", "Seconds to answer 
 PREDICTED_TASKS = Counter("samloop_predicted_tasks", "Tasks answered by /predict, by kind", ["kind"])
 ENCODINGS_AHEAD = Counter("samloop_encodings_ahead", "Images encoded before any click on them, by source",
                           ["source"])
+REDIS_UP = Gauge("samloop_redis_up", "1 while Redis (embedded or REDIS_URL) answers, else 0")
+TRAINING_WORKER_UP = Gauge("samloop_training_worker_up", "1 while a training worker listens on the training "
+                           "queue (and the embedded worker process runs), else 0")
+TRAINING_WORKERS = Gauge("samloop_training_workers", "Training workers rq lists on the training queue")
 
 
 def prediction_kind(request: Any) -> str:

@@ -4,8 +4,8 @@ When Label Studio connects (``/setup``), when tasks are imported (``TASKS_CREATE
 is turned on and when a batch ``/predict`` arrives before any adapter exists, the project is queued here.
 Label Studio also calls ``/setup`` before every prediction request, on every listing of a project's
 models and on every model page: a ``/setup`` lists the project again only when this process has not
-listed it yet (a connect), its label config or settings changed, or ``relist_seconds`` have passed. One background thread
-lists its tasks through Label Studio's API (``GET /api/tasks``, in Label Studio's order, at most
+listed it yet (a connect), its label config or settings changed, or ``relist_seconds`` have passed.
+One background thread lists its tasks through Label Studio's API (``GET /api/tasks``, in Label Studio's order, at most
 ``PREENCODE_MAX_TASKS``), downloads each image and encodes those not stored yet with the base encoder
 (``ModelService.encode_ahead``: no model lock, paused at every encoder block while a request runs).
 The embeddings land in the disk store, valid for every frozen-encoder adapter version, so the first

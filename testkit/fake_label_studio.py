@@ -102,9 +102,11 @@ class FakeLabelStudio:
         self._thread.join(timeout=5)
 
     # ----- content -----
-    def add_project(self, project_id: int, label_config: str) -> None:
+    def add_project(self, project_id: int, label_config: str, created_at: str | None = None) -> None:
+        """``created_at`` (ISO 8601, e.g. "2024-04-05T19:34:38Z"): what the project answers, if given."""
         with self._lock:
-            self.state.projects[project_id] = {"id": project_id, "title": "fake", "label_config": label_config}
+            self.state.projects[project_id] = {"id": project_id, "title": "fake", "label_config": label_config,
+                                               **({"created_at": created_at} if created_at else {})}
             self.state.tasks.setdefault(project_id, [])
 
     def add_image(self, project_id: int, name: str, data: bytes) -> str:

@@ -1,7 +1,8 @@
 """The admin API under /admin/api (Bearer ADMIN_TOKEN): see the projects, switch them, manage versions
 and training.
 
-- ``GET  /admin/api/projects``: ``{"projects": [...], "switches": {name: JSON schema}, "model": {...}}``
+- ``GET  /admin/api/projects``: ``{"projects": [...], "switches": {name: JSON schema}, "model": {...},
+  "health": {...}}`` (health: what /health says of Redis and the training worker, ``backend.health``)
 - ``GET  /admin/api/projects/{id}``: one project (404 when neither the registry nor the settings know it)
 - ``PATCH /admin/api/projects/{id}``: switches, e.g. ``{"predictions": false}`` (the names of
   ``backend.project_settings.SWITCHES``; the same store Label Studio's extra params write)
@@ -64,7 +65,8 @@ def _training(services: Any) -> Any:
 def list_projects(request: Request) -> dict:
     services = _services(request)
     projects = [project_summary(request, services, p) for p in all_projects(services)]
-    return {"projects": projects, "switches": switch_schema(), "model": services.models.describe()}
+    health = services.health.report() if services.health is not None else None
+    return {"projects": projects, "switches": switch_schema(), "model": services.models.describe(), "health": health}
 
 
 @router.get("/projects/{project}")

