@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import loop_scaling
 from benchmarks.machine import describe
 from testkit.fake_label_studio import FakeLabelStudio
 from testkit.ls_annotations import brush_region, png_bytes
@@ -46,11 +47,11 @@ class StageClock:
         pass
 
 
-def run_once(ls: FakeLabelStudio, data_dir: Path, size: int, images: int) -> dict:
+def run_once(ls: FakeLabelStudio, data_dir: Path, size: int, images: int, full: bool = False) -> dict:
     settings = JobSettings(label_studio_url=ls.url, label_studio_api_key=ls.legacy_token, checkpoint="random",
                            image_size=size, data_dir=str(data_dir), precision="auto")
     clock = StageClock()
-    outcome = train_project("1", settings, clock)  # type: ignore[arg-type]
+    outcome = train_project("1", settings, clock, full=full)  # type: ignore[arg-type]
     seconds = round(time.monotonic() - clock.start, 1)
     steps = outcome["train"]["steps"]
     held_out = outcome["metrics"]["candidate"]["images"] if outcome["metrics"]["evaluated_on"] == "holdout" else 0
@@ -68,7 +69,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=10, help="labeled images (default 10)")
     parser.add_argument("--size", type=int, default=1024, help="model image size in px (default 1024)")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--scaling", action="store_true",
+                        help="the loop at 10/100/1000 labeled tasks through the real backend and worker "
+                             "(benchmarks.loop_scaling): first version, then bursts of 1 and 5 annotations")
+    parser.add_argument("--sizes", default=",".join(map(str, loop_scaling.SIZES)), help="with --scaling")
+    parser.add_argument("--plot", type=Path, help="with --scaling: write the time-to-version plot here")
+    parser.add_argument("--logs", type=Path, help="with --scaling: keep the backends' logs in this folder")
     args = parser.parse_args(argv)
+    if args.scaling:
+        return _scaling(args)
     dataset = target_dataset(args.images, args.size, seed=5)
     with FakeLabelStudio() as ls, tempfile.TemporaryDirectory() as work:
         ls.add_project(1, CONFIG)
@@ -77,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             regions = [brush_region(mask, name) for name, mask in zip(dataset.class_names, sample.masks, strict=True)
                        if mask.any()]
             ls.add_task(1, {"image": url}, [{"result": regions}])
-        runs = [run_once(ls, Path(work), args.size, args.images) for _ in range(2)]
+        # The second run retrains from scratch (nothing changed: an ordinary run would have nothing to do).
+        runs = [run_once(ls, Path(work), args.size, args.images, full=k == 1) for k in range(2)]
     result = {"images": args.images, "image_size": args.size, "machine": describe(),
               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
               "first_run": runs[0], "stored_embeddings_run": runs[1]}
@@ -85,6 +95,18 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
+    return 0
+
+
+def _scaling(args: argparse.Namespace) -> int:
+    sizes = tuple(int(v) for v in args.sizes.split(",") if v)
+    result = {"machine": describe(), **loop_scaling.run(sizes, args.size, logs=args.logs)}
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    if args.plot:
+        loop_scaling.plot(result, args.plot)
     return 0
 
 

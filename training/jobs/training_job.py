@@ -25,6 +25,7 @@ from rq.job import Job
 from training.jobs.progress import JobProgress
 from training.jobs.project_run import ProjectRun
 from training.jobs.scheduler import TrainingScheduler
+from training.model.weights import resolve_checkpoint
 from training.pipeline.models import BaseModels
 from training.pipeline.run import RunServices, run_project
 from training.pipeline.settings import JobSettings
@@ -47,6 +48,12 @@ def open_job_registry(settings: JobSettings, job: Job | None) -> AdapterRegistry
                              cache_dir=cache)
     spec = settings.registry or str(Path(settings.data_dir) / "adapters")
     return open_registry(spec, keep_last=settings.keep_versions, prefix=settings.redis_prefix, cache_dir=cache)
+
+
+def preload_base_model(settings: JobSettings) -> None:
+    """Build the base model of ``settings`` into this process's cache (a forking worker does this once)."""
+    weights = resolve_checkpoint(settings.model_type, settings.checkpoint, settings.model_cache or None)
+    _MODELS.sam(weights, settings.image_size)
 
 
 def train_project(project: str, settings: JobSettings, progress: JobProgress | None = None,

@@ -38,4 +38,5 @@ class BaseModels:
                 pristine = load_base_model(weights, image_size)
                 self._bases[key] = pristine
                 self.built += 1
-            return copy.deepcopy(pristine)
+        # Outside the lock: copies of a built model need no coordination, and builds must not wait on them.
+        return copy.deepcopy(pristine)
