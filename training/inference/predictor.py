@@ -105,7 +105,11 @@ class Predictor:
     def _autocast(self):
         if self.autocast is None:
             return torch.autocast(self.model.device.type, enabled=False)
-        return torch.autocast(self.model.device.type, dtype=self.autocast)
+        # Without autocast's weight-cast cache: it only helps weights that require grad (LoRA), used once
+        # per pass here, and it casts under a mutex. Dynamo tracing the compiled decoder in a background
+        # thread dispatches those casts to Python (fake tensors) while holding that mutex; a request
+        # thread leaving autocast clears the cache under the same mutex while holding the GIL: deadlock.
+        return torch.autocast(self.model.device.type, dtype=self.autocast, cache_enabled=False)
 
     def _threads(self) -> AbstractContextManager:
         if self.threads is None or self.model.device.type != "cpu":

@@ -161,3 +161,26 @@ def test_thread_counts_are_rounded_to_the_warmed_steps():
     assert runtime.thread_steps(2) == (1, 2)
     assert runtime.thread_steps(12) == (1, 2, 4, 8, 12)
     assert [runtime.round_down(n, (1, 2, 4, 8, 12)) for n in (1, 3, 7, 11, 12)] == [1, 2, 4, 8, 12]
+
+
+def test_warming_up_beside_bf16_encoding_does_not_deadlock(random_vit_t):
+    # Autocast's weight-cast cache once deadlocked the warm-up (dynamo tracing LoRA casts under its mutex)
+    # against a request thread leaving autocast (clearing the cache under that mutex, holding the GIL).
+    model = new_adapter_model(random_vit_t, SIZE, ["cat"], AdapterConfig.for_kind("decoder"))
+    compiled = CompiledDecoder(backend="eager")
+    predictor = Predictor(model, precision="bf16", threads=THREADS, compiled=compiled)
+    image = np.zeros((100, 128, 3), np.uint8)
+    stop = threading.Event()
+
+    def encode() -> None:
+        while not stop.is_set():
+            predictor.embed([image])
+
+    encoder = threading.Thread(target=encode, daemon=True)
+    encoder.start()
+    warm = compiled.start(predictor.warm_compiled_clicks)
+    warm.join(120)
+    stop.set()
+    encoder.join(60)
+    assert not warm.is_alive() and not encoder.is_alive()
+    assert compiled.path == "compiled"
