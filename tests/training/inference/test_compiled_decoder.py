@@ -116,9 +116,14 @@ def test_a_new_adapter_version_runs_without_compiling_again(compiled_setup, rand
 
 
 def test_without_a_cpp_compiler_clicks_stay_eager_and_say_why(monkeypatch, random_vit_t, tmp_path, caplog):
-    import torch._inductor.config as inductor_config
+    from torch._inductor import cpp_builder, exc
 
-    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/c++",))
+    # Inductor's compiler search, as it ends on a machine without one (its config is not patched: it is
+    # per thread here, and undoing a patch of it broke later compiles in other threads).
+    def no_compiler() -> str:
+        raise exc.InvalidCxxCompiler
+
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", no_compiler)
     model = new_adapter_model(random_vit_t, SIZE, ["cat"], AdapterConfig.for_kind("decoder"))
     compiled = CompiledDecoder(cache_dir=tmp_path / "inductor")
     predictor = Predictor(model, precision="fp32", threads=THREADS, compiled=compiled)
