@@ -26,6 +26,7 @@ from backend.project_settings import PROJECTS_IN_MEMORY
 from backend.settings import Settings
 from backend.versioning import model_version
 from training.data.images import ReducedImage
+from training.inference.compiled_decoder import CompiledDecoder
 from training.inference.embedding_store import EmbeddingStore, embedding_key
 from training.inference.predictor import ClassPrediction, ImageEmbedding, Predictor, PromptPrediction
 from training.inference.priority import RequestsFirst
@@ -147,8 +148,10 @@ class ModelService:
         self.encoded_images = 0
         self.encoded_ahead = 0  # of those, encoded in the background before anyone asked
         self.encoded_on_request = 0  # the others: a request waited for them
+        # Clicks: the compiled mask decoder once warm (in the background), the eager one until then.
+        self.compiled = CompiledDecoder(settings.COMPILE_DECODER, settings.inductor_cache_dir)
         with self._lock:
-            self._live_model(AdapterConfig())
+            self.compiled.start(self._live_model(AdapterConfig()).predictor.warm_compiled_clicks)
 
     # ----- identity ------------------------------------------------------------------------------
     @property
@@ -162,7 +165,8 @@ class ModelService:
     def describe(self) -> dict:
         return {"model": self.label, "model_type": self.base.model_type, "image_size": self.base.image_size,
                 "device": str(self.device), "random_weights": self.weights.is_random,
-                "precision": self.precision, "encoder_batch_size": self.encoder_batch_size}
+                "precision": self.precision, "encoder_batch_size": self.encoder_batch_size,
+                "click_decoder": self.compiled.describe()}
 
     # ----- which adapter ---------------------------------------------------------------------------
     def choose(self, project: str | None, pinned: int | None = None) -> AdapterChoice:
@@ -248,7 +252,7 @@ class ModelService:
         # cores, so ops don't wait for a thread that a training worker has pushed off its core.
         on_cpu = self.device.type == "cpu"
         predictor = Predictor(model, precision=self.precision, channels_last=on_cpu,
-                              threads="free" if on_cpu else None)
+                              threads="free" if on_cpu else None, compiled=self.compiled)
         live = _LiveModel(model, predictor)
         self._live[key] = live
         while len(self._live) > MAX_LIVE_MODELS:

@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     # tasks again only after a connect, a change, or this many seconds (task imports always do).
     PREENCODE_RELIST_SECONDS: float = Field(300.0, ge=0)
 
+    # Clicks run a torch.compile'd mask decoder (about 2x faster on CPU), compiled in the background at
+    # start-up (eager until then; Inductor's cache in SAMLOOP_DATA_DIR/inductor-cache makes restarts quick).
+    # Needs a C++ compiler on CPU; without one, clicks stay eager and /health says why.
+    COMPILE_DECODER: bool = True
+
     BASIC_AUTH_USER: str = ""
     BASIC_AUTH_PASS: str = ""
     WEBHOOK_SECRET: str = ""
@@ -161,6 +166,10 @@ class Settings(BaseSettings):
     @property
     def embedding_store_dir(self) -> Path:
         return self.SAMLOOP_DATA_DIR / "embeddings"
+
+    @property
+    def inductor_cache_dir(self) -> Path:
+        return self.SAMLOOP_DATA_DIR / "inductor-cache"
 
     @property
     def image_cache_dir(self) -> Path:

@@ -1,6 +1,7 @@
 """``python -m benchmarks [--quick] [--out DIR] [--only vit_t-1024 ...]`` (``make bench``).
 
-``python -m benchmarks quality ...`` is the quality benchmark (``benchmarks.quality.cli``).
+``python -m benchmarks quality ...`` is the quality benchmark (``benchmarks.quality.cli``);
+``python -m benchmarks clickpath`` times a warm click's stages in-process (``benchmarks.click_path``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import sys
 from pathlib import Path
 
 from benchmarks import report
-from benchmarks.runner import compare_plan, full_plan, quick_plan, run
+from benchmarks.runner import clicks_plan, compare_plan, full_plan, quick_plan, run
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -22,10 +23,16 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.quality.cli import main as quality_main
 
         return quality_main(argv[1:])
+    if argv[:1] == ["clickpath"]:
+        from benchmarks.click_path import main as click_path_main
+
+        return click_path_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description="samloop benchmarks (see benchmarks/)")
     parser.add_argument("--quick", action="store_true", help="smoke run: vit_t at 128 px, a few requests")
     parser.add_argument("--compare", action="store_true",
                         help="a shorter vit_t-1024 trace and one batch of 8, for before/after runs of a change")
+    parser.add_argument("--clicks", action="store_true",
+                        help="the click parts of the full run (vit_t-1024 trace, drafted regions, training)")
     parser.add_argument("--out", type=Path, default=None,
                         help="output directory (default benchmarks/results; with --quick benchmarks/results/quick)")
     parser.add_argument("--only", nargs="*", default=None, help="variants to run, e.g. vit_t-1024 vit_b-1024")
@@ -40,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
-    plan = quick_plan() if args.quick else compare_plan() if args.compare else full_plan()
+    plan = (quick_plan() if args.quick else compare_plan() if args.compare else clicks_plan() if args.clicks
+            else full_plan())
     for item in args.backend_env:
         name, sep, value = item.partition("=")
         if not sep or not name:

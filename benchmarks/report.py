@@ -148,7 +148,8 @@ def _interactive_md(results: dict[str, Any]) -> list[str]:
                   f"{plan['cold_images']} images clicked without opening, {plan['revisits']} returns to earlier "
                   f"images × {plan['revisit_clicks']} clicks{photos}. "
                   f"Trace total: {opt['interactive']['total_seconds']} s "
-                  f"optimized, {base['interactive']['total_seconds'] if base else '–'} s baseline.", "",
+                  f"optimized, {base['interactive']['total_seconds'] if base else '–'} s baseline."
+                  f"{_click_decoder(opt)}", "",
                   "| request | n | optimized p50 / p95 | baseline p50 / p95 | ratio p50 | response KB |",
                   "|---|---:|---:|---:|---:|---:|"]
         for kind in KIND_ORDER:
@@ -162,6 +163,19 @@ def _interactive_md(results: dict[str, Any]) -> list[str]:
                          f"{_fmt(size / 1024 if size else None)} |")
         lines.append("")
     return lines
+
+
+def _click_decoder(run: dict[str, Any]) -> str:
+    state = run.get("backend", {}).get("click_decoder")
+    if not state:
+        return ""
+    why = f" ({state['reason']})" if state.get("reason") else f" (compiled in {state.get('warm_seconds')} s)"
+    sizes = run["interactive"].get("median_request_bytes", {})
+    drafted = ""
+    if "drafted_context_click" in sizes:
+        drafted = (f" Request bodies: {sizes['plain_context_click'] / 1024:.1f} KB plain, "
+                   f"{sizes['drafted_context_click'] / 1024:.0f} KB with drafted regions.")
+    return f" Clicks answered by the {state.get('path')} mask decoder{why}.{drafted}"
 
 
 def _batch_md(results: dict[str, Any]) -> list[str]:

@@ -26,6 +26,7 @@ from benchmarks.scenarios import (
     annotator_trace,
     batch_predictions,
     training_run,
+    wait_for_click_decoder,
 )
 from benchmarks.scenes import CLASSES, LABEL_CONFIG, make_scene
 
@@ -100,7 +101,7 @@ class RunPlan:
 
 
 def full_plan() -> RunPlan:
-    trace = TracePlan(new_images=20, clicks=5, cold_images=5, revisits=10, revisit_clicks=2, photos=2)
+    trace = TracePlan(new_images=20, clicks=5, cold_images=5, revisits=10, revisit_clicks=2, photos=2, context_images=4)
     return RunPlan("full", [
         VariantPlan("vit_t", 1024, trace, [1, 8, 32], [5, 10, 25], [10], clicks_during_training=10),
         VariantPlan("vit_t", 512, trace, [1, 8, 32], [10], [10]),
@@ -112,6 +113,12 @@ def full_plan() -> RunPlan:
     ])
 
 
+def clicks_plan() -> RunPlan:
+    """The click parts of the full vit_t-1024 run: the trace, clicks with drafted regions, clicks while 10 train."""
+    trace = TracePlan(new_images=20, clicks=5, cold_images=5, revisits=10, revisit_clicks=2, context_images=4)
+    return RunPlan("clicks", [VariantPlan("vit_t", 1024, trace, [8], clicks_during_training=10, renice_worker=False)])
+
+
 def compare_plan() -> RunPlan:
     """A shorter vit_t-1024 run for before/after comparisons of a change (no training)."""
     trace = TracePlan(new_images=8, clicks=5, cold_images=3, revisits=6, revisit_clicks=2)
@@ -119,7 +126,7 @@ def compare_plan() -> RunPlan:
 
 
 def quick_plan() -> RunPlan:
-    trace = TracePlan(new_images=2, clicks=2, cold_images=1, revisits=2, revisit_clicks=1)
+    trace = TracePlan(new_images=2, clicks=2, cold_images=1, revisits=2, revisit_clicks=1, context_images=1)
     variant = VariantPlan("vit_t", 128, trace, [2], [3], [], clicks_during_training=3, renice_worker=False)
     return RunPlan("quick", [variant], image_hw=(120, 160), train_max_seconds=1.0, micro_size=128, micro_repeats=2,
                    micro_encoder_repeats=1,
@@ -212,7 +219,8 @@ def run_variant(plan: RunPlan, variant: VariantPlan, kind: str, work: Path, ls: 
     data_dir = work / f"{variant.name}-{kind}"
     data_dir.mkdir(parents=True, exist_ok=True)
     adapter_version = publish_adapter(data_dir, variant.model, variant.image_size, TRACE_PROJECT)
-    env = backend_env(plan, variant, kind, data_dir, ls.url, ls.legacy_token, worker=bool(sizes))
+    trains = bool(sizes) or (kind == "optimized" and bool(variant.clicks_during_training))
+    env = backend_env(plan, variant, kind, data_dir, ls.url, ls.legacy_token, worker=trains)
     out: dict[str, Any] = {"variant": variant.name, "model": variant.model, "image_size": variant.image_size,
                            "kind": kind, "note": variant.note, "load_average_before": load_average(),
                            "settings": {k: env.get(k, "default") for k in (
@@ -230,6 +238,7 @@ def run_variant(plan: RunPlan, variant: VariantPlan, kind: str, work: Path, ls: 
                                                          "encoder_batch_size")}
             out["backend"]["embedding_cache_mb"] = health["embedding_cache"]["max_bytes"] / MB
             out["preencode"] = _connect(client, backend, kind)
+            out["backend"]["click_decoder"] = wait_for_click_decoder(client, backend.url)
             out["idle_rss_mb"] = backend.sampler.current_rss_mb()
             log.info("%s %s: annotator trace", variant.name, kind)
             backend.sampler.phase("trace")

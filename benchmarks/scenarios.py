@@ -91,14 +91,18 @@ class TracePlan:
     revisits: int = 10  # returns to earlier images, alternating oldest/newest
     revisit_clicks: int = 2
     photos: int = 0  # 12 MP phone photos (4032 x 3024 JPEG), clicked without an automatic /predict first
+    # Opened images clicked again twice over, the same points with and without 100 drafted regions in
+    # the context (what Label Studio sends with every click once an annotation has regions).
+    context_images: int = 0
 
     @property
     def images_needed(self) -> int:
         return self.new_images + self.cold_images
 
 
+DRAFTED_REGIONS = 100
 KIND_ORDER = ["open", "first_click", "cold_first_click", "revisit_first_click", "later_click", "photo_first_click",
-              "photo_later_click"]
+              "photo_later_click", "plain_context_click", "drafted_context_click"]
 KIND_TITLES = {
     "open": "open a task (automatic /predict, 4 classes)",
     "first_click": "first click after opening",
@@ -107,6 +111,8 @@ KIND_TITLES = {
     "later_click": "later clicks (2nd..5th point)",
     "photo_first_click": "first click on a 12 MP photo, not opened",
     "photo_later_click": "later clicks on a 12 MP photo",
+    "plain_context_click": "warm clicks, context: the points only",
+    "drafted_context_click": f"the same clicks, context: the points and {DRAFTED_REGIONS} drafted brush regions",
 }
 
 
@@ -118,6 +124,19 @@ def _clicks(client: httpx.Client, url: str, project: int, image: TaskImage, stor
         ms, sent, got, answer = post_json(client, url, payloads.predict_body(project, [body_task], context))
         (result,) = _check_results(answer, 1)
         samples.append(Sample(first_kind if k == 0 else later_kind, ms, sent, got, _regions(result)))
+
+
+def _context_pairs(client: httpx.Client, url: str, project: int, image: TaskImage, label: str, count: int,
+                   seed: int, drafted: list[dict], samples: list[Sample]) -> None:
+    """Each click twice, alternately with and without the drafted regions (warm embedding both times)."""
+    body_task = payloads.task(image.task_id, image.url, project)
+    for points in click_sequence(image.scene, label, count, seed):
+        plain = payloads.click_context(points, label, image.scene.size)
+        for kind, context in (("plain_context_click", plain),
+                              ("drafted_context_click", {"result": plain["result"] + drafted})):
+            ms, sent, got, answer = post_json(client, url, payloads.predict_body(project, [body_task], context))
+            (result,) = _check_results(answer, 1)
+            samples.append(Sample(kind, ms, sent, got, _regions(result)))
 
 
 def annotator_trace(client: httpx.Client, base_url: str, project: int, images: list[TaskImage],
@@ -150,6 +169,9 @@ def annotator_trace(client: httpx.Client, base_url: str, project: int, images: l
         label = CLASSES[index % len(CLASSES)]
         _clicks(client, url, project, image, [], label, plan.clicks, "photo_first_click", 3000 + index, samples,
                 later_kind="photo_later_click")
+    drafted = payloads.drafted_regions(DRAFTED_REGIONS, images[0].scene.size) if plan.context_images else []
+    for index, (image, _, label) in enumerate(opened[: plan.context_images]):
+        _context_pairs(client, url, project, image, label, plan.clicks, 4000 + index, drafted, samples)
     total = time.perf_counter() - started
     by_kind = {kind: percentiles([s.ms for s in samples if s.kind == kind]) for kind in KIND_ORDER}
     sizes = {kind: int(np.median([s.response_bytes for s in samples if s.kind == kind]))
@@ -159,6 +181,17 @@ def annotator_trace(client: httpx.Client, base_url: str, project: int, images: l
     return {"plan": asdict(plan), "latency_ms": by_kind, "median_response_bytes": sizes,
             "median_request_bytes": request_sizes, "total_seconds": round(total, 2), "requests": len(samples),
             "samples": [asdict(s) for s in samples]}
+
+
+def wait_for_click_decoder(client: httpx.Client, base_url: str, timeout: float = 900.0) -> dict[str, Any]:
+    """/health's click_decoder once the background compile has ended (compiled, or eager and why): clicks
+    measured before would time the eager decoder."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = client.get(base_url + "/health").json().get("click_decoder") or {}
+        if state.get("reason") != "warming up" or time.monotonic() > deadline:
+            return state
+        time.sleep(1.0)
 
 
 # ----- batch pre-annotation ----------------------------------------------------------------------------------

@@ -176,5 +176,6 @@ def test_dockerfile() -> None:
     assert 'python -m training.model.weights download --model "${SAM_MODEL}"' in text
     assert "pip install -r requirements.txt" in text
     assert "SAMLOOP_MODEL_CACHE=/models" in text
+    assert "install -y --no-install-recommends g++" in text  # torch.compile of the click decoder
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".venv", ".venv-ls", ".git", "data"} <= set(ignored)

@@ -234,6 +234,9 @@ def make_settings(data_dir: Path, prefix: str, **overrides) -> Settings:
         "LABEL_STUDIO_URL": "",
         "LABEL_STUDIO_API_KEY": "",
         "PRECISION": "fp32",
+        # Compiling the decoder costs a background minute of CPU per app; tests/backend/test_compiled_clicks
+        # turns it on.
+        "COMPILE_DECODER": False,
         # Test servers listen on loopback; the allow-list itself is tested in test_hostile_images.
         "IMAGE_HOSTS": "*",
         **overrides,

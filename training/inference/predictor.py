@@ -10,7 +10,8 @@ import torch
 
 from training.data.images import ReducedImage
 from training.inference import runtime
-from training.inference.projection_cache import cache_image_projections, decoding
+from training.inference.compiled_decoder import CompiledDecoder
+from training.inference.projection_cache import cache_image_projections, decoding, plain_copy
 from training.model.adapter import SamAdapter
 
 # Class maps are resolved at most at this many times the model's input area, then resized
@@ -72,10 +73,14 @@ class Predictor:
     faster than one (benchmarks/hotspots.py).
 
     ``clicks``: which decoder answers ``predict_prompt`` by default, ``adapter`` or ``base`` (SAM's own).
+
+    ``compiled``: answers ``predict_prompt``'s decoder calls (compiled once warm: ``warm_compiled_clicks``);
+    None: the eager decoders.
     """
 
     def __init__(self, model: SamAdapter, precision: str = "auto", threshold: float = 0.5,
-                 channels_last: bool = False, threads: int | str | None = None, clicks: str = "adapter") -> None:
+                 channels_last: bool = False, threads: int | str | None = None, clicks: str = "adapter",
+                 compiled: CompiledDecoder | None = None) -> None:
         if clicks not in CLICK_DECODERS:
             raise ValueError(f"clicks must be one of {', '.join(CLICK_DECODERS)}, got {clicks!r}")
         if not (threads is None or threads == "free" or (isinstance(threads, int) and threads >= 1)):
@@ -89,6 +94,10 @@ class Predictor:
         self.max_threads = torch.get_num_threads()
         if channels_last:
             model.sam.image_encoder.to(memory_format=torch.channels_last)
+        self.compiled = compiled
+        # The compiled path runs SAM's decoder from a copy without the projection reuse below (see plain_copy).
+        self._base_twin = (plain_copy(model.base_mask_decoder)
+                           if compiled is not None and model.base_mask_decoder is not None else None)
         if model.base_mask_decoder is not None:
             # Clicks answered by SAM's own decoder reuse its image-only first-block projections.
             cache_image_projections(model.base_mask_decoder)
@@ -96,13 +105,25 @@ class Predictor:
     def _autocast(self):
         if self.autocast is None:
             return torch.autocast(self.model.device.type, enabled=False)
-        return torch.autocast(self.model.device.type, dtype=self.autocast)
+        # Without autocast's weight-cast cache: it only helps weights that require grad (LoRA), used once
+        # per pass here, and it casts under a mutex. Dynamo tracing the compiled decoder in a background
+        # thread dispatches those casts to Python (fake tensors) while holding that mutex; a request
+        # thread leaving autocast clears the cache under the same mutex while holding the GIL: deadlock.
+        return torch.autocast(self.model.device.type, dtype=self.autocast, cache_enabled=False)
 
     def _threads(self) -> AbstractContextManager:
         if self.threads is None or self.model.device.type != "cpu":
             return nullcontext()
         count = self.threads if isinstance(self.threads, int) else min(self.max_threads, runtime.free_cores())
+        if self.compiled is not None:  # a count the compiled decoder was warmed for
+            count = runtime.round_down(count, self.thread_counts())
         return runtime.intra_op_threads(count)
+
+    def thread_counts(self) -> tuple[int, ...]:
+        """Intra-op thread counts calls may run with (on CPU): each is a compiled decoder graph."""
+        if isinstance(self.threads, int):
+            return (self.threads,)
+        return runtime.thread_steps(self.max_threads) if self.threads == "free" else (self.max_threads,)
 
     def embed(self, images: list[np.ndarray | ReducedImage], batch_size: int = 4) -> list[ImageEmbedding]:
         """Encode H x W x 3 uint8 RGB images, ``batch_size`` at a time. A ``ReducedImage`` (decoded at a
@@ -201,10 +222,38 @@ class Predictor:
         multimask = box is None and (coords is None or coords.shape[1] == 1)
         with self._autocast(), decoding(image.embedding) if base else nullcontext():
             low_res, iou = self.model.prompt_logits(image.embedding.to(device), coords, labels, box_t,
-                                                    [class_index], multimask=multimask, base_decoder=base)
+                                                    [class_index], multimask=multimask, base_decoder=base,
+                                                    run=None if self.compiled is None else self._run_decoder)
         best = int(iou[0].argmax())
         logits = self.model.upscale(low_res[0, best : best + 1, None].float(), image.input_size, (h, w))
         return PromptPrediction(mask=(logits[0] > 0).cpu().numpy(), score=float(iou[0, best].clamp(0, 1)))
+
+
+    def _run_decoder(self, decoder: torch.nn.Module, embedding: torch.Tensor, image_pe: torch.Tensor,
+                     sparse: torch.Tensor, dense: torch.Tensor, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.compiled.ready and decoder is self.model.base_mask_decoder and self._base_twin is not None:
+            decoder = self._base_twin
+        return self.compiled(decoder, embedding, image_pe, sparse, dense, multimask)
+
+    def warm_compiled_clicks(self) -> None:
+        """Compile the click decoders on a blank embedding, without the model lock (the calls read the
+        model, never change it): SAM's own decoder first (what answers clicks by default), then the
+        adapter's, at each thread count a click may run with, the idle machine's first."""
+        if self.compiled is None:
+            return
+        model, device = self.model, self.model.device
+        encoder = model.sam.prompt_encoder
+        decoders = [d for d in (self._base_twin, model.sam.mask_decoder) if d is not None]
+        counts = self.thread_counts() if device.type == "cpu" else (torch.get_num_threads(),)
+        self.compiled.allow_graphs(len(decoders) * len(counts))
+        for decoder in decoders:
+            for count in sorted(counts, reverse=True):
+                with runtime.intra_op_threads(count), torch.inference_mode(), self._autocast():
+                    embedding = torch.zeros(1, encoder.embed_dim, *encoder.image_embedding_size, device=device)
+                    coords = torch.zeros(1, 1, 2, device=device)
+                    labels = torch.ones(1, 1, dtype=torch.int64, device=device)
+                    sparse, dense = encoder(points=(coords, labels), boxes=None, masks=None)
+                    self.compiled(decoder, embedding, encoder.get_dense_pe(), sparse, dense, True)
 
 
 def _pixels(image: np.ndarray | ReducedImage) -> np.ndarray:

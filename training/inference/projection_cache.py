@@ -12,6 +12,7 @@ Callers serialise decodes on a model (the backend's model lock; one thread in a 
 
 from __future__ import annotations
 
+import copy
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +23,7 @@ import torch
 from segment_anything.modeling.mask_decoder import MaskDecoder
 from torch import nn
 
-__all__ = ["cache_image_projections", "decoding"]
+__all__ = ["cache_image_projections", "decoding", "plain_copy"]
 
 _image: ContextVar[torch.Tensor | None] = ContextVar("samloop_decoded_image", default=None)
 
@@ -67,3 +68,13 @@ def cache_image_projections(decoder: MaskDecoder) -> None:
 
         linear.forward = MethodType(forward, linear)
         linear._samloop_cached = True
+
+
+def plain_copy(decoder: MaskDecoder) -> MaskDecoder:
+    """A deep copy of ``decoder`` without the reuse above: for ``torch.compile``, which would trace the
+    context-variable lookup and the per-module state (the compiled decoder is fast enough without it)."""
+    twin = copy.deepcopy(decoder)
+    for linear in _image_only_projections(twin):
+        linear.__dict__.pop("forward", None)
+        linear.__dict__.pop("_samloop_cached", None)
+    return twin

@@ -88,6 +88,22 @@ def _own_running_threads() -> int:
     return max(1, count)
 
 
+def thread_steps(max_threads: int) -> tuple[int, ...]:
+    """The thread counts a compiled model is warmed for: powers of two below ``max_threads``, and it.
+    Dynamo guards on the count, so each one a click may run with is a compiled graph of its own."""
+    steps = {max_threads}
+    step = 1
+    while step < max_threads:
+        steps.add(step)
+        step *= 2
+    return tuple(sorted(steps))
+
+
+def round_down(count: int, steps: tuple[int, ...]) -> int:
+    """The largest of ``steps`` (ascending) not above ``count``, else the smallest."""
+    return max((s for s in steps if s <= count), default=steps[0])
+
+
 @contextmanager
 def intra_op_threads(count: int) -> Iterator[None]:
     """Run the block with ``count`` torch intra-op threads (the setting is per calling thread with

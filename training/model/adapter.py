@@ -8,6 +8,7 @@ are (x, y) pixels in the original image unless a docstring says otherwise.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import cv2
 import numpy as np
@@ -21,6 +22,9 @@ from training.model.artifact import AdapterHeader, AdapterMismatchError, Artifac
 from training.model.config import AdapterConfig
 
 ADAPTER_INIT_SEED = 0
+# (decoder, embedding, image_pe, sparse, dense, multimask) -> (mask logits, IoU predictions)
+DecoderRun = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, bool],
+                      tuple[torch.Tensor, torch.Tensor]]
 
 
 def _freeze(module: nn.Module) -> None:
@@ -147,16 +151,15 @@ class SamAdapter(nn.Module):
         return pe[..., row : row + height, col : col + width]
 
     def _decode(self, embedding: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor,
-                multimask: bool = False, base: bool = False, origin: tuple[int, int] | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+                multimask: bool = False, base: bool = False, origin: tuple[int, int] | None = None,
+                run: DecoderRun | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         decoder = self.base_mask_decoder if base and self.base_mask_decoder is not None else self.sam.mask_decoder
-        return decoder(
-            image_embeddings=embedding,
-            image_pe=self._dense_pe(embedding, origin),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense[..., : embedding.shape[-2], : embedding.shape[-1]],
-            multimask_output=multimask,
-        )
+        image_pe = self._dense_pe(embedding, origin)
+        dense = dense[..., : embedding.shape[-2], : embedding.shape[-1]]
+        if run is not None:
+            return run(decoder, embedding, image_pe, sparse, dense, multimask)
+        return decoder(image_embeddings=embedding, image_pe=image_pe, sparse_prompt_embeddings=sparse,
+                       dense_prompt_embeddings=dense, multimask_output=multimask)
 
     def _no_mask_dense(self, count: int, embedding: torch.Tensor) -> torch.Tensor:
         weight = self.sam.prompt_encoder.no_mask_embed.weight
@@ -204,8 +207,8 @@ class SamAdapter(nn.Module):
 
     def prompt_logits(self, embedding: torch.Tensor, coords: torch.Tensor | None, labels: torch.Tensor | None,
                       box: torch.Tensor | None, class_indices: list[int | None] | None = None,
-                      multimask: bool = False, base_decoder: bool = False, origin: tuple[int, int] | None = None
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+                      multimask: bool = False, base_decoder: bool = False, origin: tuple[int, int] | None = None,
+                      run: DecoderRun | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Masks for point/box prompts on one image, optionally conditioned on class prompts.
 
         Args:
@@ -217,6 +220,8 @@ class SamAdapter(nn.Module):
                 (None entries, or None for all, leave the prompt as SAM's own).
             base_decoder: answer with SAM's own decoder (and no class tokens) instead of the adapter's.
             origin: as in ``class_logits``; coordinates stay in the whole image's frame.
+            run: calls the chosen decoder as ``run(decoder, embedding, image_pe, sparse, dense, multimask)``
+                (a compiled one: ``training.inference.compiled_decoder``); None calls it directly.
         Returns:
             (B x M x 4G x 4G logits, B x M IoU predictions); M is 3 with multimask else 1.
         """
@@ -231,7 +236,7 @@ class SamAdapter(nn.Module):
                 for i in class_indices
             ])
             sparse = torch.cat([sparse, tokens.to(sparse.dtype)], dim=1)
-        return self._decode(embedding, sparse, dense, multimask, base=base_decoder, origin=origin)
+        return self._decode(embedding, sparse, dense, multimask, base=base_decoder, origin=origin, run=run)
 
     def set_classes(self, class_names: list[str]) -> None:
         """Change the class list: known classes keep their prompts, new ones get fresh prompts."""

@@ -1,0 +1,217 @@
+"""SAM's mask decoder under ``torch.compile`` for clicks, warmed in the background, eager until then.
+
+Why: on a 2-core CPU the eager vit_t decoder takes 60-90 ms a click, most of it memory-bound
+elementwise work between the matrix products; Inductor fuses it (about 2x faster, same masks).
+
+- One compiled function serves every decoder: the module is an argument, and dynamo (inlining
+  built-in nn modules) turns its parameters into graph inputs. So a new adapter version, whose
+  tensors are copied into the live decoder in place, runs the same compiled code, and so does
+  another model of the same architecture. A graph is compiled per decoder architecture (SAM's
+  own, the LoRA one) and per intra-op thread count (dynamo guards on it); the prompt-token count
+  is a dynamic dimension, and the graph returns every mask token, so ``multimask`` is chosen after.
+- Inputs are made uniform first (contiguous inference tensors): embeddings arrive channels-last
+  from the encoder, or as plain tensors from the disk store, and dynamo guards on strides and
+  dispatch keys: either would otherwise compile again on a request.
+- Kernels read the thread count when they run (``cpp.dynamic_threads``): the predictor caps a
+  click's threads to the free cores while a training job runs, and kernels compiled for two threads
+  would wait for a descheduled second one.
+- Until ``warm`` has compiled every graph (or when compiling fails or there is no C++ compiler),
+  calls run the eager decoder: start-up and the first clicks never wait for a compile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CompiledDecoder", "call_decoder"]
+
+# What a warm thread yields to: clicks and the encoder run at the backend's priority, the compile below them.
+WARM_NICENESS = 10
+# Graphs beyond the warmed ones before dynamo gives up on a function (a second image size, say).
+GRAPH_SLACK = 8
+# Paths /health reports.
+COMPILED, EAGER = "compiled", "eager"
+
+_warming: ContextVar[bool] = ContextVar("samloop_decoder_warming", default=False)
+
+DecoderOutput = tuple[torch.Tensor, torch.Tensor]
+
+
+def call_decoder(decoder: nn.Module, embedding: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
+                 dense: torch.Tensor, multimask: bool) -> DecoderOutput:
+    """SAM's ``MaskDecoder.forward``: (B x M x 4G x 4G mask logits, B x M IoU predictions)."""
+    return _select(*_predict_masks(decoder, embedding, image_pe, sparse, dense), multimask)
+
+
+def _predict_masks(decoder: nn.Module, embedding: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
+                   dense: torch.Tensor) -> DecoderOutput:
+    # All mask tokens: the compiled graph then serves both multimask values (one graph, not two).
+    return decoder.predict_masks(image_embeddings=embedding, image_pe=image_pe, sparse_prompt_embeddings=sparse,
+                                 dense_prompt_embeddings=dense)
+
+
+def _select(masks: torch.Tensor, iou: torch.Tensor, multimask: bool) -> DecoderOutput:
+    """``MaskDecoder.forward``'s choice: the three candidate masks, or the single-mask token's."""
+    chosen = slice(1, None) if multimask else slice(0, 1)
+    return masks[:, chosen], iou[:, chosen]
+
+
+class CompiledDecoder:
+    """Runs ``call_decoder`` compiled once ready, eagerly before and after any failure.
+
+    ``backend``: ``inductor`` (the real thing) or any other ``torch.compile`` backend name
+    (tests use ``eager`` to count graphs without compiling C++). ``compiles`` counts graphs
+    handed to the backend: each is a compile (a recompile on the request path shows up there).
+    """
+
+    def __init__(self, enabled: bool = True, cache_dir: Path | None = None, backend: str = "inductor") -> None:
+        self.enabled = enabled
+        self.cache_dir = cache_dir
+        self.backend = backend
+        self.compiles = 0
+        self.warm_seconds: float | None = None
+        self.reason = "warming up" if enabled else "COMPILE_DECODER=false"
+        self._ready = threading.Event()
+        self._failed = False
+        self._lock = threading.Lock()
+        self._compiled: Callable[..., DecoderOutput] | None = None
+
+    # ----- state ---------------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set() and not self._failed
+
+    @property
+    def path(self) -> str:
+        """Which decoder answers clicks now: ``compiled`` or ``eager``."""
+        return COMPILED if self.ready else EAGER
+
+    def describe(self) -> dict:
+        return {"path": self.path, "reason": None if self.ready else self.reason, "compiles": self.compiles,
+                "warm_seconds": self.warm_seconds}
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until warming ended (compiled or given up); True when it did within ``timeout``."""
+        return self._ready.wait(timeout)
+
+    # ----- calls ---------------------------------------------------------------------------------
+    def __call__(self, decoder: nn.Module, embedding: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
+                 dense: torch.Tensor, multimask: bool) -> DecoderOutput:
+        if not (self.ready or (_warming.get() and not self._failed)):
+            return call_decoder(decoder, embedding, image_pe, sparse, dense, multimask)
+        sparse = _uniform(sparse)
+        # Prompt counts vary per click; without this the second count would compile again.
+        torch._dynamo.maybe_mark_dynamic(sparse, 1)
+        try:
+            masks, iou = self._function()(decoder, _uniform(embedding), _uniform(image_pe), sparse, _uniform(dense))
+            return _select(masks, iou, multimask)
+        except Exception as exc:
+            if _warming.get():
+                raise
+            # A recompile that failed on a request: answer eagerly from now on rather than fail clicks.
+            self._failed = True
+            self.reason = f"compiled call failed: {type(exc).__name__}"
+            log.exception("clicks use the eager mask decoder from now on: %s", self.reason)
+            return call_decoder(decoder, embedding, image_pe, sparse, dense, multimask)
+
+    def _function(self) -> Callable[..., DecoderOutput]:
+        with self._lock:
+            if self._compiled is None:
+                self._compiled = torch.compile(_predict_masks, backend=self._count_and_compile)
+            return self._compiled
+
+    def _count_and_compile(self, graph: torch.fx.GraphModule, inputs: list) -> Callable:
+        self.compiles += 1
+        if self.backend != "inductor":
+            return torch._dynamo.lookup_backend(self.backend)(graph, inputs)
+        from torch._inductor.compile_fx import compile_fx
+
+        return compile_fx(graph, inputs, config_patches={"cpp.dynamic_threads": True})
+
+    # ----- warming -------------------------------------------------------------------------------
+    def allow_graphs(self, count: int) -> None:
+        """Let dynamo keep ``count`` graphs of the decoder (its default limit of 8 would send the
+        rest back to eager without a word). Process-wide: dynamo has no per-function limit."""
+        config = torch._dynamo.config
+        config.recompile_limit = max(config.recompile_limit, count + GRAPH_SLACK)
+
+    def start(self, warm: Callable[[], None]) -> threading.Thread | None:
+        """Run ``warm`` (calls that go through this object) in a background thread; clicks are
+        compiled once it returns. Does nothing when disabled."""
+        if not self.enabled:
+            return None
+        thread = threading.Thread(target=self.warm, args=(warm,), name="decoder-compile", daemon=True)
+        thread.start()
+        return thread
+
+    def warm(self, warm: Callable[[], None]) -> bool:
+        """Compile by running ``warm`` in this thread; True when the compiled decoder is ready."""
+        import time
+
+        started = time.perf_counter()
+        try:
+            _lower_this_threads_priority()
+            self._prepare()
+            with _warming_here():
+                warm()
+        except Exception as exc:  # any failure of the compiler stack means: stay eager, say so once
+            self._failed = True
+            self.reason = f"compile failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            log.warning("clicks use the eager mask decoder: %s", self.reason)
+        else:
+            self.warm_seconds = round(time.perf_counter() - started, 1)
+            self.reason = ""
+            log.info("clicks use the compiled mask decoder (%d graphs, warm in %.1f s)", self.compiles,
+                     self.warm_seconds)
+        finally:
+            self._ready.set()
+        return self.ready
+
+    def _prepare(self) -> None:
+        """Inductor's cache under ``cache_dir`` (an operator's TORCHINDUCTOR_CACHE_DIR wins), and a C++
+        compiler, checked before the first compile so that its absence is named in one line."""
+        if self.backend != "inductor":
+            return
+        if self.cache_dir is not None and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(self.cache_dir)
+        from torch._inductor import cpp_builder, exc
+
+        try:
+            cpp_builder.get_cpp_compiler()
+        except exc.InvalidCxxCompiler as error:
+            raise RuntimeError("no C++ compiler found (Inductor looks for $CXX, else g++)") from error
+
+
+def _uniform(tensor: torch.Tensor) -> torch.Tensor:
+    """Contiguous, and an inference tensor under inference mode: dynamo guards on strides and on
+    dispatch keys, and an embedding read back from the disk store is neither (4 MB copied, ~1 ms)."""
+    if torch.is_inference_mode_enabled() and not tensor.is_inference():
+        return tensor.clone(memory_format=torch.contiguous_format)
+    return tensor.contiguous()
+
+
+@contextlib.contextmanager
+def _warming_here() -> Iterator[None]:
+    token = _warming.set(True)
+    try:
+        yield
+    finally:
+        _warming.reset(token)
+
+
+def _lower_this_threads_priority() -> None:
+    # Linux niceness is per thread; Inductor's compile subprocesses forked from here inherit it.
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WARM_NICENESS)
