@@ -108,7 +108,8 @@ def plan_steps(train_ids: list[int], new_ids: list[int], warm: bool, history: Hi
     new_ids = [t for t in new_ids if t in position]  # new tasks that were held out are not trained on
     fresh = [position[t] for t in new_ids]
     if warm and history.knows_its_data:
-        replay = [i for i in range(len(train_ids)) if i not in set(fresh)]
+        chosen = set(fresh)
+        replay = [i for i in range(len(train_ids)) if i not in chosen]
         steps = settings.incremental_steps
         return StepPlan("incremental", steps, min(warmup, max(1, steps // 4)),
                         MixedSampler(fresh, replay, settings.new_share), new_ids)
