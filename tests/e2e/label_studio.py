@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from label_studio_sdk import LabelStudio
 
 LS_VERSION = "1.23.2"
+# Label Studio 1.23.2 asks for any sentry-sdk 2.x or later, and sentry-sdk 3 dropped an option it passes
+# (`send_default_pii`), so the server would not start.
+LS_PINS = ("sentry-sdk<3",)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_VENV = REPO_ROOT / ".venv-ls"
 INSTALL_TIMEOUT_S = 900.0
@@ -67,7 +70,7 @@ def ensure_label_studio(venv: Path | None = None) -> Path:
     """
     venv = venv or venv_path()
     exe = venv / "bin" / "label-studio"
-    marker = venv / f".samloop-label-studio-{LS_VERSION}"
+    marker = venv / f".samloop-label-studio-{LS_VERSION}-{'-'.join(LS_PINS)}"
     if marker.exists() and exe.exists():
         return exe
     # Lock and log live inside the venv folder, which is gitignored.
@@ -80,7 +83,8 @@ def ensure_label_studio(venv: Path | None = None) -> Path:
             # `python -m venv` fills a folder that already holds the lock file.
             if not (venv / "bin" / "python").exists():
                 steps.append([sys.executable, "-m", "venv", str(venv)])
-            steps.append([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", f"label-studio=={LS_VERSION}"])
+            steps.append([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", f"label-studio=={LS_VERSION}",
+                          *LS_PINS])
             for cmd in steps:
                 proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=INSTALL_TIMEOUT_S)
                 if proc.returncode != 0:

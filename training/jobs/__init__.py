@@ -7,10 +7,10 @@
 - ``keys``: each project's coordination keys in Redis and the Lua scripts that change them.
 - ``scheduler``: ``TrainingScheduler``, the webhook's side (debounced: one queued job per project).
 - ``project_run``: ``ProjectRun``, the job's side (wait out the burst, claim, hold the lock, finish).
-- ``settings``: ``JobSettings``, what a job needs, from the environment or the backend (no torch).
 - ``progress``: ``JobProgress``, a job's stage and step in ``job.meta`` and the log.
-- ``training_job``: ``run_training_job``, export -> train -> evaluate -> promote.
-- ``worker``: ``python -m training.jobs.worker``, an rq worker for the training queue.
+- ``training_job``: ``run_training_job``, one run of ``training.pipeline`` with this process's base models.
+- ``worker``: ``python -m training.jobs.worker``, an rq worker for the training queue (builds the base
+  model once, single-threaded, before it forks jobs).
 - ``embedded``: an embedded Redis plus a supervised worker process, as ``make run`` uses.
 - ``reconcile``: which projects missed events (Label Studio changed after training's last claim).
 

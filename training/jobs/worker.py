@@ -125,13 +125,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def preload() -> None:
     """Import the job's code and build the base model of this worker's settings once, before any job: a
-    forked job inherits both instead of importing torch and building the model itself (seconds per job)."""
+    forked job inherits both instead of importing torch and building the model itself (seconds per job).
+
+    Built on one thread: an OpenMP thread pool started here would not exist in a forked child that still
+    believes in it, and the job would hang at its first parallel op. The pool is made in each job.
+    """
     started = time.monotonic()
     try:
+        from training.inference.runtime import intra_op_threads
         from training.jobs.training_job import preload_base_model
         from training.pipeline.settings import JobSettings
 
-        preload_base_model(JobSettings.from_env())
+        with intra_op_threads(1):
+            preload_base_model(JobSettings.from_env())
     except Exception as exc:  # the jobs load what they need themselves; a worker must still start
         log.warning("could not preload the base model (%s: %s); each job loads it", type(exc).__name__, exc)
         return

@@ -119,3 +119,35 @@ def test_embedded_redis_and_worker_run_jobs_restart_and_stop(tmp_path):
         os.kill(worker_pid, 0)
     with pytest.raises(redis.ConnectionError):
         connect(url).ping()
+
+
+def torch_work() -> dict:
+    """A job that runs torch ops big enough for its thread pool, as training does."""
+    import torch
+
+    from training.jobs.training_job import _MODELS
+
+    x = torch.randn(512, 512)
+    conv = torch.nn.Conv2d(32, 32, 3)(torch.randn(1, 32, 96, 96))
+    return {"threads": torch.get_num_threads(), "preloaded": _MODELS.built,
+            "value": float((x @ x).abs().sum() + conv.abs().sum())}
+
+
+def test_a_forked_job_runs_torch_after_the_worker_preloaded_the_base_model():
+    """The worker builds the base model before forking jobs; an OpenMP thread pool started in the parent
+    would leave every forked job hanging at its first parallel op (seen end to end)."""
+    with redis_server() as url:
+        conn = connect(url)
+        queued = Queue("samloop-preload-test", connection=conn).enqueue(
+            "tests.training.jobs.test_worker.torch_work", job_timeout=300)
+        env = {**os.environ, "PYTHONPATH": str(REPO), "SAM_CHECKPOINT": "random", "SAM_MODEL_TYPE": "vit_t",
+               "SAM_IMAGE_SIZE": "256", "TORCH_NUM_THREADS": "2"}
+        done = subprocess.run([sys.executable, "-m", "training.jobs.worker", "--url", url, "--queues",
+                               "samloop-preload-test", "--burst"], cwd=REPO, env=env, timeout=150,
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "base model preloaded" in done.stderr
+        job = Job.fetch(queued.id, connection=conn)
+        assert job.get_status() == "finished", done.stderr[-3000:]
+        # The job got the parent's model and all the cores, not a single-threaded torch.
+        assert job.return_value()["preloaded"] == 1 and job.return_value()["threads"] == os.cpu_count()
