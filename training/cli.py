@@ -15,23 +15,20 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from training.data.coco import load_coco
-from training.data.dataset import DatasetError, SegmentationDataset, split_fraction
+from training.data.dataset import DatasetError, SegmentationDataset
 from training.data.images import IMAGE_SUFFIXES, ImageError, load_image
 from training.data.mask_folder import load_mask_folder
 from training.data.synthetic import synthetic_dataset
 from training.inference.predictor import Predictor
-from training.learn.config import TrainConfig
 from training.learn.evaluation import evaluate
-from training.learn.trainer import TrainProgress, train_adapter
 from training.model.artifact import AdapterMismatchError, read_artifact
 from training.model.builders import MODEL_BUILDERS
-from training.model.config import DECODER_MODES, ENCODER_MODES, AdapterConfig
-from training.model.loading import load_adapter_model, new_adapter_model
+from training.model.loading import load_adapter_model
 from training.model.weights import CheckpointError, resolve_checkpoint
 from training.registry import RegistryError, open_registry
+from training.train_command import TRAIN_DESCRIPTION, add_train_options, train_settings, train_through_pipeline
 
 # Overlay colours per class id (RGB); class ids beyond the table cycle through it.
 PALETTE = np.array([[230, 25, 75], [60, 180, 75], [0, 130, 200], [255, 225, 25], [145, 30, 180],
@@ -56,16 +53,15 @@ def _add_base_model(parser: argparse.ArgumentParser) -> None:
                        help="where official checkpoints are cached (default: $SAMLOOP_MODEL_CACHE)")
 
 
-def _add_dataset(parser: argparse.ArgumentParser, split: bool) -> None:
+def _add_dataset(parser: argparse.ArgumentParser, split: bool = False) -> None:
     group = parser.add_argument_group("dataset (a mask folder or COCO JSON)")
     group.add_argument("--images", type=Path, help="folder of images (mask-folder layout, or COCO image root)")
     group.add_argument("--masks", type=Path, help="folder of class-id mask PNGs (pixel value = class id, 0 = bg)")
     group.add_argument("--labels", type=Path, help="labels file with 'id name' lines")
     group.add_argument("--coco", type=Path, help="COCO instances JSON")
     if split:
-        group.add_argument("--coco-val", type=Path, help="separate COCO JSON for validation")
-        group.add_argument("--val-fraction", type=float, default=0.2,
-                           help="fraction held out for validation when no separate validation set (default 0.2)")
+        group.add_argument("--coco-val", type=Path,
+                           help="a separate COCO JSON to evaluate the published adapter on (reported only)")
 
 
 def _add_adapter_source(parser: argparse.ArgumentParser) -> None:
@@ -81,31 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log details")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", help="train an adapter from a mask folder or COCO file")
+    train = sub.add_parser("train", help="train an adapter from a mask folder or COCO file, as the service does",
+                           description=TRAIN_DESCRIPTION)
     _add_base_model(train)
     _add_dataset(train, split=True)
-    adapter = train.add_argument_group("adapter")
-    adapter.add_argument("--encoder", default="lora", choices=ENCODER_MODES,
-                         help="lora (default), full fine-tune (larger artifact), or frozen")
-    adapter.add_argument("--decoder", default=AdapterConfig().decoder, choices=DECODER_MODES,
-                         help=f"mask decoder: lora, train (all weights) or frozen (default {AdapterConfig().decoder})")
-    adapter.add_argument("--lora-rank", type=int, default=8, help="LoRA rank (default 8)")
-    adapter.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA alpha (default 16)")
-    adapter.add_argument("--lora-targets", default="qkv", help="comma-separated encoder modules for LoRA (default qkv)")
-    loop = train.add_argument_group("training")
-    defaults = TrainConfig()
-    loop.add_argument("--steps", type=int, default=defaults.max_steps,
-                      help=f"step budget (default {defaults.max_steps})")
-    loop.add_argument("--max-seconds", type=float, default=None, help="wall-clock budget in seconds")
-    loop.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    loop.add_argument("--lr", type=float, default=defaults.lr, help=f"encoder learning rate (default {defaults.lr})")
-    loop.add_argument("--seed", type=int, default=0)
-    loop.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
-    loop.add_argument("--no-augment", action="store_true", help="turn off flips and brightness jitter")
-    out = train.add_argument_group("output")
-    out.add_argument("--out", type=Path, help="write the adapter to this .safetensors file")
-    out.add_argument("--registry", help="also publish to this registry (directory or redis:// URL)")
-    out.add_argument("--project", default="cli", help="registry project id (default 'cli')")
+    add_train_options(train)
 
     ev = sub.add_parser("evaluate", help="evaluate an adapter on a dataset (per-class IoU and Dice)")
     _add_base_model(ev)
@@ -166,51 +142,18 @@ def _load_model(args: argparse.Namespace):
     return load_adapter_model(data, _base_weights(args), args.image_size)
 
 
-def _progress_bar(total: int):
-    bar = tqdm(total=total, unit="step", file=sys.stderr)
-
-    def update(p: TrainProgress) -> None:
-        bar.update(p.step - bar.n)
-        bar.set_postfix(loss=f"{p.loss:.4f}", eta=f"{p.eta_seconds:.0f}s")
-
-    return bar, update
-
-
 # ----- commands -------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> dict:
-    dataset = _load_dataset(args)
-    if args.coco_val:
-        train_set, val_set = dataset, load_coco(args.coco_val, args.images)
-    else:
-        if not 0 <= args.val_fraction < 1:
-            raise CliError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
-        train_set, val_set = split_fraction(dataset, args.val_fraction, seed=args.seed) if args.val_fraction \
-            else (dataset, dataset.subset([]))
-    config = AdapterConfig(encoder=args.encoder, decoder=args.decoder, lora_rank=args.lora_rank,
-                           lora_alpha=args.lora_alpha, lora_targets=[t for t in args.lora_targets.split(",") if t])
-    train_config = TrainConfig(max_steps=args.steps, max_seconds=args.max_seconds, batch_size=args.batch_size,
-                               lr=args.lr, seed=args.seed, precision=args.precision, augment=not args.no_augment)
-    model = new_adapter_model(_base_weights(args), args.image_size, train_set.class_names, config)
-    bar, update = _progress_bar(train_config.max_steps)
-    try:
-        result = train_adapter(model, train_set, train_config, progress=update)
-    finally:
-        bar.close()
-    metrics = evaluate(model, val_set) if len(val_set) else None
-    metadata = {"train": result.to_dict(), "train_config": train_config.to_dict(), "validation": metrics,
-                "data": {"train": train_set.describe(), "validation": val_set.describe()}}
-    data = model.to_bytes(metadata)
-    summary = {"trainable_parameters": model.trainable_parameter_count(), "adapter_bytes": len(data),
-               "train": result.to_dict(), "validation": metrics}
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_bytes(data)
-        summary["adapter"] = str(args.out)
-    if args.registry:
-        info = open_registry(args.registry).publish(args.project, data, metadata)
-        summary["registry_version"] = info.version
     if not args.out and not args.registry:
         raise CliError("nowhere to save the adapter: give --out FILE and/or --registry")
+    settings = train_settings(args)
+    dataset = _load_dataset(args)
+    validation = load_coco(args.coco_val, args.images) if args.coco_val else None
+    summary = train_through_pipeline(args, settings, dataset)
+    if validation is not None and summary.get("adapter_bytes"):
+        model = load_adapter_model(summary.pop("_artifact"), _base_weights(args), args.image_size)
+        summary["validation"] = evaluate(model, validation)
+    summary.pop("_artifact", None)
     return summary
 
 

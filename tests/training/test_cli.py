@@ -7,6 +7,8 @@ import cv2
 import pytest
 
 from training.cli import main
+from training.pipeline.local_dataset import dataset_task_id
+from training.registry import open_registry
 
 BASE = ["--checkpoint", "random", "--image-size", "128", "--model", "vit_t"]
 
@@ -20,43 +22,61 @@ def run(capsys, *argv):
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth")
-    assert main(["synth", "--out", str(out), "--count", "6", "--size", "96"]) == 0
+    assert main(["synth", "--out", str(out), "--count", "12", "--size", "96"]) == 0
     return out
 
 
 def test_end_to_end(tmp_path, capsys, dataset):
     adapter = tmp_path / "adapter.safetensors"
     registry = tmp_path / "registry"
-    code, summary, err = run(capsys, "train", *BASE, "--images", dataset / "images", "--masks", dataset / "masks",
-                             "--labels", dataset / "labels.txt", "--steps", "3", "--batch-size", "2",
-                             "--out", adapter, "--registry", registry, "--project", "7")
+    train = ["train", *BASE, "--images", dataset / "images", "--masks", dataset / "masks", "--labels",
+             dataset / "labels.txt", "--steps", "3", "--batch-size", "2", "--registry", registry, "--project", "7",
+             "--data-dir", tmp_path / "data", "--holdout-every", "2"]
+    code, summary, err = run(capsys, *train, "--out", adapter)
     assert code == 0, err
-    assert adapter.stat().st_size == summary["adapter_bytes"] and summary["registry_version"] == 1
-    assert summary["train"]["steps"] == 3 and summary["validation"]["images"] >= 1
-    assert "step" in err  # the progress bar
+    assert summary["status"] == "promoted" and summary["version"] == 1 and summary["plan"]["kind"] == "full"
+    assert adapter.stat().st_size == summary["adapter_bytes"] and summary["train"]["steps"] == 3
+    assert "step" in err and "publishing" in err  # the progress bar and the pipeline's stages
 
     code, metrics, err = run(capsys, "evaluate", *BASE, "--images", dataset / "images", "--masks", dataset / "masks",
                              "--labels", dataset / "labels.txt", "--registry", registry, "--project", "7")
     assert code == 0, err
-    assert set(metrics) >= {"mean_iou", "mean_dice", "per_class"} and metrics["images"] == 6
+    assert set(metrics) >= {"mean_iou", "mean_dice", "per_class"} and metrics["images"] == 12
 
     out = tmp_path / "pred"
     code, result, err = run(capsys, "predict", *BASE, "--adapter", adapter, "--input", dataset / "images",
                             "--output", out)
     assert code == 0, err
-    assert len(result["predicted"]) == 6 and result["classes"] == {"1": "disc", "2": "square", "3": "triangle"}
+    assert len(result["predicted"]) == 12 and result["classes"] == {"1": "disc", "2": "square", "3": "triangle"}
     name = result["predicted"][0]["image"].rsplit(".", 1)[0]
     mask, overlay = cv2.imread(str(out / f"{name}_mask.png"), cv2.IMREAD_UNCHANGED), cv2.imread(
         str(out / f"{name}_overlay.png"))
     assert mask.shape == (96, 96) and overlay.shape == (96, 192, 3)
 
-    # publish a second version, then roll back to the first
-    assert main(["train", *BASE, "--images", str(dataset / "images"), "--masks", str(dataset / "masks"),
-                 "--labels", str(dataset / "labels.txt"), "--steps", "1", "--registry", str(registry),
-                 "--project", "7"]) == 0
-    capsys.readouterr()
+    # The same data again: nothing to train, as in the service.
+    code, summary, err = run(capsys, *train)
+    assert code == 0, err
+    assert summary["status"] == "up_to_date" and summary["active_version"] == 1
+
+    # One redrawn mask of a training image: a warm-started incremental run on it, judged against version 1
+    # on the same held-out images.
+    held = set(open_registry(str(registry)).versions("7")[0].metadata["data"]["holdout_ids"])
+    assert held, "the gate needs held-out images"
+    redrawn = next(p for p in sorted((dataset / "masks").iterdir()) if dataset_task_id(p.stem) not in held)
+    ids = cv2.imread(str(redrawn), cv2.IMREAD_UNCHANGED)
+    cv2.imwrite(str(redrawn), ids[::-1].copy())
+    code, summary, err = run(capsys, *train)
+    assert code == 0, err
+    assert summary["version"] == 2 and summary["plan"] == {**summary["plan"], "kind": "incremental", "new_tasks": 1}
+    assert summary["metrics"]["gate"] is not None and "held-out mean IoU" in summary["decision"]
+    assert summary["metrics"]["active_scored"]["computed"] == 0  # version 1's scores were read back
+
+    code, summary, err = run(capsys, *train, "--full")
+    assert code == 0, err
+    assert summary["version"] == 3 and summary["plan"]["kind"] == "full"
+
     code, listing, _ = run(capsys, "versions", "--registry", registry, "--project", "7", "--activate", "1")
-    assert [(v["version"], v["active"]) for v in listing["versions"]] == [(1, True), (2, False)]
+    assert [(v["version"], v["active"]) for v in listing["versions"]][0] == (1, True)
 
 
 def test_coco_training(tmp_path, capsys, dataset):
@@ -69,13 +89,16 @@ def test_coco_training(tmp_path, capsys, dataset):
     path = tmp_path / "coco.json"
     path.write_text(json.dumps(coco))
     code, summary, err = run(capsys, "train", *BASE, "--coco", path, "--images", dataset / "images", "--steps", "1",
-                             "--val-fraction", "0.34", "--out", tmp_path / "a.safetensors")
+                             "--coco-val", path, "--out", tmp_path / "a.safetensors", "--data-dir", tmp_path / "d")
     assert code == 0, err
-    assert summary["validation"]["images"] == 1
+    assert summary["status"] == "promoted" and summary["validation"]["images"] == 3
 
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["train", *BASE, "--steps", "1", "--out", "x"], "give a dataset"),
+    (["train", *BASE, "--coco", "c.json"], "nowhere to save the adapter"),
+    (["train", *BASE, "--coco", "/no/c.json", "--out", "x", "--adapter-kind", "decoder", "--encoder", "lora"],
+     "contradicts adapter kind 'decoder'"),
     (["evaluate", *BASE, "--coco", "/nonexistent.json"], "give an adapter"),
     (["predict", *BASE, "--adapter", "/nonexistent.safetensors", "--input", ".", "--output", "o"],
      "cannot read adapter"),
@@ -91,6 +114,7 @@ def test_errors_are_one_line_not_tracebacks(capsys, argv, message):
 def test_help_explains_every_option():
     out = subprocess.run([sys.executable, "-m", "training", "train", "--help"], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parents[2], check=True).stdout
-    for option in ["--images", "--masks", "--labels", "--coco", "--coco-val", "--encoder", "--decoder",
-                   "--lora-rank", "--steps", "--max-seconds", "--out", "--registry", "--checkpoint"]:
+    for option in ["--images", "--masks", "--labels", "--coco", "--coco-val", "--adapter-kind", "--encoder",
+                   "--decoder", "--lora-rank", "--steps", "--full", "--holdout-every", "--tolerance", "--max-seconds",
+                   "--out", "--registry", "--data-dir", "--checkpoint"]:
         assert option in out

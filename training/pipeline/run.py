@@ -1,7 +1,7 @@
-"""``run_project``: one training run of a Label Studio project, what the rq job and the CLI both call.
+"""``run_project``: one training run of a project, what the rq job and the CLI both call.
 
 1. Sync: the task cache is brought up to date (``training.labelstudio.incremental``): only tasks that
-   changed are fetched.
+   changed are fetched. The CLI's tasks come from a dataset on disk instead (``local_dataset``).
 2. Split: the held-out set stays as the last version left it, and grows from new tasks up to its cap.
 3. Start: a warm start from the active version (its configuration unchanged, no full retrain asked for),
    else a fresh adapter. Nothing new or removed since the active version: no run.
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,13 +61,19 @@ PREPARED_SAMPLES = 128
 
 @dataclass
 class RunServices:
-    """What a run uses besides the project and its settings."""
+    """What a run uses besides the project and its settings.
+
+    ``sync``: where the labeled tasks come from; by default Label Studio (``sync_stage``), the CLI passes
+    a local dataset's (``training.pipeline.local_dataset``). It returns the synced tasks, or the outcome
+    of a run that has nothing to train on.
+    """
 
     registry: AdapterRegistry
     progress: Progress
     models: BaseModels = field(default_factory=BaseModels)
     job_id: str | None = None
     full: bool = False  # retrain from scratch, even where a warm start is possible
+    sync: Callable[[str, JobSettings, Progress], SyncResult | dict[str, Any]] | None = None
 
 
 def sync_stage(project: str, settings: JobSettings, progress: Progress) -> SyncResult | dict[str, Any]:
@@ -139,7 +146,7 @@ def run_project(project: str, settings: JobSettings, services: RunServices) -> d
     or storage failures (rq retries).
     """
     progress = services.progress
-    synced = sync_stage(project, settings, progress)
+    synced = (services.sync or sync_stage)(project, settings, progress)
     if isinstance(synced, dict):
         return synced
     history = History.read(services.registry, project)
