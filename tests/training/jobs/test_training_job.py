@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -302,3 +303,34 @@ def test_a_full_retrain_asked_through_the_queue_retrains_from_scratch(conn, ls, 
     meta = {v.version: v for v in registry(tmp_path).versions(PROJECT)}[2].metadata
     assert meta["warm_start_from"] is None and "full retrain" in meta["start"]
     assert conn.get(sched.keys(PROJECT).full) is None  # taken by that run
+
+
+def test_a_burst_during_a_real_run_makes_exactly_one_follow_up_that_trains_on_it(conn, ls, tmp_path):
+    """Annotations saved while a run trains: the run finishes as it began, then one follow-up run trains
+    incrementally on every one of them (and not a run per annotation)."""
+    settings = settings_for(ls, tmp_path, min_steps=30, max_steps=30)
+    sched = make_scheduler(conn, settings)
+    first = sched.schedule(PROJECT, "ANNOTATION_CREATED", False)
+    burst, answers = [1, 3, 4, 6], []
+
+    def annotate_during_training() -> None:
+        wait_for(lambda: Job.fetch(first["job_id"], connection=conn).meta.get("stage") == "training", timeout=120)
+        for task in burst:
+            resubmit(ls, task)
+            answers.append(sched.schedule(PROJECT, "ANNOTATION_UPDATED", False))
+
+    annotator = threading.Thread(target=annotate_during_training)
+    annotator.start()
+    run_queue(conn)  # a burst worker: it stops once the queue is empty
+    annotator.join(timeout=10)
+    assert [a["status"] for a in answers] == ["queued"] + ["coalesced"] * 3
+    versions = {v.version: v.metadata for v in registry(tmp_path).versions(PROJECT)}
+    assert sorted(versions) == [1, 2]
+    follow_up = versions[2]
+    held = set(follow_up["data"]["holdout_ids"])
+    assert follow_up["plan"]["kind"] == "incremental"
+    assert follow_up["plan"]["new_tasks"] == len([t for t in burst if t not in held]) > 0
+    for task in burst:
+        annotation = ls._find(task)[1]["annotations"][0]
+        if task not in held:  # trained on the annotation saved during the first run
+            assert follow_up["data"]["trained"][str(task)].startswith(f"{annotation['id']}@")
