@@ -90,7 +90,7 @@ class PreparedAdapter:
     def clicks_decoder(self) -> str:
         """Which decoder answers clicks: SAM's own (``base``) for a frozen encoder unless the training
         job measured the adapter's better on simulated clicks; an adapted encoder has only its own."""
-        if self.config.encoder != "frozen":
+        if not self.config.keeps_base_embeddings:
             return "adapter"
         if self.artifact is None:
             return "base"
@@ -99,7 +99,7 @@ class PreparedAdapter:
     @property
     def encoder_key(self) -> str:
         """Identity of the image encoder: embeddings are shared by everything with the same key."""
-        if not self.choice.trained or self.config.encoder == "frozen":
+        if not self.choice.trained or self.config.keeps_base_embeddings:
             return BASE_ENCODER
         return f"p{self.choice.project}-v{self.choice.version}"
 

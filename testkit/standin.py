@@ -306,7 +306,8 @@ def _pretrain_encoder(model: SamAdapter, dataset: SegmentationDataset, recipe: d
         chosen = rng.choice(len(prepared), min(recipe["batch_size"], len(prepared)), replace=False)
         images = torch.stack([prepared[i][0] for i in chosen])
         targets = torch.stack([prepared[i][1] for i in chosen])
-        logits = F.interpolate(head(model.encode(images)), targets.shape[-2:], mode="bilinear", align_corners=False)
+        features = model.encode(images).embedding
+        logits = F.interpolate(head(features), targets.shape[-2:], mode="bilinear", align_corners=False)
         loss = -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

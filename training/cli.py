@@ -24,7 +24,7 @@ from training.data.synthetic import synthetic_dataset
 from training.inference.predictor import Predictor
 from training.learn.evaluation import evaluate
 from training.model.artifact import AdapterMismatchError, read_artifact
-from training.model.builders import MODEL_BUILDERS
+from training.model.base_models import BASE_MODELS
 from training.model.loading import load_adapter_model
 from training.model.weights import CheckpointError, resolve_checkpoint
 from training.registry import RegistryError, open_registry
@@ -42,7 +42,7 @@ class CliError(Exception):
 # ----- arguments ----------------------------------------------------------------------------------
 def _add_base_model(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("base model")
-    group.add_argument("--model", default=os.environ.get("SAM_MODEL", "vit_t"), choices=sorted(MODEL_BUILDERS),
+    group.add_argument("--model", default=os.environ.get("SAM_MODEL", "vit_t"), choices=sorted(BASE_MODELS),
                        help="SAM variant (default: $SAM_MODEL or vit_t = MobileSAM)")
     group.add_argument("--checkpoint", default=os.environ.get("SAM_CHECKPOINT"),
                        help="checkpoint path, 'random' for random weights (tests/demos), or omit to download "

@@ -21,6 +21,7 @@ from training.data.dataset import SegmentationDataset
 from training.labelstudio.incremental import SyncResult
 from training.learn.trainer import TrainProgress
 from training.model.config import ADAPTER_KINDS, DECODER_MODES, ENCODER_MODES
+from training.model.kinds import ENCODER_TUNINGS, kind_of
 from training.pipeline.local_dataset import sync_dataset
 from training.pipeline.run import RunServices, run_project
 from training.pipeline.settings import JobSettings
@@ -37,7 +38,7 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     adapter.add_argument("--adapter-kind", choices=sorted(ADAPTER_KINDS),
                          help="decoder (frozen encoder, trained on stored embeddings: the service's default) or "
                               "encoder (encoder LoRA); default: encoder when --encoder lora/train, else decoder")
-    adapter.add_argument("--encoder", choices=ENCODER_MODES, help="image encoder: lora, train or frozen")
+    adapter.add_argument("--encoder", choices=ENCODER_MODES, help="image encoder: lora, full or frozen")
     adapter.add_argument("--decoder", choices=DECODER_MODES, help="mask decoder: lora, train or frozen")
     adapter.add_argument("--lora-rank", type=int, help="LoRA rank (default 8)")
     adapter.add_argument("--lora-alpha", type=float, help="LoRA alpha (default 16)")
@@ -77,7 +78,7 @@ def train_settings(args: argparse.Namespace) -> JobSettings:
     if args.lora_targets is not None:
         options["lora_targets"] = [t for t in args.lora_targets.split(",") if t]
     options = {k: v for k, v in options.items() if v is not None}
-    kind = args.adapter_kind or ("encoder" if args.encoder in ("lora", "train") else "decoder")
+    kind = args.adapter_kind or (kind_of(ENCODER_TUNINGS[args.encoder]).name if args.encoder else "decoder")
     train_options = {"seed": args.seed, "augment": not args.no_augment,
                      **({"lr": args.lr} if args.lr is not None else {})}
     steps = {"min_steps": args.steps, "max_steps": args.steps, "incremental_steps": args.steps} if args.steps else {}

@@ -25,6 +25,7 @@ from training.learn.config import TrainConfig
 from training.learn.embeddings import TrainingEmbeddings
 from training.learn.trainer import PreparedSample, SampleCache, TrainResult
 from training.model.adapter import SamAdapter
+from training.model.features import ImageFeatures
 
 
 class PromptlessHead(nn.Module):
@@ -78,7 +79,7 @@ def train_head(base: SamAdapter, dataset: SegmentationDataset, config: TrainConf
             group["lr"] = config.decoder_lr * _lr_factor(step, config)
         chosen = rng.choice(len(dataset), min(config.batch_size, len(dataset)), replace=False)
         batch = [cache.get(int(i), flip=config.augment and bool(rng.random() < 0.5)) for i in chosen]
-        logits = head(torch.cat([p.embedding for p in batch]))
+        logits = head(torch.cat([ImageFeatures.of(p.embedding).embedding for p in batch]))
         loss = sum(_loss(logits[k], p) for k, p in enumerate(batch)) / len(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

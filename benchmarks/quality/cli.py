@@ -19,7 +19,7 @@ from benchmarks.quality.plan import DEFAULT_CACHE, METHOD_NAMES, QualityPlan, qu
 from benchmarks.quality.plots import write_plots
 from benchmarks.quality.report import write
 from benchmarks.quality.runner import run_plan
-from training.model.builders import MODEL_BUILDERS
+from training.model.base_models import BASE_MODELS
 from training.model.weights import CheckpointError
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "quality"
@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "(default: the file's folder)")
     data.add_argument("--label-config", type=Path, help="the project's label config XML, for a Label Studio export")
     data.add_argument("--checkpoint", help="SAM checkpoint file, or 'random' (default: the pretrained stand-in)")
-    data.add_argument("--model", default="vit_t", choices=sorted(MODEL_BUILDERS), help="SAM variant (default vit_t)")
+    data.add_argument("--model", default="vit_t", choices=sorted(BASE_MODELS), help="SAM variant (default vit_t)")
     data.add_argument("--image-size", type=int, help="model input size in px (default 256)")
     data.add_argument("--device", help="cpu (default), cuda, cuda:N or auto")
     data.add_argument("--held-out", type=int, help="held-out images (default 12; at most half of --data)")

@@ -108,7 +108,7 @@ def _adapter_cell(ctx: BenchmarkContext, method: str, train_set: SegmentationDat
     plan = ctx.plan
     model = new_adapter_model(ctx.weights, plan.image_size, list(train_set.class_names), adapter_config(method))
     model.to(ctx.base.device)
-    frozen = model.config.encoder == "frozen"
+    frozen = model.config.keeps_base_embeddings
     with PeakMemory() as memory:
         result = train_adapter(model, train_set, config, embeddings=ctx.train_embeddings if frozen else None)
     if frozen:

@@ -5,7 +5,8 @@ version, so the backend (clicks, batch predictions, encoding ahead of the annota
 training worker share one store. It is a ``diskcache.Cache`` (SQLite index plus files, safe across
 threads and processes) bounded in bytes, least recently used entries going first. Entries are half
 precision (a 1024 px vit_t embedding is 2 MB instead of 4) with a CRC32 of their bytes: a corrupt or
-truncated entry is dropped and recomputed, never served.
+truncated entry is dropped and recomputed, never served. An entry holds every feature map of the
+family's layout (SAM 2.1: the embedding and its two high-resolution maps, 8 MB at 1024 px).
 """
 
 from __future__ import annotations
@@ -36,10 +37,12 @@ def embedding_key(base: BaseIdentity, digest: str) -> str:
 
 
 def encode_entry(embedding: ImageEmbedding, half: bool = True) -> bytes:
-    """``embedding`` as bytes: a length-prefixed JSON header (shape, geometry, CRC32), then the values."""
-    values = embedding.embedding.detach().to("cpu", torch.float16 if half else torch.float32).contiguous()
-    payload = values.numpy().tobytes()
-    header = {"shape": list(values.shape), "dtype": "float16" if half else "float32",
+    """``embedding`` as bytes: a length-prefixed JSON header (shapes, geometry, CRC32), then the values of
+    each feature tensor in turn."""
+    dtype = torch.float16 if half else torch.float32
+    values = [t.detach().to("cpu", dtype).contiguous() for t in embedding.features.tensors()]
+    payload = b"".join(v.numpy().tobytes() for v in values)
+    header = {"shapes": [list(v.shape) for v in values], "dtype": "float16" if half else "float32",
               "input_size": list(embedding.input_size), "original_size": list(embedding.original_size),
               "crc32": zlib.crc32(payload)}
     raw = json.dumps(header).encode()
@@ -52,14 +55,21 @@ def decode_entry(data: bytes) -> ImageEmbedding:
         (length,) = _HEADER_LENGTH.unpack_from(data)
         header = json.loads(data[_HEADER_LENGTH.size : _HEADER_LENGTH.size + length])
         payload = data[_HEADER_LENGTH.size + length :]
-        shape, dtype = tuple(int(n) for n in header["shape"]), np.dtype(header["dtype"])
-        expected = int(np.prod(shape)) * dtype.itemsize
+        # Entries written before feature layouts hold one tensor under "shape".
+        shapes = [tuple(int(n) for n in s) for s in header.get("shapes") or [header["shape"]]]
+        dtype = np.dtype(header["dtype"])
+        counts = [int(np.prod(shape)) for shape in shapes]
+        expected = sum(counts) * dtype.itemsize
     except (struct.error, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"unreadable embedding entry header: {exc}") from exc
     if len(payload) != expected or zlib.crc32(payload) != header["crc32"]:
         raise ValueError(f"embedding entry holds {len(payload)} bytes (expected {expected}) or fails its CRC")
-    values = torch.from_numpy(np.frombuffer(payload, dtype=dtype).reshape(shape).astype(np.float32))
-    return ImageEmbedding(values, tuple(header["input_size"]), tuple(header["original_size"]))
+    flat = np.frombuffer(payload, dtype=dtype)
+    tensors, start = [], 0
+    for shape, count in zip(shapes, counts, strict=True):
+        tensors.append(torch.from_numpy(flat[start : start + count].reshape(shape).astype(np.float32)))
+        start += count
+    return ImageEmbedding(tensors[0], tuple(header["input_size"]), tuple(header["original_size"]), tuple(tensors[1:]))
 
 
 class EmbeddingStore:

@@ -13,6 +13,7 @@ from training.inference import runtime
 from training.inference.compiled_decoder import CompiledDecoder
 from training.inference.projection_cache import cache_image_projections, decoding, plain_copy
 from training.model.adapter import SamAdapter
+from training.model.features import ImageFeatures
 
 # Class maps are resolved at most at this many times the model's input area, then resized
 # nearest-neighbour to the original: bounds memory for huge images at a small cost in edge detail.
@@ -26,12 +27,17 @@ class ImageEmbedding:
     """One image's encoder output and the geometry needed to map masks back."""
 
     embedding: torch.Tensor  # 1 x 256 x G x G
-    input_size: tuple[int, int]  # (h, w) after the longest-side resize
+    input_size: tuple[int, int]  # (h, w) in the model's input frame (after the resize, before padding)
     original_size: tuple[int, int]  # (H, W) of the image as given
+    high_res: tuple[torch.Tensor, ...] = ()  # the family's finer maps (SAM 2: 1 x 32 x 4G x 4G, 1 x 64 x 2G x 2G)
+
+    @property
+    def features(self) -> ImageFeatures:
+        return ImageFeatures(self.embedding, tuple(self.high_res))
 
     @property
     def nbytes(self) -> int:
-        return self.embedding.element_size() * self.embedding.nelement()
+        return self.features.nbytes
 
 
 @dataclass
@@ -55,6 +61,8 @@ class ClassPrediction:
 class PromptPrediction:
     mask: np.ndarray  # H x W bool, original resolution
     score: float  # the decoder's predicted IoU
+    # 1 x 4G x 4G logits of the chosen mask: the mask prompt of the next click (families that feed it back)
+    low_res: torch.Tensor | None = None
 
 
 class Predictor:
@@ -94,13 +102,15 @@ class Predictor:
         self.max_threads = torch.get_num_threads()
         if channels_last:
             model.sam.image_encoder.to(memory_format=torch.channels_last)
-        self.compiled = compiled
+        # Only families whose decoder call the compiled decoder knows (SAM 1) are compiled.
+        self.compiled = compiled if model.family.compilable else None
+        projections = model.family.image_only_projections
         # The compiled path runs SAM's decoder from a copy without the projection reuse below (see plain_copy).
-        self._base_twin = (plain_copy(model.base_mask_decoder)
-                           if compiled is not None and model.base_mask_decoder is not None else None)
+        self._base_twin = (plain_copy(model.base_mask_decoder, projections)
+                           if self.compiled is not None and model.base_mask_decoder is not None else None)
         if model.base_mask_decoder is not None:
             # Clicks answered by SAM's own decoder reuse its image-only first-block projections.
-            cache_image_projections(model.base_mask_decoder)
+            cache_image_projections(model.base_mask_decoder, projections)
 
     def _autocast(self):
         if self.autocast is None:
@@ -141,9 +151,10 @@ class Predictor:
             if self.channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
             with self._autocast():
-                embeddings = self.model.encode(batch).float()
-            for image, (_, input_size), emb in zip(chunk, prepared, embeddings, strict=True):
-                out.append(ImageEmbedding(emb.unsqueeze(0).clone(), input_size, _original_size(image)))
+                features = self.model.encode(batch).float()
+            for index, (image, (_, input_size)) in enumerate(zip(chunk, prepared, strict=True)):
+                one = features.item(index).map(torch.clone)
+                out.append(ImageEmbedding(one.embedding, input_size, _original_size(image), one.high_res))
         return out
 
     def predict_classes(self, image: ImageEmbedding, class_names: list[str] | None = None) -> ClassPrediction:
@@ -161,7 +172,7 @@ class Predictor:
             return ClassPrediction([], np.zeros(image.original_size, np.uint8), {})
         indices = [self.model.class_names.index(n) for n in names]
         with self._autocast():
-            low_res, iou = self.model.class_logits(image.embedding.to(self.model.device), indices)
+            low_res, iou = self.model.class_logits(image.features.to(self.model.device), indices)
         work_size = _resolve_size(image.original_size, self.model.image_size)
         probs = torch.sigmoid(self.model.upscale(low_res.float(), image.input_size, work_size))
         best_prob, best = probs.max(dim=0)
@@ -181,7 +192,8 @@ class Predictor:
 
     def predict_prompt(self, image: ImageEmbedding, points: np.ndarray | None = None,
                        point_labels: np.ndarray | None = None, box: np.ndarray | None = None,
-                       class_name: str | None = None, decoder: str | None = None) -> PromptPrediction:
+                       class_name: str | None = None, decoder: str | None = None,
+                       mask_input: torch.Tensor | None = None) -> PromptPrediction:
         """One mask from positive/negative points and/or a box.
 
         Args:
@@ -191,16 +203,21 @@ class Predictor:
             class_name: conditions the mask on that class's learned prompt when the adapter has it.
             decoder: ``adapter`` (the adapter's decoder) or ``base`` (SAM's own, without class tokens);
                 None: the predictor's ``clicks`` setting.
+            mask_input: the previous prediction's ``low_res`` on this image, fed back as a mask prompt where
+                the family does so (SAM 2); ignored otherwise.
         """
         decoder = decoder or self.clicks
         if decoder not in CLICK_DECODERS:
             raise ValueError(f"decoder must be one of {', '.join(CLICK_DECODERS)}, got {decoder!r}")
         with self._threads():
-            return self._predict_prompt(image, points, point_labels, box, class_name, decoder == "base")
+            if not self.model.family.feeds_back_mask:
+                mask_input = None
+            return self._predict_prompt(image, points, point_labels, box, class_name, decoder == "base", mask_input)
 
     @torch.inference_mode()
     def _predict_prompt(self, image: ImageEmbedding, points: np.ndarray | None, point_labels: np.ndarray | None,
-                        box: np.ndarray | None, class_name: str | None, base: bool) -> PromptPrediction:
+                        box: np.ndarray | None, class_name: str | None, base: bool,
+                        mask_input: torch.Tensor | None) -> PromptPrediction:
         if points is None and box is None:
             raise ValueError("an interactive prediction needs at least one point or a box")
         h, w = image.original_size
@@ -220,13 +237,20 @@ class Predictor:
         class_index = self.model.class_names.index(class_name) if class_name in self.model.class_names else None
         # Several clicks are ambiguous less often than one: one click asks for 3 candidates, like SAM's demo.
         multimask = box is None and (coords is None or coords.shape[1] == 1)
-        with self._autocast(), decoding(image.embedding) if base else nullcontext():
-            low_res, iou = self.model.prompt_logits(image.embedding.to(device), coords, labels, box_t,
+        if mask_input is not None:
+            mask_input = mask_input.reshape(1, 1, *mask_input.shape[-2:]).to(device)
+        # A fed-back mask changes the image tokens the reused projections read: no reuse then.
+        reuse = base and mask_input is None
+        with self._autocast(), decoding(image.embedding) if reuse else nullcontext():
+            low_res, iou = self.model.prompt_logits(image.features.to(device), coords, labels, box_t,
                                                     [class_index], multimask=multimask, base_decoder=base,
-                                                    run=None if self.compiled is None else self._run_decoder)
+                                                    run=None if self.compiled is None else self._run_decoder,
+                                                    mask_input=mask_input)
         best = int(iou[0].argmax())
-        logits = self.model.upscale(low_res[0, best : best + 1, None].float(), image.input_size, (h, w))
-        return PromptPrediction(mask=(logits[0] > 0).cpu().numpy(), score=float(iou[0, best].clamp(0, 1)))
+        chosen = low_res[0, best : best + 1].float()
+        logits = self.model.upscale(chosen[None], image.input_size, (h, w))
+        return PromptPrediction(mask=(logits[0] > 0).cpu().numpy(), score=float(iou[0, best].clamp(0, 1)),
+                                low_res=chosen.cpu())
 
 
     def _run_decoder(self, decoder: torch.nn.Module, embedding: torch.Tensor, image_pe: torch.Tensor,

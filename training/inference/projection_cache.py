@@ -6,7 +6,9 @@ the token-to-image attention and the queries of the image-to-token attention. Th
 4096 x 256 x 128 products at 1024 px, about a fifth of the decoder's arithmetic, and they give the
 same answer for every click on an image. With ``decoding(embedding)`` around a decode, each of them
 keeps its last output and hands it back while the same embedding (the same tensor object) is decoded
-again with the same shape. Only for a frozen decoder (SAM's own): a trained one's weights change.
+again with the same shape. Only for a frozen decoder (SAM's own): a trained one's weights change; and
+only for decodes without a mask prompt (a fed-back mask changes the dense prompt, so the image tokens).
+Which projections read only the image is the family's answer (``Family.image_only_projections``).
 Callers serialise decodes on a model (the backend's model lock; one thread in a training job).
 """
 
@@ -14,14 +16,15 @@ from __future__ import annotations
 
 import copy
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from types import MethodType
 
 import torch
-from segment_anything.modeling.mask_decoder import MaskDecoder
 from torch import nn
+
+from training.model.base_models import BASE_MODELS
 
 __all__ = ["cache_image_projections", "decoding", "plain_copy"]
 
@@ -38,18 +41,17 @@ def decoding(embedding: torch.Tensor) -> Iterator[None]:
         _image.reset(token)
 
 
-def _image_only_projections(decoder: MaskDecoder) -> list[nn.Linear]:
-    first = decoder.transformer.layers[0]
-    return [first.cross_attn_token_to_image.k_proj, first.cross_attn_token_to_image.v_proj,
-            first.cross_attn_image_to_token.q_proj]
+Projections = Callable[[nn.Module], list[nn.Linear]]
+# Every registered family's decoder so far is SAM's two-way transformer: the default answer.
+_DEFAULT_PROJECTIONS: Projections = BASE_MODELS["vit_t"].family.image_only_projections
 
 
-def cache_image_projections(decoder: MaskDecoder) -> None:
-    """Make the first block's image-only projections of a frozen ``decoder`` reuse their output
-    within ``decoding`` (the modules and their state dict are unchanged)."""
+def cache_image_projections(decoder: nn.Module, projections: Projections = _DEFAULT_PROJECTIONS) -> None:
+    """Make the first block's image-only projections of a frozen ``decoder`` (``projections(decoder)``,
+    the family's) reuse their output within ``decoding`` (the modules and their state dict are unchanged)."""
     if any(p.requires_grad for p in decoder.parameters()):
         raise ValueError("only a frozen decoder's projections can be reused between decodes")
-    for linear in _image_only_projections(decoder):
+    for linear in projections(decoder):
         if getattr(linear, "_samloop_cached", False):
             continue
         plain = linear.forward
@@ -70,11 +72,11 @@ def cache_image_projections(decoder: MaskDecoder) -> None:
         linear._samloop_cached = True
 
 
-def plain_copy(decoder: MaskDecoder) -> MaskDecoder:
+def plain_copy(decoder: nn.Module, projections: Projections = _DEFAULT_PROJECTIONS) -> nn.Module:
     """A deep copy of ``decoder`` without the reuse above: for ``torch.compile``, which would trace the
     context-variable lookup and the per-module state (the compiled decoder is fast enough without it)."""
     twin = copy.deepcopy(decoder)
-    for linear in _image_only_projections(twin):
+    for linear in projections(twin):
         linear.__dict__.pop("forward", None)
         linear.__dict__.pop("_samloop_cached", None)
     return twin

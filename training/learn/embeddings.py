@@ -11,13 +11,13 @@ import logging
 from collections.abc import Callable
 
 import numpy as np
-import torch
 from cachetools import LRUCache
 
 from training.data.images import image_digest
 from training.inference.embedding_store import EmbeddingStore, embedding_key
 from training.inference.predictor import ImageEmbedding, Predictor
 from training.model.adapter import SamAdapter
+from training.model.features import ImageFeatures
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ class TrainingEmbeddings:
     """Embeddings of H x W x 3 uint8 images under ``model``'s (frozen) encoder.
 
     Args:
-        model: an adapter whose image encoder is the base model's (``config.encoder == "frozen"``).
+        model: an adapter whose image encoder is the base model's (``config.keeps_base_embeddings``).
         store: the shared on-disk store, or None to encode every image (kept in memory only).
         precision: the encoder's precision (auto|bf16|fp32, as ``Predictor``).
         memo_entries: most embeddings kept in memory (None: all this object was asked for).
@@ -34,9 +34,9 @@ class TrainingEmbeddings:
 
     def __init__(self, model: SamAdapter, store: EmbeddingStore | None = None, precision: str = "auto",
                  memo_entries: int | None = None) -> None:
-        if model.config.encoder != "frozen":
-            raise ValueError("stored embeddings need a frozen image encoder; this adapter's encoder is "
-                             f"{model.config.encoder!r}")
+        if not model.config.keeps_base_embeddings:
+            raise ValueError(f"stored embeddings need a frozen image encoder; this adapter is of the "
+                             f"{model.config.kind!r} kind (encoder {model.config.encoder!r})")
         self.model = model
         self.store = store
         self.predictor = Predictor(model, precision=precision)
@@ -65,10 +65,11 @@ class TrainingEmbeddings:
             if self.store is not None:
                 self.store.put(key, found)
         # Outside inference mode a clone is an ordinary tensor that autograd may save.
-        found = ImageEmbedding(found.embedding.clone().cpu(), found.input_size, found.original_size)
+        features = found.features.map(lambda t: t.clone().cpu())
+        found = ImageEmbedding(features.embedding, found.input_size, found.original_size, features.high_res)
         self._memo[digest] = found
         return found
 
-    def embed(self, image: np.ndarray) -> torch.Tensor:
-        """The image's embedding tensor on the model's device, for training."""
-        return self.get(image).embedding.to(self.model.device)
+    def embed(self, image: np.ndarray) -> ImageFeatures:
+        """The image's features on the model's device, for training."""
+        return self.get(image).features.to(self.model.device)

@@ -21,6 +21,7 @@ from training.learn.config import TrainConfig
 from training.learn.embeddings import TrainingEmbeddings
 from training.learn.losses import mask_loss
 from training.model.adapter import SamAdapter
+from training.model.features import ImageFeatures
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,8 @@ class PreparedSample:
     image: torch.Tensor | None  # 3 x S x S, normalised; None when training on stored embeddings
     targets: torch.Tensor  # C x L x L in [0, 1], L = S / 4 (the decoder's output size)
     valid: torch.Tensor  # L x L, 1 inside the image
-    embedding: torch.Tensor | None = None  # 1 x 256 x G x G from the frozen base encoder
+    # The frozen base encoder's features (1 x 256 x G x G embedding, and the family's finer maps)
+    embedding: ImageFeatures | torch.Tensor | None = None
 
 
 def prepare_targets(model: SamAdapter, masks: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -187,37 +189,43 @@ _INPUT_PIXELS_PER_TARGET_PIXEL = 4
 
 @dataclass
 class _Window:
-    """The part of an image a step trains on: its embedding tokens, targets and valid mask, and the
+    """The part of an image a step trains on: its features, targets and valid mask, and the
     top-left token (None: the whole image)."""
 
-    embedding: torch.Tensor
+    features: ImageFeatures
     targets: torch.Tensor
     valid: torch.Tensor
     origin: tuple[int, int] | None
 
+    @property
+    def embedding(self) -> torch.Tensor:
+        return self.features.embedding
 
-def _window(embedding: torch.Tensor, sample: PreparedSample, tokens: int, rng: np.random.Generator) -> _Window:
+
+def _window(embedding: ImageFeatures | torch.Tensor, sample: PreparedSample, tokens: int,
+            rng: np.random.Generator) -> _Window:
     """A ``tokens`` x ``tokens`` window of the embedding grid, centred on a random pixel of the image
     (not its padding); the whole image when the grid is no larger. The decoder's cost grows with
     the number of tokens, so windows make each step cheaper; the positional encoding follows the
     window, so what is learned holds on the whole grid."""
-    grid = embedding.shape[-1]
+    features = ImageFeatures.of(embedding)
+    grid = features.embedding.shape[-1]
     if not tokens or grid <= tokens:
-        return _Window(embedding, sample.targets, sample.valid, None)
+        return _Window(features, sample.targets, sample.valid, None)
     scale = sample.targets.shape[-1] // grid  # low-resolution pixels per token
     # The valid region is the image's top-left rectangle (the rest is padding).
     height, width = int(sample.valid[:, 0].sum()), int(sample.valid[0].sum())
     centre = (rng.integers(max(1, height)) // scale, rng.integers(max(1, width)) // scale)
     row, col = (int(np.clip(c - tokens // 2, 0, grid - tokens)) for c in centre)
     rows, cols = slice(row * scale, (row + tokens) * scale), slice(col * scale, (col + tokens) * scale)
-    return _Window(embedding[..., row : row + tokens, col : col + tokens], sample.targets[:, rows, cols],
-                   sample.valid[rows, cols], (row, col))
+    return _Window(features.window(row, col, tokens), sample.targets[:, rows, cols], sample.valid[rows, cols],
+                   (row, col))
 
 
-def _image_loss(model: SamAdapter, embedding: torch.Tensor, sample: PreparedSample, config: TrainConfig,
+def _image_loss(model: SamAdapter, embedding: ImageFeatures, sample: PreparedSample, config: TrainConfig,
                 rng: np.random.Generator) -> torch.Tensor:
     window = _window(embedding, sample, config.window_tokens, rng)
-    logits, iou = model.class_logits(window.embedding, origin=window.origin)
+    logits, iou = model.class_logits(window.features, origin=window.origin)
     loss = mask_loss(logits[:, 0], iou[:, 0], window.targets, window.valid,
                      config.focal_weight, config.dice_weight, config.iou_weight)
     if not config.point_prompt_weight:
@@ -240,7 +248,7 @@ def _point_prompt_loss(model: SamAdapter, window: _Window, config: TrainConfig, 
         coords = coords + np.array(window.origin[::-1], dtype=np.float32) * _INPUT_PIXELS_PER_TOKEN
     device = window.embedding.device
     point_logits, point_iou = model.prompt_logits(
-        window.embedding, torch.from_numpy(coords[None]).to(device), torch.from_numpy(labels[None]).to(device),
+        window.features, torch.from_numpy(coords[None]).to(device), torch.from_numpy(labels[None]).to(device),
         None, [k if rng.random() < 0.5 else None], origin=window.origin,
     )
     return mask_loss(point_logits[:, 0], point_iou[:, 0], targets[k : k + 1], window.valid,
@@ -294,9 +302,9 @@ class _Loop:
             indices.append(int(self.order.pop()))
         return [self.cache.get(i, flip=self.flips and bool(self.rng.random() < 0.5)) for i in indices]
 
-    def embed(self, prepared: list[PreparedSample]) -> torch.Tensor:
+    def embed(self, prepared: list[PreparedSample]) -> ImageFeatures:
         if prepared[0].embedding is not None:
-            return torch.cat([p.embedding for p in prepared])
+            return ImageFeatures.cat([ImageFeatures.of(p.embedding) for p in prepared])
         jitter = self.config.augment
         images = torch.stack([_photometric_jitter(p.image, self.generator) if jitter else p.image for p in prepared])
         device = self.model.device
@@ -312,7 +320,7 @@ class _Loop:
             group["lr"] = group["base_lr"] * _lr_factor(step, self.config)
         prepared = self.batch()
         embeddings = self.embed(prepared)
-        loss = sum(_image_loss(self.model, embeddings[i : i + 1], p, self.config, self.rng)
+        loss = sum(_image_loss(self.model, embeddings.item(i), p, self.config, self.rng)
                    for i, p in enumerate(prepared)) / len(prepared)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -346,7 +354,7 @@ def train_adapter(model: SamAdapter, dataset: SegmentationDataset | PreparedSour
                          "call model.set_classes(dataset.class_names) first")
     if len(dataset) == 0:
         raise ValueError("cannot train on an empty dataset")
-    if model.config.encoder == "frozen" and embeddings is None:
+    if model.config.keeps_base_embeddings and embeddings is None:
         embeddings = TrainingEmbeddings(model, None, config.precision)
     loop = _Loop(model, dataset, config, embeddings, sampler, max_prepared)
     if embeddings is not None and sampler is None:
@@ -396,5 +404,5 @@ def _to(sample: PreparedSample, device: torch.device) -> PreparedSample:
     if device.type == "cpu":
         return sample
     image = sample.image.to(device) if sample.image is not None else None
-    embedding = sample.embedding.to(device) if sample.embedding is not None else None
+    embedding = ImageFeatures.of(sample.embedding).to(device) if sample.embedding is not None else None
     return PreparedSample(image, sample.targets.to(device), sample.valid.to(device), embedding)

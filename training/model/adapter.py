@@ -14,12 +14,12 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from peft import LoraConfig, inject_adapter_in_model
-from segment_anything.modeling import Sam
 from torch import nn
 
 from training.model.artifact import AdapterHeader, AdapterMismatchError, Artifact, BaseIdentity, write_artifact
+from training.model.base_models import base_model
 from training.model.config import AdapterConfig
+from training.model.features import ImageFeatures
 
 ADAPTER_INIT_SEED = 0
 # (decoder, embedding, image_pe, sparse, dense, multimask) -> (mask logits, IoU predictions)
@@ -32,57 +32,40 @@ def _freeze(module: nn.Module) -> None:
         param.requires_grad_(False)
 
 
-def _inject_lora(module: nn.Module, config: AdapterConfig, targets: list[str]) -> None:
-    lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha,
-                      lora_dropout=config.lora_dropout, target_modules=targets)
-    try:
-        inject_adapter_in_model(lora, module)
-    except ValueError as exc:
-        raise ValueError(f"LoRA target modules {targets} not found in {type(module).__name__}: {exc}") from exc
-    for name, param in module.named_parameters():
-        if "lora_" in name:
-            param.requires_grad_(True)
-
-
 def _check_class_names(class_names: list[str]) -> None:
     if not class_names or len(set(class_names)) != len(class_names):
         raise ValueError(f"class names must be non-empty and unique, got {class_names!r}")
 
 
 class SamAdapter(nn.Module):
-    """A SAM model whose encoder/decoder carry the parts named by ``AdapterConfig``.
+    """A base model (any family of ``training.model.base_models``) whose encoder/decoder carry the parts
+    named by ``AdapterConfig``.
 
     ``class_prompts`` has shape (C, T, 256): T learned sparse tokens for each of the C classes,
     fed to the mask decoder in place of point/box prompts.
     """
 
-    def __init__(self, sam: Sam, base: BaseIdentity, class_names: list[str], config: AdapterConfig) -> None:
+    def __init__(self, sam: nn.Module, base: BaseIdentity, class_names: list[str], config: AdapterConfig) -> None:
         super().__init__()
         _check_class_names(class_names)
         self.sam = sam
         self.base = base
+        self.family = base_model(base.model_type).family
         self.config = config
         self.class_names = list(class_names)
         _freeze(sam)
         # SAM's own decoder, kept apart from the adapted one: clicks are answered by it unless the
         # adapter's decoder measured better on clicks (not saved: it is the base model's).
         # Only with the base encoder: after an adapted encoder, SAM's decoder would not be SAM.
-        own = config.decoder != "frozen" and config.encoder == "frozen"
+        own = config.decoder_tuning.changes_part and config.keeps_base_embeddings
         self.base_mask_decoder = copy.deepcopy(sam.mask_decoder) if own else None
         # peft draws LoRA A matrices from the global RNG: seed it so the same config gives the same
         # starting adapter in every process (reproducible training runs).
+        lora = (config.lora_rank, config.lora_alpha, config.lora_dropout)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(ADAPTER_INIT_SEED)
-            if config.encoder == "lora":
-                _inject_lora(sam.image_encoder, config, config.lora_targets)
-            if config.decoder == "lora":
-                _inject_lora(sam.mask_decoder, config, config.decoder_lora_targets)
-        if config.encoder == "full":
-            for param in sam.image_encoder.parameters():
-                param.requires_grad_(True)
-        if config.decoder == "train":
-            for param in sam.mask_decoder.parameters():
-                param.requires_grad_(True)
+            config.encoder_tuning.inject(sam.image_encoder, *lora, config.lora_targets)
+            config.decoder_tuning.inject(sam.mask_decoder, *lora, config.decoder_lora_targets)
         dim = sam.prompt_encoder.embed_dim
         generator = torch.Generator().manual_seed(len(class_names))
         self.class_prompts = nn.Parameter(torch.randn(len(class_names), config.prompt_tokens, dim,
@@ -104,7 +87,7 @@ class SamAdapter(nn.Module):
 
     @property
     def image_size(self) -> int:
-        return self.sam.image_encoder.img_size
+        return self.base.image_size
 
     @property
     def device(self) -> torch.device:
@@ -119,9 +102,7 @@ class SamAdapter(nn.Module):
     # ----- image side ----------------------------------------------------------------------------
     def input_size(self, original_size: tuple[int, int]) -> tuple[int, int]:
         """(h, w) of an image of ``original_size`` after resizing its longest side to image_size."""
-        height, width = original_size
-        scale = self.image_size / max(height, width)
-        return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
+        return self.family.input_size(original_size, self.image_size)
 
     def preprocess(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
         """H x W x 3 uint8 RGB -> (3 x S x S normalised float tensor, (h, w) before padding)."""
@@ -136,9 +117,10 @@ class SamAdapter(nn.Module):
         padded = F.pad(tensor, (0, self.image_size - new_w, 0, self.image_size - new_h))
         return padded, (new_h, new_w)
 
-    def encode(self, batch: torch.Tensor) -> torch.Tensor:
-        """B x 3 x S x S preprocessed images -> B x 256 x S/16 x S/16 embeddings."""
-        return self.sam.image_encoder(batch)
+    def encode(self, batch: torch.Tensor) -> ImageFeatures:
+        """B x 3 x S x S preprocessed images -> their features (B x 256 x S/16 x S/16 embeddings, and the
+        family's finer maps)."""
+        return self.family.encode(self.sam, batch)
 
     # ----- decoder side ------------------------------------------------------------------------------
     def _dense_pe(self, embedding: torch.Tensor, origin: tuple[int, int] | None) -> torch.Tensor:
@@ -150,69 +132,74 @@ class SamAdapter(nn.Module):
         (row, col), (height, width) = origin, embedding.shape[-2:]
         return pe[..., row : row + height, col : col + width]
 
-    def _decode(self, embedding: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor,
+    def _decode(self, features: ImageFeatures, sparse: torch.Tensor, dense: torch.Tensor,
                 multimask: bool = False, base: bool = False, origin: tuple[int, int] | None = None,
                 run: DecoderRun | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         decoder = self.base_mask_decoder if base and self.base_mask_decoder is not None else self.sam.mask_decoder
+        embedding = features.embedding
         image_pe = self._dense_pe(embedding, origin)
         dense = dense[..., : embedding.shape[-2], : embedding.shape[-1]]
-        if run is not None:
+        if run is not None and self.family.compilable:
             return run(decoder, embedding, image_pe, sparse, dense, multimask)
-        return decoder(image_embeddings=embedding, image_pe=image_pe, sparse_prompt_embeddings=sparse,
-                       dense_prompt_embeddings=dense, multimask_output=multimask)
+        return self.family.decode(decoder, features, image_pe, sparse, dense, multimask)
 
     def _no_mask_dense(self, count: int, embedding: torch.Tensor) -> torch.Tensor:
         weight = self.sam.prompt_encoder.no_mask_embed.weight
         return weight.reshape(1, -1, 1, 1).expand(count, -1, *embedding.shape[-2:])
 
-    def class_logits(self, embedding: torch.Tensor, class_indices: list[int] | None = None,
+    def class_logits(self, embedding: ImageFeatures | torch.Tensor, class_indices: list[int] | None = None,
                      origin: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Promptless masks for classes of one image.
 
         Args:
-            embedding: 1 x 256 x G x G image embedding.
+            embedding: the image's features (a bare 1 x 256 x G x G tensor for SAM 1).
             class_indices: indices into ``class_names`` (default all). With joint decoding every
                 class is decoded together (classes see each other) and these are picked after.
             origin: when ``embedding`` is a window of the image's grid, its top-left (row, column).
         Returns:
             (K x 1 x 4G x 4G low-resolution mask logits, K x 1 predicted IoU).
         """
+        features = ImageFeatures.of(embedding)
         if self.config.class_decoding == "joint":
-            logits, iou = self._joint_class_logits(embedding, origin)
+            logits, iou = self._joint_class_logits(features, origin)
             if class_indices is None:
                 return logits, iou
             return logits[class_indices], iou[class_indices]
         prompts = self.class_prompts if class_indices is None else self.class_prompts[class_indices]
-        return self._decode(embedding, prompts, self._no_mask_dense(prompts.shape[0], embedding), origin=origin)
+        dense = self._no_mask_dense(prompts.shape[0], features.embedding)
+        return self._decode(features, prompts, dense, origin=origin)
 
-    def _joint_class_logits(self, embedding: torch.Tensor, origin: tuple[int, int] | None
+    def _joint_class_logits(self, features: ImageFeatures, origin: tuple[int, int] | None
                             ) -> tuple[torch.Tensor, torch.Tensor]:
         """Every class in one pass of SAM's two-way transformer: the C x T class tokens follow SAM's
         IoU and mask tokens; the output of each class's first token drives the first mask
         hypernetwork and the IoU head, in place of SAM's own mask token."""
-        decoder = self.sam.mask_decoder
+        decoder, embedding = self.sam.mask_decoder, features.embedding
         count, per_class, dim = self.class_prompts.shape
-        tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight,
-                            self.class_prompts.reshape(count * per_class, dim)]).unsqueeze(0)
+        own = self.family.output_tokens(decoder)
+        tokens = torch.cat([own, self.class_prompts.reshape(count * per_class, dim)]).unsqueeze(0)
         src = embedding + self._no_mask_dense(1, embedding)
         _, channels, height, width = src.shape
         hs, src = decoder.transformer(src, self._dense_pe(embedding, origin), tokens)
-        first = 1 + decoder.num_mask_tokens + torch.arange(count, device=hs.device) * per_class
+        first = own.shape[0] + torch.arange(count, device=hs.device) * per_class
         class_out = hs[0, first]  # C x 256
-        upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(1, channels, height, width))
+        src = src.transpose(1, 2).reshape(1, channels, height, width)
+        upscaled = self.family.upscale(decoder, src, features)
         hyper = decoder.output_hypernetworks_mlps[0](class_out)  # C x 32
         masks = hyper @ upscaled.flatten(2)[0]  # C x (4G * 4G)
         iou = decoder.iou_prediction_head(class_out)[:, :1]
         return masks.reshape(count, 1, *upscaled.shape[-2:]), iou
 
-    def prompt_logits(self, embedding: torch.Tensor, coords: torch.Tensor | None, labels: torch.Tensor | None,
-                      box: torch.Tensor | None, class_indices: list[int | None] | None = None,
-                      multimask: bool = False, base_decoder: bool = False, origin: tuple[int, int] | None = None,
-                      run: DecoderRun | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def prompt_logits(self, embedding: ImageFeatures | torch.Tensor, coords: torch.Tensor | None,
+                      labels: torch.Tensor | None, box: torch.Tensor | None,
+                      class_indices: list[int | None] | None = None, multimask: bool = False,
+                      base_decoder: bool = False, origin: tuple[int, int] | None = None,
+                      run: DecoderRun | None = None, mask_input: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """Masks for point/box prompts on one image, optionally conditioned on class prompts.
 
         Args:
-            embedding: 1 x 256 x G x G.
+            embedding: the image's features (a bare 1 x 256 x G x G tensor for SAM 1).
             coords: B x N x 2 (x, y) in the model's input frame (after resize), or None.
             labels: B x N, 1 positive / 0 negative, or None.
             box: B x 4 (x0, y0, x1, y1) in the input frame, or None.
@@ -222,11 +209,13 @@ class SamAdapter(nn.Module):
             origin: as in ``class_logits``; coordinates stay in the whole image's frame.
             run: calls the chosen decoder as ``run(decoder, embedding, image_pe, sparse, dense, multimask)``
                 (a compiled one: ``training.inference.compiled_decoder``); None calls it directly.
+            mask_input: B x 1 x 4G x 4G low-resolution logits of the previous mask, fed back as a mask
+                prompt (families with ``feeds_back_mask``), or None.
         Returns:
             (B x M x 4G x 4G logits, B x M IoU predictions); M is 3 with multimask else 1.
         """
-        points = (coords, labels) if coords is not None else None
-        sparse, dense = self.sam.prompt_encoder(points=points, boxes=box, masks=None)
+        features = ImageFeatures.of(embedding)
+        sparse, dense = self.family.prompts(self.sam, coords, labels, box, mask_input)
         if not base_decoder and class_indices is not None and any(i is not None for i in class_indices):
             if len(class_indices) != sparse.shape[0]:
                 raise ValueError(f"{len(class_indices)} class indices for {sparse.shape[0]} prompts")
@@ -236,7 +225,7 @@ class SamAdapter(nn.Module):
                 for i in class_indices
             ])
             sparse = torch.cat([sparse, tokens.to(sparse.dtype)], dim=1)
-        return self._decode(embedding, sparse, dense, multimask, base=base_decoder, origin=origin, run=run)
+        return self._decode(features, sparse, dense, multimask, base=base_decoder, origin=origin, run=run)
 
     def set_classes(self, class_names: list[str]) -> None:
         """Change the class list: known classes keep their prompts, new ones get fresh prompts."""
@@ -265,14 +254,11 @@ class SamAdapter(nn.Module):
     def adapter_state(self) -> dict[str, torch.Tensor]:
         """The tensors this adapter owns (what is saved), keyed by this module's state_dict names."""
         state = {"class_prompts": self.class_prompts}
-        full_prefixes = []
-        if self.config.encoder == "full":
-            full_prefixes.append("sam.image_encoder.")
-        if self.config.decoder == "train":
-            full_prefixes.append("sam.mask_decoder.")
+        parts = {"sam.image_encoder.": self.config.encoder_tuning, "sam.mask_decoder.": self.config.decoder_tuning}
         norm_buffers = self._norm_buffer_names() if self.updates_norm_statistics else set()
         for name, tensor in self.state_dict(keep_vars=True).items():
-            if "lora_" in name or name in norm_buffers or any(name.startswith(p) for p in full_prefixes):
+            saved = any(name.startswith(p) and t.saves(name[len(p):]) for p, t in parts.items())
+            if saved or name in norm_buffers:
                 state[name] = tensor
         return {k: v.detach() for k, v in state.items()}
 

@@ -13,17 +13,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from training.model.kinds import ADAPTER_KINDS, DECODER_TUNINGS, ENCODER_TUNINGS, AdapterKind, PartTuning, kind_of
 from training.options import JsonOptions
 
-ENCODER_MODES = ("lora", "full", "frozen")
-DECODER_MODES = ("lora", "train", "frozen")
+ENCODER_MODES = tuple(ENCODER_TUNINGS)
+DECODER_MODES = tuple(DECODER_TUNINGS)
 NORM_STATISTICS = ("auto", "update", "frozen")
 CLASS_DECODINGS = ("joint", "separate")
-# The options that make each kind; everything else keeps its default.
-ADAPTER_KINDS: dict[str, dict[str, str]] = {
-    "decoder": {"encoder": "frozen", "decoder": "lora"},
-    "encoder": {"encoder": "lora", "decoder": "train"},
-}
 
 
 @dataclass
@@ -68,7 +64,7 @@ class AdapterConfig(JsonOptions):
         """The configuration of adapter kind ``kind`` (see ADAPTER_KINDS), with ``options`` on top."""
         if kind not in ADAPTER_KINDS:
             raise ValueError(f"adapter kind {kind!r} is not one of {', '.join(ADAPTER_KINDS)}")
-        config = cls.from_dict({**ADAPTER_KINDS[kind], **options})
+        config = cls.from_dict({**ADAPTER_KINDS[kind].modes, **options})
         if config.kind != kind:
             raise ValueError(f"adapter option encoder={config.encoder!r} contradicts adapter kind {kind!r}")
         return config
@@ -76,7 +72,24 @@ class AdapterConfig(JsonOptions):
     @property
     def kind(self) -> str:
         """``decoder`` when the image encoder is the base model's, else ``encoder``."""
-        return "decoder" if self.encoder == "frozen" else "encoder"
+        return self.adapter_kind.name
+
+    @property
+    def adapter_kind(self) -> AdapterKind:
+        return kind_of(self.encoder_tuning)
+
+    @property
+    def encoder_tuning(self) -> PartTuning:
+        return ENCODER_TUNINGS[self.encoder]
+
+    @property
+    def decoder_tuning(self) -> PartTuning:
+        return DECODER_TUNINGS[self.decoder]
+
+    @property
+    def keeps_base_embeddings(self) -> bool:
+        """Whether image embeddings are the base encoder's (stored once, valid for every version)."""
+        return self.adapter_kind.keeps_base_embeddings
 
     def __post_init__(self) -> None:
         if self.encoder not in ENCODER_MODES:
@@ -89,10 +102,11 @@ class AdapterConfig(JsonOptions):
             raise ValueError(f"lora_alpha must be positive, got {self.lora_alpha!r}")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
-        if self.encoder == "lora" and not self.lora_targets:
-            raise ValueError("encoder mode 'lora' needs at least one module name in lora_targets")
-        if self.decoder == "lora" and not self.decoder_lora_targets:
-            raise ValueError("decoder mode 'lora' needs at least one module name in decoder_lora_targets")
+        if self.encoder_tuning.injects_lora and not self.lora_targets:
+            raise ValueError(f"encoder mode {self.encoder!r} needs at least one module name in lora_targets")
+        if self.decoder_tuning.injects_lora and not self.decoder_lora_targets:
+            raise ValueError(f"decoder mode {self.decoder!r} needs at least one module name in "
+                             "decoder_lora_targets")
         if not isinstance(self.prompt_tokens, int) or not 1 <= self.prompt_tokens <= 16:
             raise ValueError(f"prompt_tokens must be an integer in 1..16, got {self.prompt_tokens!r}")
         if self.norm_statistics not in NORM_STATISTICS:
@@ -103,8 +117,8 @@ class AdapterConfig(JsonOptions):
         self.decoder_lora_targets = list(self.decoder_lora_targets)
 
     def updates_norm_statistics(self, base_is_random: bool) -> bool:
-        if self.encoder == "frozen":
+        if self.keeps_base_embeddings:
             return False  # the embeddings must stay the base model's, valid for every version
         if self.norm_statistics == "auto":
-            return self.encoder == "full" or base_is_random
+            return self.encoder_tuning.trains_whole or base_is_random
         return self.norm_statistics == "update"

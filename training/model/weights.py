@@ -20,41 +20,13 @@ from pathlib import Path
 
 import torch
 
-from training.model.builders import build_sam, check_model_type
+from training.model.base_models import BASE_MODELS, OfficialCheckpoint, base_model, build_sam, check_model_type
+
+__all__ = ["OfficialCheckpoint"]
 
 log = logging.getLogger(__name__)
 
 RANDOM = "random"
-
-
-@dataclass(frozen=True)
-class OfficialCheckpoint:
-    url: str
-    sha256: str
-
-    @property
-    def filename(self) -> str:
-        return self.url.rsplit("/", 1)[-1]
-
-
-OFFICIAL_CHECKPOINTS: dict[str, OfficialCheckpoint] = {
-    "vit_t": OfficialCheckpoint(
-        "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
-        "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f",
-    ),
-    "vit_b": OfficialCheckpoint(
-        "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
-        "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
-    ),
-    "vit_l": OfficialCheckpoint(
-        "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
-        "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
-    ),
-    "vit_h": OfficialCheckpoint(
-        "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
-        "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
-    ),
-}
 
 
 class CheckpointError(RuntimeError):
@@ -91,11 +63,11 @@ def file_sha256(path: Path, remember: bool = True) -> str:
 
 def download_official(model_type: str, cache_dir: Path | None = None) -> Path:
     """Return the verified official checkpoint for ``model_type``, downloading it if needed."""
-    spec = OFFICIAL_CHECKPOINTS[check_model_type(model_type)]
+    spec = base_model(model_type).checkpoint
     cache_dir = Path(cache_dir or default_cache_dir())
     target = cache_dir / spec.filename
     if target.exists():
-        if file_sha256(target) == spec.sha256:
+        if spec.sha256 is None or file_sha256(target) == spec.sha256:
             return target
         raise CheckpointError(
             f"{target} does not match the official SHA-256 {spec.sha256} (corrupt or partial download); "
@@ -116,11 +88,25 @@ def download_official(model_type: str, cache_dir: Path | None = None) -> Path:
             f"or set SAM_CHECKPOINT to its path (or SAM_CHECKPOINT=random for a demo without weights)"
         ) from exc
     actual = file_sha256(partial_path, remember=False)
-    if actual != spec.sha256:
+    if spec.sha256 is None:
+        _check_unhashed(model_type, partial_path, actual)
+    elif actual != spec.sha256:
         partial_path.unlink(missing_ok=True)
         raise CheckpointError(f"downloaded {spec.url} has SHA-256 {actual}, expected {spec.sha256}; not used")
     os.replace(partial_path, target)
     return target
+
+
+def _check_unhashed(model_type: str, path: Path, digest: str) -> None:
+    """A checkpoint without a published hash: it must load into the model; its hash is logged so that
+    it can be recorded (the file's sidecar keeps it for later starts)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        build_sam(model_type, 256, state_dict=state.get("model", state))
+    except Exception as exc:  # any failure means the file is not this model's checkpoint
+        path.unlink(missing_ok=True)
+        raise CheckpointError(f"downloaded {model_type} checkpoint does not fit the model: {exc}") from exc
+    log.warning("%s checkpoint has no published SHA-256; first download has %s", model_type, digest)
 
 
 @dataclass(frozen=True)
@@ -148,7 +134,7 @@ def resolve_checkpoint(model_type: str, checkpoint: str | None, cache_dir: Path 
         return BaseWeights(model_type, None, RANDOM)
     if not value:
         path = download_official(model_type, cache_dir)
-        return BaseWeights(model_type, path, OFFICIAL_CHECKPOINTS[model_type].sha256)
+        return BaseWeights(model_type, path, base_model(model_type).checkpoint.sha256 or file_sha256(path))
     path = Path(value).expanduser()
     if not path.is_file():
         raise CheckpointError(
@@ -182,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     download = sub.add_parser("download", help="download the official checkpoint into the cache and verify it")
-    download.add_argument("--model", default="vit_t", choices=sorted(OFFICIAL_CHECKPOINTS))
+    download.add_argument("--model", default="vit_t", choices=sorted(BASE_MODELS))
     download.add_argument("--cache", type=Path, default=None, help="cache directory (default SAMLOOP_MODEL_CACHE)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")

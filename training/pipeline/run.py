@@ -176,7 +176,7 @@ def _train_and_publish(run: _Run) -> dict[str, Any]:
     log.info("project %s: %s", run.project, why)
     store = EmbeddingStore(Path(settings.data_dir) / "embeddings", settings.embedding_store_mb * MB)
     embeddings = (TrainingEmbeddings(model, store, settings.precision, memo_entries=PREPARED_SAMPLES)
-                  if model.config.encoder == "frozen" else None)
+                  if model.config.keeps_base_embeddings else None)
     active_scores = _active_scores(run, active, embeddings) if active is not None else None
     active = None if warm else active  # the warm start trains it in place; else let it go before training
     plan = plan_steps(run.split.train, run.history.new_since_active(run.stamps), warm, run.history, settings,

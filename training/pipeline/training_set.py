@@ -40,7 +40,7 @@ class CachedTrainingSet:
         entry = self.cache.tasks[task_id]
         targets, valid = prepare_targets(model, self.cache.masks(task_id))
         embedding = embeddings.get_by_digest(entry.digest, lambda: self.cache.image(task_id))
-        return PreparedSample(None, targets, valid, embedding.embedding.to(model.device))
+        return PreparedSample(None, targets, valid, embedding.features.to(model.device))
 
 
 class _Rounds:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from training.inference.predictor import Predictor
-from training.inference.projection_cache import _image_only_projections, cache_image_projections, decoding
+from training.inference.projection_cache import cache_image_projections, decoding
 from training.model.config import AdapterConfig
 from training.model.loading import new_adapter_model
 
@@ -21,7 +21,7 @@ def model(random_vit_t):
 
 def _count_computations(model) -> list[int]:
     calls = [0]
-    for linear in _image_only_projections(model.base_mask_decoder):
+    for linear in model.family.image_only_projections(model.base_mask_decoder):
         plain = linear.forward
 
         def counted(x, plain=plain):

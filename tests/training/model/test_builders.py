@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from training.model.builders import MODEL_BUILDERS, build_sam, check_image_size
+from training.model.base_models import BASE_MODELS, build_sam, check_image_size
 
 
 def test_unknown_model_lists_valid_names():
-    with pytest.raises(ValueError, match="vit_b, vit_h, vit_l, vit_t"):
+    with pytest.raises(ValueError, match="sam2.1_hiera_t, vit_b, vit_h, vit_l, vit_t"):
         build_sam("vit_x", 256)
 
 
@@ -16,7 +16,8 @@ def test_bad_image_size_is_refused(size):
 
 
 def test_registry_has_every_sam_variant():
-    assert set(MODEL_BUILDERS) == {"vit_t", "vit_b", "vit_l", "vit_h"}
+    assert set(BASE_MODELS) == {"vit_t", "vit_b", "vit_l", "vit_h", "sam2.1_hiera_t", "sam2.1_hiera_s",
+                                "sam2.1_hiera_b+", "sam2.1_hiera_l"}
 
 
 @pytest.mark.parametrize(("model_type", "size"), [("vit_t", 256), ("vit_t", 128), ("vit_b", 128)])

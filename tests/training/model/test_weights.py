@@ -1,18 +1,23 @@
 import hashlib
 import http.server
 import threading
+from dataclasses import replace
 
 import pytest
 import torch
 
 from training.model import weights as checkpoints
-from training.model.builders import build_sam
+from training.model.base_models import BASE_MODELS, build_sam
 from training.model.weights import (
     CheckpointError,
     OfficialCheckpoint,
     load_base_model,
     resolve_checkpoint,
 )
+
+
+def _official(monkeypatch, checkpoint):
+    monkeypatch.setitem(BASE_MODELS, "vit_t", replace(BASE_MODELS["vit_t"], checkpoint=checkpoint))
 
 
 @pytest.fixture
@@ -54,7 +59,7 @@ def test_official_download_verifies_and_caches(tmp_path, file_server, monkeypatc
     state = build_sam("vit_t", 1024).state_dict()
     torch.save(state, root / "mobile_sam.pt")
     digest = hashlib.sha256((root / "mobile_sam.pt").read_bytes()).hexdigest()
-    monkeypatch.setitem(checkpoints.OFFICIAL_CHECKPOINTS, "vit_t", OfficialCheckpoint(f"{url}/mobile_sam.pt", digest))
+    _official(monkeypatch, OfficialCheckpoint(f"{url}/mobile_sam.pt", digest))
     cache = tmp_path / "cache"
     weights = resolve_checkpoint("vit_t", None, cache)
     assert weights.path == cache / "mobile_sam.pt" and weights.sha256 == digest
@@ -67,15 +72,14 @@ def test_official_download_verifies_and_caches(tmp_path, file_server, monkeypatc
 def test_download_with_wrong_checksum_is_refused(tmp_path, file_server, monkeypatch):
     root, url = file_server
     (root / "mobile_sam.pt").write_bytes(b"not a checkpoint")
-    monkeypatch.setitem(checkpoints.OFFICIAL_CHECKPOINTS, "vit_t", OfficialCheckpoint(f"{url}/mobile_sam.pt", "0" * 64))
+    _official(monkeypatch, OfficialCheckpoint(f"{url}/mobile_sam.pt", "0" * 64))
     with pytest.raises(CheckpointError, match="expected 0000"):
         resolve_checkpoint("vit_t", None, tmp_path / "cache")
     assert not list((tmp_path / "cache").iterdir())
 
 
 def test_offline_download_names_where_to_put_the_file(tmp_path, monkeypatch):
-    monkeypatch.setitem(checkpoints.OFFICIAL_CHECKPOINTS, "vit_t",
-                        OfficialCheckpoint("http://127.0.0.1:9/mobile_sam.pt", "0" * 64))
+    _official(monkeypatch, OfficialCheckpoint("http://127.0.0.1:9/mobile_sam.pt", "0" * 64))
     with pytest.raises(CheckpointError, match=f"put it at {tmp_path / 'cache' / 'mobile_sam.pt'}"):
         resolve_checkpoint("vit_t", None, tmp_path / "cache")
 
@@ -104,7 +108,6 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
 
 
 def test_download_cli_reports_errors(tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(checkpoints.OFFICIAL_CHECKPOINTS, "vit_t",
-                        OfficialCheckpoint("http://127.0.0.1:9/mobile_sam.pt", "0" * 64))
+    _official(monkeypatch, OfficialCheckpoint("http://127.0.0.1:9/mobile_sam.pt", "0" * 64))
     assert checkpoints.main(["download", "--model", "vit_t", "--cache", str(tmp_path)]) == 2
     assert "cannot download" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Registry of Segment Anything model builders at a configurable input size.
+"""SAM 1: MobileSAM ``vit_t`` and SAM ``vit_b/l/h``, built at a configurable input size.
 
 The upstream builders hard-code a 1024 px input; these build the same upstream modules
 (unmodified) at any multiple of 16 so CPU inference and tests can run at 256 or 512 px.
@@ -7,21 +7,21 @@ The upstream builders hard-code a 1024 px input; these build the same upstream m
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from functools import partial
 
 import torch
 import torch.nn.functional as F
 from mobile_sam.modeling import TinyViT
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from torch import nn
+
+from training.model.families.base import Family
+from training.model.features import ImageFeatures
 
 log = logging.getLogger(__name__)
 
 PROMPT_EMBED_DIM = 256
 PATCH_SIZE = 16
-# Random initialisation is seeded so that every process (backend, workers on other hosts)
-# builds the same "random" base model and adapters trained on it stay valid everywhere.
-RANDOM_INIT_SEED = 0
 
 
 class SizedTinyViT(TinyViT):
@@ -104,49 +104,6 @@ def _build_vit(image_size: int, embed_dim: int, depth: int, num_heads: int, glob
     return _assemble(encoder, image_size)
 
 
-MODEL_BUILDERS: dict[str, Callable[[int], Sam]] = {
-    "vit_t": build_vit_t,
-    "vit_b": partial(_build_vit, embed_dim=768, depth=12, num_heads=12, global_attn=[2, 5, 8, 11]),
-    "vit_l": partial(_build_vit, embed_dim=1024, depth=24, num_heads=16, global_attn=[5, 11, 17, 23]),
-    "vit_h": partial(_build_vit, embed_dim=1280, depth=32, num_heads=16, global_attn=[7, 15, 23, 31]),
-}
-
-
-def check_model_type(model_type: str) -> str:
-    if model_type not in MODEL_BUILDERS:
-        valid = ", ".join(sorted(MODEL_BUILDERS))
-        raise ValueError(f"unknown SAM model {model_type!r}; valid models: {valid}")
-    return model_type
-
-
-def check_image_size(image_size: int) -> int:
-    if not isinstance(image_size, int) or image_size < 64 or image_size % PATCH_SIZE:
-        raise ValueError(f"image size must be a multiple of {PATCH_SIZE} and at least 64, got {image_size!r}")
-    return image_size
-
-
-def build_sam(model_type: str, image_size: int = 1024, state_dict: dict | None = None) -> Sam:
-    """Build a SAM model in eval mode.
-
-    Args:
-        model_type: one of ``MODEL_BUILDERS`` (``vit_t`` is MobileSAM).
-        image_size: square input size in pixels, a multiple of 16.
-        state_dict: weights of a 1024 px checkpoint (resized to ``image_size`` where needed);
-            ``None`` gives the seeded random initialisation.
-    """
-    builder = MODEL_BUILDERS[check_model_type(model_type)]
-    check_image_size(image_size)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(RANDOM_INIT_SEED)
-        sam = builder(image_size)
-    if state_dict is not None:
-        sam.load_state_dict(resize_state_dict(state_dict, sam.state_dict()), strict=True)
-    # eval() after loading: TinyViT caches its attention biases when switched to eval mode.
-    sam.train()
-    sam.eval()
-    return sam
-
-
 def resize_state_dict(state_dict: dict, target: dict) -> dict:
     """Interpolate position tables of a 1024 px checkpoint to the target model's grid.
 
@@ -170,3 +127,38 @@ def resize_state_dict(state_dict: dict, target: dict) -> dict:
         elif "mask_downscaling" not in name:
             log.debug("leaving %s at %s (model wants %s)", name, tuple(tensor.shape), tuple(want.shape))
     return resized
+
+
+VIT_B = partial(_build_vit, embed_dim=768, depth=12, num_heads=12, global_attn=[2, 5, 8, 11])
+VIT_L = partial(_build_vit, embed_dim=1024, depth=24, num_heads=16, global_attn=[5, 11, 17, 23])
+VIT_H = partial(_build_vit, embed_dim=1280, depth=32, num_heads=16, global_attn=[7, 15, 23, 31])
+
+
+def loader(build):
+    """A builder that also loads a 1024 px state dict (position tables resized to the model's grid)."""
+
+    def build_and_load(image_size: int, state_dict: dict | None) -> Sam:
+        sam = build(image_size)
+        if state_dict is not None:
+            sam.load_state_dict(resize_state_dict(state_dict, sam.state_dict()), strict=True)
+        return sam
+
+    return build_and_load
+
+
+class Sam1Family(Family):
+    """SAM 1: one 256-channel embedding; the decoder is called as ``segment_anything`` defines it."""
+
+    name = "sam1"
+    compilable = True
+
+    def encode(self, model: nn.Module, batch: torch.Tensor) -> ImageFeatures:
+        return ImageFeatures(model.image_encoder(batch))
+
+    def decode(self, decoder: nn.Module, features: ImageFeatures, image_pe: torch.Tensor, sparse: torch.Tensor,
+               dense: torch.Tensor, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        return decoder(image_embeddings=features.embedding, image_pe=image_pe, sparse_prompt_embeddings=sparse,
+                       dense_prompt_embeddings=dense, multimask_output=multimask)
+
+
+SAM1 = Sam1Family()
