@@ -10,6 +10,7 @@ import torch
 
 from training.data.images import ReducedImage
 from training.inference import runtime
+from training.inference.click_memory import ClickMemory
 from training.inference.compiled_decoder import CompiledDecoder
 from training.inference.projection_cache import cache_image_projections, decoding, plain_copy
 from training.model.adapter import SamAdapter
@@ -102,6 +103,8 @@ class Predictor:
         self.max_threads = torch.get_num_threads()
         if channels_last:
             model.sam.image_encoder.to(memory_format=torch.channels_last)
+        # Families that feed the previous mask back (SAM 2) remember each click sequence's last mask.
+        self.click_memory = ClickMemory() if model.family.feeds_back_mask else None
         # Only families whose decoder call the compiled decoder knows (SAM 1) are compiled.
         self.compiled = compiled if model.family.compilable else None
         projections = model.family.image_only_projections
@@ -204,15 +207,22 @@ class Predictor:
             decoder: ``adapter`` (the adapter's decoder) or ``base`` (SAM's own, without class tokens);
                 None: the predictor's ``clicks`` setting.
             mask_input: the previous prediction's ``low_res`` on this image, fed back as a mask prompt where
-                the family does so (SAM 2); ignored otherwise.
+                the family does so (SAM 2); ignored otherwise. None: the mask this predictor gave for the
+                same prompts without the last point, if it answered them recently (``ClickMemory``).
         """
         decoder = decoder or self.clicks
         if decoder not in CLICK_DECODERS:
             raise ValueError(f"decoder must be one of {', '.join(CLICK_DECODERS)}, got {decoder!r}")
         with self._threads():
-            if not self.model.family.feeds_back_mask:
-                mask_input = None
-            return self._predict_prompt(image, points, point_labels, box, class_name, decoder == "base", mask_input)
+            if self.click_memory is None:
+                return self._predict_prompt(image, points, point_labels, box, class_name, decoder == "base", None)
+            points = None if points is None else np.asarray(points, dtype=np.float32).reshape(-1, 2)
+            extra = (class_name, decoder)
+            if mask_input is None:
+                mask_input = self.click_memory.previous(image.embedding, points, point_labels, box, extra)
+            out = self._predict_prompt(image, points, point_labels, box, class_name, decoder == "base", mask_input)
+            self.click_memory.remember(image.embedding, points, point_labels, box, out.low_res, extra)
+            return out
 
     @torch.inference_mode()
     def _predict_prompt(self, image: ImageEmbedding, points: np.ndarray | None, point_labels: np.ndarray | None,

@@ -38,14 +38,20 @@ class Sam2Image(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(-1, 1, 1), persistent=False)
 
 
+def build_base(config: str, image_size: int) -> nn.Module:
+    """The whole ``SAM2Base`` of hydra config ``config`` (in the ``sam2`` package) at ``image_size``, with
+    the postprocessing SAM 2's image predictor uses (a single mask falls back to the most stable of three)."""
+    from sam2.build_sam import build_sam2  # imported here: importing sam2 initialises hydra
+
+    return build_sam2(config, ckpt_path=None, device="cpu", mode="eval",
+                      hydra_overrides_extra=[f"++model.image_size={image_size}"])
+
+
 def builder(config: str):
-    """A builder of the SAM 2.1 model of hydra config ``config`` (in the ``sam2`` package)."""
+    """A builder of the SAM 2.1 model of hydra config ``config``."""
 
     def build(image_size: int, state_dict: dict | None) -> Sam2Image:
-        from sam2.build_sam import build_sam2  # imported here: importing sam2 initialises hydra
-
-        base = build_sam2(config, ckpt_path=None, device="cpu", mode="eval",
-                          hydra_overrides_extra=[f"++model.image_size={image_size}"])
+        base = build_base(config, image_size)
         if state_dict is not None:
             base.load_state_dict(state_dict, strict=True)
         return Sam2Image(base, image_size)
