@@ -94,3 +94,35 @@ def test_clicks_from_half_precision_match_full_precision(tmp_path):
         b = predictor.predict_prompt(half, points, labels).mask
         iou = (a & b).sum() / max(1, (a | b).sum())
         assert a.any() and iou >= 0.99  # tolerance: at most 1 % of the mask's pixels differ
+
+
+def test_every_feature_map_of_a_sam2_embedding_round_trips(tmp_path):
+    """SAM 2.1: the embedding and its two high-resolution maps, half precision, CRC over all of them."""
+    model = new_adapter_model(resolve_checkpoint("sam2.1_hiera_t", "random"), 128, ["a"])
+    image = (np.random.default_rng(2).random((70, 110, 3)) * 255).astype(np.uint8)
+    original = Predictor(model, precision="fp32").embed([image])[0]
+    assert [tuple(t.shape) for t in original.features.tensors()] == [(1, 256, 8, 8), (1, 32, 32, 32), (1, 64, 16, 16)]
+    store = EmbeddingStore(tmp_path, 8 * MB)
+    key = embedding_key(BaseIdentity("sam2.1_hiera_t", "random", 128), "img")
+    store.put(key, original)
+    loaded = store.get(key)
+    for got, want in zip(loaded.features.tensors(), original.features.tensors(), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=2e-3)
+    assert loaded.nbytes == original.nbytes and loaded.original_size == (70, 110)
+    data = bytearray(encode_entry(original))
+    data[-3] ^= 0xFF  # the last map's bytes are covered by the CRC too
+    with pytest.raises(ValueError, match="CRC"):
+        decode_entry(bytes(data))
+
+
+def test_an_entry_written_before_feature_layouts_still_reads():
+    import json
+    import struct
+    import zlib
+
+    values = np.arange(8, dtype=np.float16).reshape(1, 2, 2, 2)
+    payload = values.tobytes()
+    header = json.dumps({"shape": [1, 2, 2, 2], "dtype": "float16", "input_size": [4, 4], "original_size": [8, 8],
+                         "crc32": zlib.crc32(payload)}).encode()
+    entry = decode_entry(struct.pack(">I", len(header)) + header + payload)
+    assert entry.high_res == () and torch.equal(entry.embedding, torch.from_numpy(values.astype(np.float32)))
