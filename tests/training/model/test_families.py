@@ -127,3 +127,12 @@ def test_vit_b_trains_an_encoder_lora_adapter_of_a_chosen_rank_saved_as_safetens
     lora = {k: v for k, v in artifact.tensors.items() if k.startswith("sam.image_encoder.") and "lora_A" in k}
     assert len(lora) == 12 and all(v.shape[0] == 2 for v in lora.values())  # 12 ViT-B blocks' qkv, rank 2
     assert artifact.header.config.lora_rank == 2 and artifact.header.base.model_type == "vit_b"
+
+
+def test_importing_the_models_prints_no_known_warnings():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-W", "default", "-c", "import training.model.base_models"],
+                         capture_output=True, text=True, check=True)
+    assert "timm" not in out.stderr and "Overwriting" not in out.stderr, out.stderr

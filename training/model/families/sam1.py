@@ -7,13 +7,20 @@ The upstream builders hard-code a 1024 px input; these build the same upstream m
 from __future__ import annotations
 
 import logging
+import warnings
 from functools import partial
 
 import torch
 import torch.nn.functional as F
-from mobile_sam.modeling import TinyViT
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from torch import nn
+
+with warnings.catch_warnings():
+    # mobile_sam imports timm's deprecated module paths and registers TinyViT names timm already has: seven
+    # warnings at every start that say nothing about samloop. Only these, only during this import.
+    warnings.filterwarnings("ignore", message=r"Importing from timm\.models\.", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r"Overwriting tiny_vit_\w+ in registry", category=UserWarning)
+    from mobile_sam.modeling import TinyViT
 
 from training.model.families.base import Family
 from training.model.features import ImageFeatures
