@@ -106,9 +106,13 @@ def _split(synced: SyncResult, history: History, settings: JobSettings) -> Split
                                                           settings.holdout_min))
 
 
-def _unchanged(synced: SyncResult, history: History, stamps: dict[int, str]) -> bool:
-    """Nothing new, changed or removed since the active version was trained, and the same classes."""
+def _unchanged(synced: SyncResult, history: History, stamps: dict[int, str], settings: JobSettings) -> bool:
+    """Nothing new, changed or removed since the active version was trained, the same classes, and the
+    same base model (a version of another base, e.g. after SAM_MODEL changed, cannot serve this one)."""
     if not history.knows_its_data or history.active.get("class_names") != synced.class_names:
+        return False
+    base = history.active.get("base") or {}  # versions from before the base was recorded: assume the same
+    if base and (base.get("model_type"), base.get("image_size")) != (settings.model_type, settings.image_size):
         return False
     trained = {int(t) for t in history.active["data"]["trained"]}
     held = set(history.holdout_ids)
@@ -151,7 +155,7 @@ def run_project(project: str, settings: JobSettings, services: RunServices) -> d
         return synced
     history = History.read(services.registry, project)
     run = _Run(project, settings, services, synced, history, _split(synced, history, settings))
-    if not services.full and _unchanged(synced, history, run.stamps):
+    if not services.full and _unchanged(synced, history, run.stamps, settings):
         reason = f"nothing changed since version {history.active_version} was trained"
         progress.stage("up_to_date", reason)
         return {"status": "up_to_date", "project": project, "reason": reason, "export": synced.summary(),
