@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from benchmarks import report
+from benchmarks.model_plans import models_plan
 from benchmarks.runner import clicks_plan, compare_plan, full_plan, quick_plan, run
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -33,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="a shorter vit_t-1024 trace and one batch of 8, for before/after runs of a change")
     parser.add_argument("--clicks", action="store_true",
                         help="the click parts of the full run (vit_t-1024 trace, drafted regions, training)")
+    parser.add_argument("--models", action="store_true",
+                        help="vit_t, sam2.1_hiera_t and sam2.1_hiera_s at 1024 px (docs/which-base-model.md)")
     parser.add_argument("--out", type=Path, default=None,
                         help="output directory (default benchmarks/results; with --quick benchmarks/results/quick)")
     parser.add_argument("--only", nargs="*", default=None, help="variants to run, e.g. vit_t-1024 vit_b-1024")
@@ -48,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     plan = (quick_plan() if args.quick else compare_plan() if args.compare else clicks_plan() if args.clicks
-            else full_plan())
+            else models_plan() if args.models else full_plan())
     for item in args.backend_env:
         name, sep, value = item.partition("=")
         if not sep or not name:

@@ -103,7 +103,7 @@ def precision(model_type: str, image_size: int, repeats: int, encoder_repeats: i
             coords = torch.from_numpy(points[:n] * (embedding.input_size[1] / w))[None]
             with torch.inference_mode():
                 with autocast():
-                    low, iou = model.prompt_logits(embedding.embedding, coords, torch.from_numpy(labels[:n])[None],
+                    low, iou = model.prompt_logits(embedding.features, coords, torch.from_numpy(labels[:n])[None],
                                                    None, [0], multimask=n == 1)
                 logits = model.upscale(low[0, :1, None].float(), embedding.input_size, (h, w))
                 (logits[0] > 0).numpy()
@@ -111,7 +111,7 @@ def precision(model_type: str, image_size: int, repeats: int, encoder_repeats: i
         def classes(autocast: Callable = autocast) -> None:
             with torch.inference_mode():
                 with autocast():
-                    low, iou = model.class_logits(embedding.embedding, list(range(len(CLASSES))))
+                    low, iou = model.class_logits(embedding.features, list(range(len(CLASSES))))
                 probs = torch.sigmoid(model.upscale(low.float(), embedding.input_size, (h, w)))
                 probs.max(dim=0)
 
