@@ -5,6 +5,7 @@
 - ``embeddings``: base-encoder embeddings of training images, from the shared store or encoded once.
 - ``trainer``: ``train_adapter``, the loop (warmup + cosine, augmentation, budgets, early stop, progress);
   a frozen-encoder adapter trains on stored embeddings and never runs the encoder in its loop.
+- ``windows``: the window of an image's features (and targets) one training step decodes.
 - ``evaluation``: per-class IoU/Dice of promptless predictions on a dataset.
 - ``clicks``: simulated interactive clicks (largest-error-centre clicker), IoU@k and NoC@85/90 per object
   and dataset, and the rule that says when a decoder is better on clicks.

@@ -10,9 +10,10 @@ stored, shared by every version, and training runs on them). ``AdapterConfig`` n
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from peft import LoraConfig, inject_adapter_in_model
-from torch import nn
+if TYPE_CHECKING:  # torch and peft load only when an adapter is built: settings import this module
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,8 @@ class PartTuning:
     def inject(self, part: nn.Module, rank: int, alpha: float, dropout: float, targets: list[str]) -> None:
         """Add this tuning's layers to ``part`` (frozen before) and mark what trains."""
         if self.injects_lora:
+            from peft import LoraConfig, inject_adapter_in_model
+
             lora = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets)
             try:
                 inject_adapter_in_model(lora, part)

@@ -1,4 +1,5 @@
-"""Base SAM weights: official checkpoints downloaded once into a cache and verified by SHA-256.
+"""Base weights: official checkpoints (``training.model.base_models``) downloaded once into a cache and
+verified by SHA-256; a checkpoint without a published hash must load into its model, and its hash is logged.
 
 ``SAM_CHECKPOINT`` semantics: a file path, ``random`` (seeded random initialisation for tests and
 demos, announced loudly), or unset/empty for the official checkpoint of the chosen model.

@@ -40,7 +40,7 @@ class Family:
     feeds_back_mask = False
     # Whether ``training.inference.compiled_decoder`` can compile the decoder (its call signature).
     compilable = False
-    # Decoder output tokens before the prompt tokens (SAM 2 puts an object-score token first).
+    # The tensors of an image's features, in ``ImageFeatures`` order (the embedding first).
     feature_maps: tuple[FeatureMap, ...] = (FeatureMap("image_embed", 256, 16),)
 
     def feature_shapes(self, image_size: int) -> dict[str, tuple[int, int, int]]:
