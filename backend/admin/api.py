@@ -34,7 +34,9 @@ from backend.errors import project_param, registry_access
 from backend.project_keys import TargetTaken, project_of
 from backend.project_settings import check_pinned_version, validate_changes
 from backend.schemas import ActivateRequest
+from backend.services import Services
 from training.jobs.redis_conn import RedisUnavailable
+from training.jobs.scheduler import TrainingScheduler
 from training.registry import VersionNotFound
 
 __all__ = ["router"]
@@ -44,16 +46,16 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/admin/api", dependencies=[Depends(require_admin_token)], tags=["admin"])
 
 
-def _services(request: Request) -> Any:
+def _services(request: Request) -> Services:
     return request.app.state.services
 
 
-def _stored_versions(services: Any, project: str) -> list[int]:
+def _stored_versions(services: Services, project: str) -> list[int]:
     with registry_access():
         return [info.version for info in services.registry.versions(project)]
 
 
-def _training(services: Any) -> Any:
+def _training(services: Services) -> TrainingScheduler:
     control = control_of(services)
     if control is None:
         raise HTTPException(503, detail="no training queue is connected to this backend (it runs with a "
@@ -64,7 +66,7 @@ def _training(services: Any) -> Any:
 @router.get("/projects")
 def list_projects(request: Request) -> dict:
     services = _services(request)
-    projects = [project_summary(request, services, p) for p in all_projects(services)]
+    projects = [project_summary(services, p) for p in all_projects(services)]
     health = services.health.report() if services.health is not None else None
     return {"projects": projects, "switches": switch_schema(), "model": services.models.describe(), "health": health}
 
@@ -76,7 +78,7 @@ def get_project(request: Request, project: str) -> dict:
     if project not in all_projects(services):
         raise HTTPException(404, detail=f"project {project} is unknown here: it has no adapter versions and "
                                         "no settings (connect it in Label Studio, or PATCH a switch)")
-    return project_summary(request, services, project)
+    return project_summary(services, project)
 
 
 @router.patch("/projects/{project}")
@@ -91,7 +93,7 @@ def patch_project(request: Request, project: str, changes: dict[str, Any] = Body
     if checked.get("preencode"):
         services.preencoder.request(project, "switched on in the admin console")
     log.info("project %s: switches %s set through the admin console", project, checked)
-    return project_summary(request, services, project)
+    return project_summary(services, project)
 
 
 @router.post("/projects/{project}/activate")
@@ -101,7 +103,7 @@ def activate_version(request: Request, project: str, body: ActivateRequest) -> d
     with registry_access():
         services.registry.activate(project, body.version)
     log.info("project %s: version %s activated through the admin console", project, body.version)
-    return project_summary(request, services, project)
+    return project_summary(services, project)
 
 
 @router.delete("/projects/{project}/versions/{version}")
@@ -121,7 +123,7 @@ def delete_version(request: Request, project: str, version: int) -> dict:
     except ValueError as exc:  # the active one: checked by the registry under its lock
         raise HTTPException(409, detail=f"{exc}") from exc
     log.info("project %s: version %s deleted through the admin console", project, version)
-    return project_summary(request, services, project)
+    return project_summary(services, project)
 
 
 class TrainRequest(BaseModel):
@@ -136,7 +138,7 @@ def train_now(request: Request, project: str, body: TrainRequest | None = None) 
     services = _services(request)
     outcome = _training(services).train_now(project, full=body is not None and body.full)
     services.store.remember_project(project)  # listed from now on, so its job shows in the console
-    return {"training": outcome, "project": project_summary(request, services, project)}
+    return {"training": outcome, "project": project_summary(services, project)}
 
 
 class MoveRequest(BaseModel):
@@ -158,7 +160,7 @@ def move_project(request: Request, project: str, body: MoveRequest) -> dict:
     if not moved:
         raise HTTPException(404, detail=str(moved))
     log.info("%s, through the admin console", moved)
-    return {"moved": str(moved), "project": project_summary(request, services, target)}
+    return {"moved": str(moved), "project": project_summary(services, target)}
 
 
 @router.post("/projects/{project}/cancel")
@@ -169,4 +171,4 @@ def cancel_training(request: Request, project: str) -> dict:
         outcome = _training(services).cancel(project)
     except redis.RedisError as exc:
         raise RedisUnavailable(f"cannot cancel training of project {project}: Redis unreachable ({exc})") from exc
-    return {"training": outcome, "project": project_summary(request, services, project)}
+    return {"training": outcome, "project": project_summary(services, project)}
