@@ -15,7 +15,9 @@ and training.
   keys named the Label Studio instance (``backend.project_keys``) to ``"3.1712345678"``
 
 Every change answers the project as ``GET`` would after it. Model and registry work runs in the
-threadpool (plain ``def`` endpoints).
+threadpool (plain ``def`` endpoints). Errors are the backend's domain errors, answered through its one
+map (``backend.errors.STATUS_OF``): ``{"detail": ...}`` with 404, 409, 422 or 503; only the token check
+answers 401 itself (with its ``WWW-Authenticate`` header).
 """
 
 from __future__ import annotations
@@ -25,13 +27,12 @@ from typing import Any
 
 import redis
 from fastapi import APIRouter, Body, Depends, Request
-from fastapi.exceptions import HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
 from backend.admin.auth import require_admin_token
 from backend.admin.overview import all_projects, control_of, project_summary, switch_schema
-from backend.errors import project_param, registry_access
-from backend.project_keys import TargetTaken, project_of
+from backend.errors import Conflict, ParameterError, ProjectNotFound, Unavailable, project_param, registry_access
+from backend.project_keys import project_of
 from backend.project_settings import check_pinned_version, validate_changes
 from backend.schemas import ActivateRequest
 from backend.services import Services
@@ -58,8 +59,8 @@ def _stored_versions(services: Services, project: str) -> list[int]:
 def _training(services: Services) -> TrainingScheduler:
     control = control_of(services)
     if control is None:
-        raise HTTPException(503, detail="no training queue is connected to this backend (it runs with a "
-                                        "stand-in scheduler): train and cancel are unavailable")
+        raise Unavailable("no training queue is connected to this backend (it runs with a stand-in scheduler): "
+                          "train and cancel are unavailable")
     return control
 
 
@@ -76,8 +77,8 @@ def get_project(request: Request, project: str) -> dict:
     project = project_of(request, project)
     services = _services(request)
     if project not in all_projects(services):
-        raise HTTPException(404, detail=f"project {project} is unknown here: it has no adapter versions and "
-                                        "no settings (connect it in Label Studio, or PATCH a switch)")
+        raise ProjectNotFound(f"project {project} is unknown here: it has no adapter versions and no settings "
+                              "(connect it in Label Studio, or PATCH a switch)")
     return project_summary(services, project)
 
 
@@ -115,13 +116,12 @@ def delete_version(request: Request, project: str, version: int) -> dict:
         raise VersionNotFound(project, version, stored)
     pinned = services.store.get(project).pinned_version
     if version == pinned:
-        raise HTTPException(409, detail=f"version {version} of project {project} is pinned (pinned_version): "
-                                        "unpin it first")
+        raise Conflict(f"version {version} of project {project} is pinned (pinned_version): unpin it first")
     try:
         with registry_access():
             services.registry.delete_version(project, version)
     except ValueError as exc:  # the active one: checked by the registry under its lock
-        raise HTTPException(409, detail=f"{exc}") from exc
+        raise Conflict(str(exc)) from exc
     log.info("project %s: version %s deleted through the admin console", project, version)
     return project_summary(services, project)
 
@@ -151,14 +151,11 @@ class MoveRequest(BaseModel):
 def move_project(request: Request, project: str, body: MoveRequest) -> dict:
     source, target = project_param(project), project_param(body.to)
     if source == target:
-        raise HTTPException(422, detail=f"project {source} cannot be moved onto itself")
+        raise ParameterError(f"project {source} cannot be moved onto itself")
     services = _services(request)
-    try:
-        moved = services.projects.move(source, target)
-    except TargetTaken as exc:
-        raise HTTPException(409, detail=str(exc)) from exc
+    moved = services.projects.move(source, target)  # TargetTaken is a Conflict: 409
     if not moved:
-        raise HTTPException(404, detail=str(moved))
+        raise ProjectNotFound(str(moved))
     log.info("%s, through the admin console", moved)
     return {"moved": str(moved), "project": project_summary(services, target)}
 
