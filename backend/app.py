@@ -63,15 +63,19 @@ class _LocalhostWarningFilter(logging.Filter):
 
 def create_app(settings: Settings, *, registry: AdapterRegistry | None = None,
                scheduler: TrainingScheduler | None = None,
-               scheduler_factory: SchedulerFactory = rq_scheduler) -> FastAPI:
-    """The ASGI app. Models load in the lifespan (on startup), not here.
+               scheduler_factory: SchedulerFactory = rq_scheduler, services: Services | None = None) -> FastAPI:
+    """The ASGI app. Models load in the lifespan (on startup), not here, unless ``services`` are given.
 
     Args:
         settings: the environment (``Settings()`` reads it).
         registry: adapter registry to use instead of the one SAMLOOP_ADAPTER_STORE names.
         scheduler: training scheduler for webhook events; else ``scheduler_factory(redis, settings)``
             (default: rq jobs, plus a local worker process when Redis is embedded).
+        services: already built (``python -m backend`` builds them before the server starts, so that a
+            refusal is one line: ``backend.startup``); the app's shutdown closes them. For one lifespan only.
     """
+
+    prebuilt = services
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -79,7 +83,8 @@ def create_app(settings: Settings, *, registry: AdapterRegistry | None = None,
         sdk_io_log = logging.getLogger("label_studio_sdk._extensions.label_studio_tools.core.utils.io")
         localhost_filter = _LocalhostWarningFilter()
         sdk_io_log.addFilter(localhost_filter)
-        services = build_services(settings, registry, scheduler, scheduler_factory)
+        services = prebuilt if prebuilt is not None else build_services(settings, registry, scheduler,
+                                                                        scheduler_factory)
         app.state.services = services
         app.state.predict_limiter = anyio.CapacityLimiter(settings.PREDICT_THREADS)
         log.info("samloop backend ready: %s", services.models.describe())

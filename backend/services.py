@@ -7,7 +7,7 @@ A module of its own so that the protocol routes (``backend.app``) and the admin 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from backend.health import HealthMonitor
 from backend.image_source import ImageSource
@@ -49,8 +49,13 @@ class Services:
     worker: EmbeddedTraining | None = None
     health: HealthMonitor | None = None
     recovery: Recovery | None = None
+    closed: bool = field(default=False, init=False)
 
     def close(self) -> None:
+        """Stop everything; again is a no-op (the app's shutdown and ``python -m backend`` both close)."""
+        if self.closed:
+            return
+        self.closed = True
         for watcher in (self.recovery, self.health):
             if watcher is not None:
                 watcher.close()
