@@ -46,13 +46,17 @@ def read_settings() -> Settings:
 
 
 def check_base_model(settings: Settings) -> None:
-    """SAM_MODEL names a model and its weights are at hand (downloading the official ones once).
-
-    Done before Redis and the training worker start, so this refusal leaves nothing running.
+    """DEVICE is there, SAM_MODEL names a model, and its weights are at hand (downloading the official
+    ones once). Done before Redis and the training worker start, so a refusal leaves nothing running.
     """
     # The model stack is imported here, not above: it takes seconds, and a bad setting is said at once.
+    from training.inference.runtime import resolve_device
     from training.model.weights import CheckpointError, resolve_checkpoint
 
+    try:
+        resolve_device(settings.DEVICE)
+    except ValueError as exc:  # DEVICE=cuda where torch sees none (the name itself is checked by Settings)
+        raise StartupError(str(exc)) from None
     try:
         resolve_checkpoint(settings.SAM_MODEL, settings.SAM_CHECKPOINT, settings.SAMLOOP_MODEL_CACHE)
     except CheckpointError as exc:

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+import torch
 from pydantic import ValidationError
 
 from backend.settings import Settings
@@ -61,6 +62,12 @@ def test_offline_without_a_checkpoint_is_one_line(tmp_path):
     assert "cannot download the vit_t checkpoint" in line, line
     assert f"put it at {tmp_path / 'models' / 'mobile_sam.pt'}" in line and "SAM_CHECKPOINT" in line, line
     assert not (tmp_path / "data" / "redis.pid").exists(), "refused before the embedded Redis started"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_asked_for_where_there_is_none_is_one_line(tmp_path):
+    line = refused(tmp_path, DEVICE="cuda", SAM_CHECKPOINT="random")
+    assert line == "error: DEVICE=cuda but torch sees no CUDA device (torch.cuda.is_available() is False)"
 
 
 def test_a_checkpoint_that_does_not_load_is_one_line(tmp_path):
