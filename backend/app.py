@@ -15,9 +15,8 @@ Errors are raised as domain exceptions; ``backend.errors`` maps them to statuses
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
@@ -30,75 +29,22 @@ from pydantic import BaseModel, ValidationError
 from backend.admin import install_admin
 from backend.admin.overview import all_projects
 from backend.errors import install_error_handlers, registry_access
-from backend.health import HealthMonitor
-from backend.image_source import ImageSource
 from backend.metrics import metrics_endpoint
-from backend.model_service import ModelService
-from backend.predict import PredictionService
-from backend.preencode import PreEncoder
-from backend.project_keys import ProjectDirectory, project_of
-from backend.project_settings import (
-    ProjectSettingsStore,
-    check_pinned_version,
-    parse_extra_params,
-    validate_changes,
-)
-from backend.recovery import Recovery
+from backend.project_keys import project_of
+from backend.project_settings import check_pinned_version, parse_extra_params, validate_changes
 from backend.schemas import ActivateRequest, PredictRequest, SetupRequest, WebhookRequest
 from backend.security import PayloadLimitMiddleware, require_basic_auth, require_webhook_auth
+from backend.services import SchedulerFactory, Services, build_services
 from backend.settings import Settings
-from backend.training_link import rq_scheduler, start_embedded_worker
+from backend.training_link import rq_scheduler
 from backend.versioning import model_version
-from backend.webhook import TrainingScheduler, WebhookHandler, event_project, labeled_tasks
-from training.jobs.embedded import EmbeddedTraining
-from training.jobs.redis_conn import RedisHandle, open_redis
-from training.jobs.scheduler import TrainingScheduler as RqScheduler
+from backend.webhook import TrainingScheduler, event_project, labeled_tasks
 from training.labelstudio.label_config import parse_label_config
-from training.registry import AdapterRegistry, LocalRegistry, RedisRegistry
+from training.registry import AdapterRegistry
 
 log = logging.getLogger(__name__)
 
 BodyModel = TypeVar("BodyModel", bound=BaseModel)
-SchedulerFactory = Callable[[RedisHandle, Settings], TrainingScheduler]
-
-
-@dataclass
-class Services:
-    """Everything the endpoints use, built once in the app's lifespan."""
-
-    settings: Settings
-    redis: RedisHandle
-    registry: AdapterRegistry
-    models: ModelService
-    images: ImageSource
-    store: ProjectSettingsStore
-    predictions: PredictionService
-    webhook: WebhookHandler
-    scheduler: TrainingScheduler
-    preencoder: PreEncoder
-    projects: ProjectDirectory
-    worker: EmbeddedTraining | None = None
-    health: HealthMonitor | None = None
-    recovery: Recovery | None = None
-
-    def close(self) -> None:
-        for watcher in (self.recovery, self.health):
-            if watcher is not None:
-                watcher.close()
-        self.preencoder.close()
-        self.predictions.close()
-        self.images.close()
-        if self.worker is not None:
-            self.worker.stop()  # before Redis: the worker records its shutdown (and its job's) there
-        self.redis.close()
-
-
-def open_adapter_registry(settings: Settings, handle: RedisHandle) -> AdapterRegistry:
-    """The registry chosen by SAMLOOP_ADAPTER_STORE (auto: local with embedded Redis, else Redis)."""
-    if settings.adapter_store == "local":
-        return LocalRegistry(settings.adapter_dir, keep_last=settings.SAMLOOP_KEEP_VERSIONS)
-    return RedisRegistry(handle.client, prefix=settings.SAMLOOP_REDIS_PREFIX, keep_last=settings.SAMLOOP_KEEP_VERSIONS,
-                         cache_dir=settings.SAMLOOP_DATA_DIR / "adapter-cache")
 
 
 class _LocalhostWarningFilter(logging.Filter):
@@ -115,56 +61,21 @@ class _LocalhostWarningFilter(logging.Filter):
         return first
 
 
-def build_services(settings: Settings, registry: AdapterRegistry | None = None,
-                   scheduler: TrainingScheduler | None = None,
-                   scheduler_factory: SchedulerFactory = rq_scheduler) -> Services:
-    runs_rq_jobs = scheduler is None and scheduler_factory is rq_scheduler
-    handle = open_redis(settings.REDIS_URL, settings.SAMLOOP_DATA_DIR)
-    try:
-        registry = registry if registry is not None else open_adapter_registry(settings, handle)
-        models = ModelService(settings, registry)
-        images = ImageSource(settings)
-        store = ProjectSettingsStore(handle.client, settings.SAMLOOP_REDIS_PREFIX)
-        projects = ProjectDirectory(handle.client, settings.SAMLOOP_REDIS_PREFIX, registry, store)
-        predictions = PredictionService(models, images, store, projects.resolve)
-        scheduler = scheduler if scheduler is not None else scheduler_factory(handle, settings)
-        webhook = WebhookHandler(handle.client, settings.SAMLOOP_REDIS_PREFIX, scheduler, store)
-        preencoder = PreEncoder(models, predictions, images, store, settings.PREENCODE_MAX_TASKS,
-                                settings.PREENCODE_RELIST_SECONDS)
-        predictions.encode_ahead = preencoder.submit
-    except BaseException:
-        handle.close()
-        raise
-    services = Services(settings, handle, registry, models, images, store, predictions, webhook, scheduler,
-                        preencoder, projects)
-    if handle.embedded and settings.SAMLOOP_EMBEDDED_WORKER and runs_rq_jobs:
-        # Nobody else can reach an embedded Redis: run the training jobs next to the backend.
-        services.worker = start_embedded_worker(handle, settings)
-    watch_dependencies(services)
-    return services
-
-
-def watch_dependencies(services: Services) -> None:
-    """The health thread (Redis, worker) and the recovery of missed events: now, and when Redis comes back."""
-    queue = services.scheduler.queue.name if isinstance(services.scheduler, RqScheduler) else None
-    services.health = HealthMonitor(services.redis, queue, lambda: services.worker)
-    services.recovery = recovery = Recovery(services)
-    services.health.on_redis_back.append(lambda: recovery.request("Redis came back"))
-    services.health.start()
-    recovery.request("start-up")
-
-
 def create_app(settings: Settings, *, registry: AdapterRegistry | None = None,
                scheduler: TrainingScheduler | None = None,
-               scheduler_factory: SchedulerFactory = rq_scheduler) -> FastAPI:
-    """The ASGI app. Models load in the lifespan (on startup), not here.
+               scheduler_factory: SchedulerFactory = rq_scheduler, services: Services | None = None) -> FastAPI:
+    """The ASGI app. Models load in the lifespan (on startup), not here, unless ``services`` are given.
 
     Args:
         settings: the environment (``Settings()`` reads it).
         registry: adapter registry to use instead of the one SAMLOOP_ADAPTER_STORE names.
         scheduler: training scheduler for webhook events; else ``scheduler_factory(redis, settings)``
             (default: rq jobs, plus a local worker process when Redis is embedded).
+        services: already built (``python -m backend`` builds them before the server starts, so that a
+            refusal is one line: ``backend.startup``); the app's shutdown closes them. For one lifespan only.
     """
+
+    prebuilt = services
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -172,7 +83,8 @@ def create_app(settings: Settings, *, registry: AdapterRegistry | None = None,
         sdk_io_log = logging.getLogger("label_studio_sdk._extensions.label_studio_tools.core.utils.io")
         localhost_filter = _LocalhostWarningFilter()
         sdk_io_log.addFilter(localhost_filter)
-        services = build_services(settings, registry, scheduler, scheduler_factory)
+        services = prebuilt if prebuilt is not None else build_services(settings, registry, scheduler,
+                                                                        scheduler_factory)
         app.state.services = services
         app.state.predict_limiter = anyio.CapacityLimiter(settings.PREDICT_THREADS)
         log.info("samloop backend ready: %s", services.models.describe())

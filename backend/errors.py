@@ -26,7 +26,8 @@ from training.labelstudio.label_config import LabelConfigError
 from training.labelstudio.projects import project_key
 from training.registry import VersionNotFound
 
-__all__ = ["STATUS_OF", "ParameterError", "RegistryUnavailable", "install_error_handlers", "registry_access"]
+__all__ = ["STATUS_OF", "Conflict", "ParameterError", "ProjectNotFound", "RegistryUnavailable", "Unavailable",
+           "install_error_handlers", "registry_access"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,18 @@ class RegistryUnavailable(RuntimeError):
     """The adapter registry's storage (Redis or the adapter directory) failed."""
 
 
+class ProjectNotFound(LookupError):
+    """Nothing is stored under a project key: no adapter versions, no settings."""
+
+
+class Conflict(RuntimeError):
+    """The change contradicts what is stored (deleting the active or pinned version, say); nothing changed."""
+
+
+class Unavailable(RuntimeError):
+    """This backend runs without the part a request needs (e.g. no training queue is connected)."""
+
+
 STATUS_OF: dict[type[Exception], int] = {
     LabelConfigError: 422,
     SettingsError: 422,
@@ -54,8 +67,11 @@ STATUS_OF: dict[type[Exception], int] = {
     PromptError: 422,
     ParameterError: 422,
     VersionNotFound: 404,
+    ProjectNotFound: 404,
+    Conflict: 409,
     RedisUnavailable: 503,
     RegistryUnavailable: 503,
+    Unavailable: 503,
 }
 
 

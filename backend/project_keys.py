@@ -22,7 +22,7 @@ import redis
 from cachetools import TTLCache
 from fastapi import Request
 
-from backend.errors import RegistryUnavailable, project_param, registry_access
+from backend.errors import Conflict, RegistryUnavailable, project_param, registry_access
 from backend.project_settings import ProjectSettingsStore
 from training.jobs.keys import ProjectKeys, text
 from training.jobs.redis_conn import RedisUnavailable
@@ -40,8 +40,8 @@ ADOPT_CLOCK_SLACK_S = 60.0
 LOOKUP_ENTRIES, LOOKUP_SECONDS = 10_000, 30.0
 
 
-class TargetTaken(ValueError):
-    """A move onto a key that has adapters of its own (nothing was moved)."""
+class TargetTaken(Conflict):
+    """A move onto a key that has adapters of its own (nothing was moved): 409."""
 
 
 class ProjectDirectory:

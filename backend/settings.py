@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from training.inference.devices import check_device
+from training.registry.factory import REDIS_SCHEMES
 
 
 class Settings(BaseSettings):
@@ -132,6 +133,24 @@ class Settings(BaseSettings):
         value = value.strip().rstrip("/")
         if value and not value.startswith(("http://", "https://")):
             raise ValueError(f"LABEL_STUDIO_URL must start with http:// or https://, got {value!r}")
+        return value
+
+    @field_validator("REDIS_URL")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        # Checked here, not when Redis is first opened: the embedded server has started by then.
+        value = value.strip()
+        if value and not value.lower().startswith(REDIS_SCHEMES):
+            raise ValueError(f"REDIS_URL must start with one of {', '.join(REDIS_SCHEMES)} (or be unset for the "
+                             f"embedded Redis), got {value!r}")
+        return value
+
+    @field_validator("SAMLOOP_REDIS_PREFIX")
+    @classmethod
+    def _redis_prefix(cls, value: str) -> str:
+        if not value or value.endswith(":"):
+            raise ValueError(f"SAMLOOP_REDIS_PREFIX must be a non-empty key prefix without a trailing ':', "
+                             f"got {value!r}")
         return value
 
     @field_validator("LOG_LEVEL")

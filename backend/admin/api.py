@@ -15,7 +15,9 @@ and training.
   keys named the Label Studio instance (``backend.project_keys``) to ``"3.1712345678"``
 
 Every change answers the project as ``GET`` would after it. Model and registry work runs in the
-threadpool (plain ``def`` endpoints).
+threadpool (plain ``def`` endpoints). Errors are the backend's domain errors, answered through its one
+map (``backend.errors.STATUS_OF``): ``{"detail": ...}`` with 404, 409, 422 or 503; only the token check
+answers 401 itself (with its ``WWW-Authenticate`` header).
 """
 
 from __future__ import annotations
@@ -25,16 +27,17 @@ from typing import Any
 
 import redis
 from fastapi import APIRouter, Body, Depends, Request
-from fastapi.exceptions import HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
 from backend.admin.auth import require_admin_token
 from backend.admin.overview import all_projects, control_of, project_summary, switch_schema
-from backend.errors import project_param, registry_access
-from backend.project_keys import TargetTaken, project_of
+from backend.errors import Conflict, ParameterError, ProjectNotFound, Unavailable, project_param, registry_access
+from backend.project_keys import project_of
 from backend.project_settings import check_pinned_version, validate_changes
 from backend.schemas import ActivateRequest
+from backend.services import Services
 from training.jobs.redis_conn import RedisUnavailable
+from training.jobs.scheduler import TrainingScheduler
 from training.registry import VersionNotFound
 
 __all__ = ["router"]
@@ -44,27 +47,27 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/admin/api", dependencies=[Depends(require_admin_token)], tags=["admin"])
 
 
-def _services(request: Request) -> Any:
+def _services(request: Request) -> Services:
     return request.app.state.services
 
 
-def _stored_versions(services: Any, project: str) -> list[int]:
+def _stored_versions(services: Services, project: str) -> list[int]:
     with registry_access():
         return [info.version for info in services.registry.versions(project)]
 
 
-def _training(services: Any) -> Any:
+def _training(services: Services) -> TrainingScheduler:
     control = control_of(services)
     if control is None:
-        raise HTTPException(503, detail="no training queue is connected to this backend (it runs with a "
-                                        "stand-in scheduler): train and cancel are unavailable")
+        raise Unavailable("no training queue is connected to this backend (it runs with a stand-in scheduler): "
+                          "train and cancel are unavailable")
     return control
 
 
 @router.get("/projects")
 def list_projects(request: Request) -> dict:
     services = _services(request)
-    projects = [project_summary(request, services, p) for p in all_projects(services)]
+    projects = [project_summary(services, p) for p in all_projects(services)]
     health = services.health.report() if services.health is not None else None
     return {"projects": projects, "switches": switch_schema(), "model": services.models.describe(), "health": health}
 
@@ -74,9 +77,9 @@ def get_project(request: Request, project: str) -> dict:
     project = project_of(request, project)
     services = _services(request)
     if project not in all_projects(services):
-        raise HTTPException(404, detail=f"project {project} is unknown here: it has no adapter versions and "
-                                        "no settings (connect it in Label Studio, or PATCH a switch)")
-    return project_summary(request, services, project)
+        raise ProjectNotFound(f"project {project} is unknown here: it has no adapter versions and no settings "
+                              "(connect it in Label Studio, or PATCH a switch)")
+    return project_summary(services, project)
 
 
 @router.patch("/projects/{project}")
@@ -91,7 +94,7 @@ def patch_project(request: Request, project: str, changes: dict[str, Any] = Body
     if checked.get("preencode"):
         services.preencoder.request(project, "switched on in the admin console")
     log.info("project %s: switches %s set through the admin console", project, checked)
-    return project_summary(request, services, project)
+    return project_summary(services, project)
 
 
 @router.post("/projects/{project}/activate")
@@ -101,7 +104,7 @@ def activate_version(request: Request, project: str, body: ActivateRequest) -> d
     with registry_access():
         services.registry.activate(project, body.version)
     log.info("project %s: version %s activated through the admin console", project, body.version)
-    return project_summary(request, services, project)
+    return project_summary(services, project)
 
 
 @router.delete("/projects/{project}/versions/{version}")
@@ -113,15 +116,14 @@ def delete_version(request: Request, project: str, version: int) -> dict:
         raise VersionNotFound(project, version, stored)
     pinned = services.store.get(project).pinned_version
     if version == pinned:
-        raise HTTPException(409, detail=f"version {version} of project {project} is pinned (pinned_version): "
-                                        "unpin it first")
+        raise Conflict(f"version {version} of project {project} is pinned (pinned_version): unpin it first")
     try:
         with registry_access():
             services.registry.delete_version(project, version)
     except ValueError as exc:  # the active one: checked by the registry under its lock
-        raise HTTPException(409, detail=f"{exc}") from exc
+        raise Conflict(str(exc)) from exc
     log.info("project %s: version %s deleted through the admin console", project, version)
-    return project_summary(request, services, project)
+    return project_summary(services, project)
 
 
 class TrainRequest(BaseModel):
@@ -136,7 +138,7 @@ def train_now(request: Request, project: str, body: TrainRequest | None = None) 
     services = _services(request)
     outcome = _training(services).train_now(project, full=body is not None and body.full)
     services.store.remember_project(project)  # listed from now on, so its job shows in the console
-    return {"training": outcome, "project": project_summary(request, services, project)}
+    return {"training": outcome, "project": project_summary(services, project)}
 
 
 class MoveRequest(BaseModel):
@@ -149,16 +151,13 @@ class MoveRequest(BaseModel):
 def move_project(request: Request, project: str, body: MoveRequest) -> dict:
     source, target = project_param(project), project_param(body.to)
     if source == target:
-        raise HTTPException(422, detail=f"project {source} cannot be moved onto itself")
+        raise ParameterError(f"project {source} cannot be moved onto itself")
     services = _services(request)
-    try:
-        moved = services.projects.move(source, target)
-    except TargetTaken as exc:
-        raise HTTPException(409, detail=str(exc)) from exc
+    moved = services.projects.move(source, target)  # TargetTaken is a Conflict: 409
     if not moved:
-        raise HTTPException(404, detail=str(moved))
+        raise ProjectNotFound(str(moved))
     log.info("%s, through the admin console", moved)
-    return {"moved": str(moved), "project": project_summary(request, services, target)}
+    return {"moved": str(moved), "project": project_summary(services, target)}
 
 
 @router.post("/projects/{project}/cancel")
@@ -169,4 +168,4 @@ def cancel_training(request: Request, project: str) -> dict:
         outcome = _training(services).cancel(project)
     except redis.RedisError as exc:
         raise RedisUnavailable(f"cannot cancel training of project {project}: Redis unreachable ({exc})") from exc
-    return {"training": outcome, "project": project_summary(request, services, project)}
+    return {"training": outcome, "project": project_summary(services, project)}

@@ -2,7 +2,8 @@
 
 Every backend process answers the same: switches come from ``ProjectSettingsStore`` (Redis), versions
 and the active pointer from the adapter registry, jobs and the last run from the training keys and
-rq's job hashes. Nothing here is cached in the process.
+rq's job hashes. Nothing here is cached in the process; only the pre-encoding progress is this
+process's own (its pre-encoder's, read directly).
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ import logging
 from typing import Any
 
 import redis
-from fastapi import Request
 
 from backend.errors import registry_access
 from backend.project_settings import ProjectSettings
+from backend.services import Services
 from backend.versioning import model_version
 from training.jobs.scheduler import TrainingScheduler
 from training.labelstudio.label_config import LabelConfigError, parse_label_config
@@ -33,12 +34,12 @@ def switch_schema() -> dict[str, Any]:
     return ProjectSettings.model_json_schema()["properties"]
 
 
-def control_of(services: Any) -> TrainingScheduler | None:
+def control_of(services: Services) -> TrainingScheduler | None:
     """The rq scheduler when this backend has one (tests may run with a recording stand-in)."""
     return services.scheduler if isinstance(services.scheduler, TrainingScheduler) else None
 
 
-def all_projects(services: Any) -> list[str]:
+def all_projects(services: Services) -> list[str]:
     """Projects with adapter versions or settings, by Label Studio id ("3" before "3.1712345678" before "10")."""
     with registry_access():
         known = set(services.registry.projects())
@@ -46,7 +47,7 @@ def all_projects(services: Any) -> list[str]:
     return sorted(known, key=project_sort_key)
 
 
-def _classes(services: Any, project: str) -> list[str]:
+def _classes(services: Services, project: str) -> list[str]:
     config = services.store.label_config(project)
     if not config:
         return []
@@ -56,7 +57,7 @@ def _classes(services: Any, project: str) -> list[str]:
         return []
 
 
-def version_row(services: Any, info: VersionInfo, pinned: int | None) -> dict[str, Any]:
+def version_row(services: Services, info: VersionInfo, pinned: int | None) -> dict[str, Any]:
     """One line of the versions table: identity, held-out scores (masks and clicks), training."""
     meta = info.metadata
     metrics = meta.get("metrics") or {}
@@ -128,22 +129,7 @@ def current_job(control: TrainingScheduler | None, project: str) -> dict[str, An
     return {key: job.get(key) for key in keep}
 
 
-def preencode_progress(request: Request, project: str) -> Any:
-    """Pre-encoding progress as ``GET /projects/{id}/settings`` reports it (``preencode_progress``), if it does.
-
-    That answer is where the pre-encoder publishes its progress; asking it keeps one definition of it.
-    """
-    from backend.app import get_settings  # imported here: backend.app mounts this package
-
-    try:
-        answer = get_settings(request, project)
-    except Exception as exc:  # progress is decoration: the project overview must not fail for it
-        log.debug("project %s: no pre-encoding progress (%s)", project, exc)
-        return None
-    return answer.get("preencode_progress") if isinstance(answer, dict) else None
-
-
-def project_summary(request: Request, services: Any, project: str) -> dict[str, Any]:
+def project_summary(services: Services, project: str) -> dict[str, Any]:
     """Everything the console shows about one project (JSON-safe)."""
     settings = services.store.get(project)
     with registry_access():
@@ -173,5 +159,5 @@ def project_summary(request: Request, services: Any, project: str) -> dict[str, 
         "last_run": run,
         "job": job,
         "training_connected": control is not None,
-        "preencode_progress": preencode_progress(request, project),
+        "preencode_progress": services.preencoder.progress(project),
     }

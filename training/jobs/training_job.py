@@ -29,7 +29,7 @@ from training.model.weights import resolve_checkpoint
 from training.pipeline.models import BaseModels
 from training.pipeline.run import RunServices, run_project
 from training.pipeline.settings import JobSettings
-from training.registry import AdapterRegistry, RedisRegistry, open_registry
+from training.registry import AdapterRegistry, open_registry
 
 __all__ = ["run_training_job", "train_project"]
 
@@ -40,14 +40,11 @@ _MODELS = BaseModels()
 
 
 def open_job_registry(settings: JobSettings, job: Job | None) -> AdapterRegistry:
-    cache = Path(settings.data_dir) / "adapter-cache"
-    if settings.registry == "redis":
-        if job is None:
-            raise ValueError("registry 'redis' means the job's own Redis; give a redis:// URL outside rq")
-        return RedisRegistry(job.connection, prefix=settings.redis_prefix, keep_last=settings.keep_versions,
-                             cache_dir=cache)
+    """The registry ``settings.registry`` names ("redis": the Redis the job came from)."""
     spec = settings.registry or str(Path(settings.data_dir) / "adapters")
-    return open_registry(spec, keep_last=settings.keep_versions, prefix=settings.redis_prefix, cache_dir=cache)
+    return open_registry(spec, keep_last=settings.keep_versions, prefix=settings.redis_prefix,
+                         cache_dir=Path(settings.data_dir) / "adapter-cache",
+                         client=job.connection if job is not None else None)
 
 
 def preload_base_model(settings: JobSettings) -> None:

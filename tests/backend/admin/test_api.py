@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 from rq.job import Job
 
 from backend.admin.overview import control_of
+from backend.app import create_app
+from backend.errors import STATUS_OF, Conflict, ProjectNotFound, Unavailable
+from backend.project_keys import TargetTaken
 from backend.project_settings import ProjectSettingsStore
-from tests.backend.admin.conftest import LiveBackend, wait_for
-from tests.backend.conftest import brush_task, encode, ls_id, noise_image, predict_body, publish_adapter
+from backend.webhook import RecordingScheduler
+from tests.backend.admin.conftest import TOKEN, LiveBackend, serve, wait_for
+from tests.backend.conftest import (
+    brush_task,
+    encode,
+    ls_id,
+    make_settings,
+    noise_image,
+    predict_body,
+    publish_adapter,
+)
+from training.registry import LocalRegistry
 
 
 def publish(live: LiveBackend, project: str, count: int = 1) -> list[int]:
@@ -202,3 +216,40 @@ def test_a_full_retrain_is_asked_for_and_a_bad_body_is_named(live, project):
     # The request waits in Redis for the run that takes it (rq jobs coalesce; the flag does not get lost).
     keys = control_of(live.services).keys(project)
     assert live.services.redis.client.get(keys.full) == b"1"
+
+
+def test_admin_errors_go_through_the_backends_error_map(live, project, caplog):
+    """The console's errors are the backend's domain errors (``backend.errors.STATUS_OF``): the same
+    ``{"detail": ...}`` body, the same status, the same log line as the protocol's routes."""
+    publish(live, project, 2)
+    caplog.set_level("INFO", logger="backend.errors")
+    with live.client() as client:
+        unknown = client.get("/admin/api/projects/987654")
+        active = client.delete(f"/admin/api/projects/{project}/versions/2")
+        missing = client.post(f"/admin/api/projects/{project}/activate", json={"version": 9})
+    assert unknown.status_code == 404 and set(unknown.json()) == {"detail"}
+    assert unknown.json()["detail"].startswith("project 987654 is unknown here")
+    assert active.status_code == 409 and set(active.json()) == {"detail"} and "is active" in active.json()["detail"]
+    assert missing.status_code == 404 and set(missing.json()) == {"detail"}
+    logged = [record.getMessage() for record in caplog.records if record.name == "backend.errors"]
+    assert any(line.startswith("GET /admin/api/projects/987654: 404 project 987654 is unknown") for line in logged)
+    assert any(f"DELETE /admin/api/projects/{project}/versions/2: 409" in line for line in logged), logged
+
+
+def test_every_admin_error_has_a_status_in_the_map():
+    for kind, status in ((ProjectNotFound, 404), (Conflict, 409), (TargetTaken, 409), (Unavailable, 503)):
+        assert next(STATUS_OF[k] for k in kind.__mro__ if k in STATUS_OF) == status
+
+
+def test_train_without_a_training_queue_is_a_503_from_the_error_map(tmp_path, redis_prefix):
+    app = create_app(make_settings(tmp_path, redis_prefix, ADMIN_TOKEN=TOKEN),
+                     registry=LocalRegistry(tmp_path / "adapters"), scheduler=RecordingScheduler())
+    url, stop = serve(app)
+    try:
+        answer = httpx.post(f"{url}/admin/api/projects/3/train", headers={"Authorization": f"Bearer {TOKEN}"},
+                            timeout=30)
+    finally:
+        stop()
+    assert answer.status_code == 503, answer.text
+    assert answer.json() == {"detail": "no training queue is connected to this backend (it runs with a stand-in "
+                                       "scheduler): train and cancel are unavailable"}

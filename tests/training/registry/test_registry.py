@@ -369,3 +369,16 @@ def test_open_registry(tmp_path: Path, redis_url: str) -> None:
         open_registry("ftp://x")
     with pytest.raises(ValueError, match="registry spec"):
         open_registry("")
+
+
+def test_open_registry_on_a_connected_redis(tmp_path: Path, redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    registry = open_registry("redis", keep_last=2, prefix="samloop-test-connected", cache_dir=tmp_path / "c",
+                             client=client)
+    assert isinstance(registry, RedisRegistry) and registry.client is client
+    assert (registry.keep_last, registry.prefix, registry.cache_dir) == (2, "samloop-test-connected", tmp_path / "c")
+    with pytest.raises(ValueError, match="registry 'redis' means the Redis this process is connected to"):
+        open_registry("redis")
+    # A client is only for "redis": a path stays a directory, a URL opens its own connection.
+    assert isinstance(open_registry(str(tmp_path / "r"), client=client), LocalRegistry)
+    assert open_registry(redis_url, client=client).client is not client
