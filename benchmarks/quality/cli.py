@@ -2,6 +2,7 @@
 
 Without ``--data`` and ``--checkpoint`` it runs on synthetic scenes with the pretrained stand-in (built
 once, ~4 min at one thread, into ``--cache``); with them, on your images and your SAM checkpoint.
+``--incremental`` compares incremental training runs with one full run (``benchmarks.quality.incremental``).
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from benchmarks.quality.incremental import incremental_plan, run_incremental
+from benchmarks.quality.incremental_report import write as write_incremental
 from benchmarks.quality.plan import DEFAULT_CACHE, METHOD_NAMES, QualityPlan, quick_plan
 from benchmarks.quality.plots import write_plots
 from benchmarks.quality.report import write
@@ -56,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--steps", type=int, help="training steps per run (default 200)")
     run.add_argument("--budget-seconds", type=float, help="wall-clock cap per training run in seconds (default 40)")
     run.add_argument("--quick", action="store_true", help="smoke run: 1 and 4 labeled images, 1 repeat, 40 steps")
+    run.add_argument("--incremental", action="store_true",
+                     help="incremental runs (labels arriving one at a time) against one full run, through the "
+                          "training pipeline, at 4, 8 and 16 labeled images (with --quick: 2 and 4, 1 repeat)")
+    run.add_argument("--job", action="append", default=[], metavar="NAME=VALUE",
+                     help="a JobSettings override for --incremental's runs, e.g. incremental_steps=48 (repeatable)")
     out = parser.add_argument_group("output")
     out.add_argument("--out", type=Path, help="results folder (default benchmarks/results/quality[/quick], or "
                                               "./quality-results with --data)")
@@ -67,8 +76,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def job_overrides(items: list[str]) -> dict[str, Any]:
+    """``NAME=VALUE`` pairs as a dict; a VALUE that parses as JSON is taken as such (numbers, objects)."""
+    overrides: dict[str, Any] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--job wants NAME=VALUE, got {item!r}")
+        try:
+            overrides[name] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[name] = value
+    return overrides
+
+
+def _base_plan(args: argparse.Namespace) -> QualityPlan:
+    if args.incremental:
+        quick = {"mode": "incremental quick", "labeled": [2, 4], "repeats": 1, "pool_images": 8, "held_out": 6}
+        return incremental_plan(**(quick if args.quick else {}))
+    return quick_plan() if args.quick else QualityPlan()
+
+
 def plan_from_args(args: argparse.Namespace) -> QualityPlan:
-    plan = quick_plan() if args.quick else QualityPlan()
+    plan = _base_plan(args)
     overrides = {"data": args.data, "images": args.images, "label_config": args.label_config,
                  "checkpoint": args.checkpoint, "model": args.model, "image_size": args.image_size,
                  "held_out": args.held_out, "labeled": args.labeled, "repeats": args.repeats,
@@ -88,7 +118,20 @@ def _out_dir(args: argparse.Namespace, plan: QualityPlan) -> Path:
         return args.out
     if plan.data is not None or plan.checkpoint is not None:
         return Path("quality-results")  # never over the committed synthetic results
-    return RESULTS / "quick" if plan.mode == "quick" else RESULTS
+    results = RESULTS / "incremental" if args.incremental else RESULTS
+    return results / "quick" if args.quick else results
+
+
+def _incremental(args: argparse.Namespace, plan: QualityPlan, out: Path) -> Path:
+    """Run (or with --report-only rewrite) the incremental comparison; the Markdown file's path."""
+    if args.report_only:
+        results = json.loads((out / "incremental.json").read_text())
+    else:
+        results = run_incremental(plan, job_overrides(args.job), out / "cells", progress=not args.no_progress)
+    md_path, json_path = write_incremental(results, out)
+    print(md_path.read_text())
+    print(f"wrote {md_path}, {json_path}")
+    return md_path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         plan = plan_from_args(args)
         out = _out_dir(args, plan)
+        if args.incremental:
+            _incremental(args, plan, out)
+            return 0
         if args.report_only:
             results = json.loads((out / "quality.json").read_text())
         else:
