@@ -218,6 +218,9 @@ def _train(run: _Run, model, plan: StepPlan, embeddings: TrainingEmbeddings | No
         **settings.train_options, "max_steps": plan.steps, "max_seconds": settings.train_max_seconds,
     })
     dataset = CachedTrainingSet(run.cache, run.split.train)
+    if embeddings is not None:  # a stage of its own for operators: a first run may encode many images
+        run.services.progress.stage("encoding", f"embeddings of {len(dataset)} training tasks: read from the "
+                                    "store, the missing ones encoded once as training first needs them")
 
     def started() -> None:
         run.services.progress.stage(

@@ -40,6 +40,8 @@ def target():
 def learned(standin, target):
     train_set, held_out = target
     weights = standin_weights(standin)
+    # The new class prompts start random: seeded, "before" does not depend on what ran earlier in the session.
+    torch.manual_seed(0)
     model = new_adapter_model(weights, 256, TARGET_CLASSES)
     before = evaluate(model, held_out, precision="fp32")
     statistics = {k: v.clone() for k, v in model.sam.image_encoder.state_dict().items() if "running" in k}
