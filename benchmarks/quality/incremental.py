@@ -46,7 +46,7 @@ from testkit.fake_label_studio import FakeLabelStudio
 from testkit.ls_annotations import brush_region, png_bytes
 from training.data.dataset import Sample
 from training.inference.predictor import Predictor
-from training.learn.clicks import evaluate_clicks
+from training.learn.clicks import DEFAULT_REPORT_CLICKS, evaluate_clicks
 from training.learn.evaluation import evaluate
 from training.learn.trainer import TrainProgress
 from training.model.loading import load_adapter_model
@@ -140,10 +140,11 @@ def score_active(ctx: IncrementalContext, registry: AdapterRegistry) -> dict[str
     model = load_adapter_model(artifact, ctx.weights, plan.image_size, sam=ctx.models.sam(ctx.weights, plan.image_size))
     model.to(ctx.bench.base.device)
     # A frozen encoder is the base's: the held-out embeddings computed once serve every version.
-    embeddings = ctx.bench.held_out_embeddings if model.config.encoder == "frozen" else None
+    embeddings = ctx.bench.held_out_embeddings if model.config.keeps_base_embeddings else None
     masks = evaluate(model, held_out, plan.precision, embeddings=embeddings)
     clicks = evaluate_clicks(Predictor(model, precision=plan.precision, clicks="adapter"), held_out,
-                             max_clicks=plan.max_clicks, class_prompts=True, embeddings=embeddings)
+                             max_clicks=plan.max_clicks, class_prompts=True, embeddings=embeddings,
+                             report_clicks=[c for c in DEFAULT_REPORT_CLICKS if c <= plan.max_clicks])
     return {"version": info.version, "plan": info.metadata.get("plan"), "masks": masks, "clicks": clicks}
 
 
