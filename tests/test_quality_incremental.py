@@ -11,23 +11,16 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from benchmarks.__main__ import main as benchmarks_main
 from benchmarks.quality.cli import build_parser, job_overrides, plan_from_args
 from benchmarks.quality.incremental import incremental_plan, run_incremental
 from benchmarks.quality.incremental_report import verdict, write
+from tests.test_quality_benchmark import TINY_STANDIN, _one_thread  # noqa: F401 - the fixture applies here too
 
-TINY_STANDIN = {"image_size": 64, "encoder_steps": 3, "decoder_steps": 3, "images": 2, "batch_size": 2}
 TINY_JOB = {"incremental_steps": 2, "min_steps": 3, "max_steps": 4, "steps_per_image": 1, "batch_size": 2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

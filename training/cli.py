@@ -149,11 +149,10 @@ def cmd_train(args: argparse.Namespace) -> dict:
     settings = train_settings(args)
     dataset = _load_dataset(args)
     validation = load_coco(args.coco_val, args.images) if args.coco_val else None
-    summary = train_through_pipeline(args, settings, dataset)
-    if validation is not None and summary.get("adapter_bytes"):
-        model = load_adapter_model(summary.pop("_artifact"), _base_weights(args), args.image_size)
+    summary, artifact = train_through_pipeline(args, settings, dataset)
+    if validation is not None and artifact:
+        model = load_adapter_model(artifact, _base_weights(args), args.image_size)
         summary["validation"] = evaluate(model, validation)
-    summary.pop("_artifact", None)
     return summary
 
 

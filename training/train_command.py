@@ -114,8 +114,8 @@ class ConsoleProgress:
 
 
 def train_through_pipeline(args: argparse.Namespace, settings: JobSettings, dataset: SegmentationDataset
-                           ) -> dict[str, Any]:
-    """Run the pipeline on ``dataset``; the outcome, plus ``_artifact`` (the bytes written to ``--out``)."""
+                           ) -> tuple[dict[str, Any], bytes]:
+    """Run the pipeline on ``dataset``: its outcome and the adapter it published (or the active one)."""
     progress = ConsoleProgress()
     with tempfile.TemporaryDirectory(prefix="samloop-cli-") as scratch:
         registry = open_registry(args.registry or str(Path(scratch) / "registry"), keep_last=settings.keep_versions)
@@ -134,7 +134,7 @@ def train_through_pipeline(args: argparse.Namespace, settings: JobSettings, data
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_bytes(artifact)
         outcome["adapter"] = str(args.out)
-    outcome.update(adapter_bytes=len(artifact), _artifact=artifact)
+    outcome["adapter_bytes"] = len(artifact)
     if args.registry:
         outcome["registry"] = args.registry
-    return outcome
+    return outcome, artifact

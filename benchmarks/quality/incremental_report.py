@@ -8,13 +8,12 @@ deviations over the repeats (the draw-to-draw spread each arm shows on its own).
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 from benchmarks.quality.incremental import ARMS
-from benchmarks.quality.report import _fmt, _machine_line
+from benchmarks.quality.report import _fmt, _machine_line, write_report
 from benchmarks.quality.report import _stats as stats
 
 CLICK_VALUES = (("iou1", "1"), ("iou3", "3"), ("iou5", "5"))
@@ -141,9 +140,4 @@ def _spread(verdict_: dict[str, Any]) -> str:
 
 def write(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
     """Add the summary to ``results`` and write ``incremental.md`` and ``incremental.json`` under ``out``."""
-    results["summary"] = summarize(results["cells"])
-    out.mkdir(parents=True, exist_ok=True)
-    md_path, json_path = out / "incremental.md", out / "incremental.json"
-    json_path.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-    md_path.write_text(summary_md(results))
-    return md_path, json_path
+    return write_report(results, out, "incremental", summarize, summary_md)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -128,9 +129,15 @@ def summary_md(results: dict[str, Any]) -> str:
 
 def write(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
     """Add the summary to ``results`` and write ``quality.md`` and ``quality.json`` under ``out``."""
-    results["summary"] = summarize(results["cells"])
+    return write_report(results, out, "quality", summarize, summary_md)
+
+
+def write_report(results: dict[str, Any], out: Path, stem: str, summarize_cells: Callable[[Any], dict[str, Any]],
+                 markdown: Callable[[dict[str, Any]], str]) -> tuple[Path, Path]:
+    """Add ``summarize_cells(results["cells"])`` as the summary; write ``<stem>.md`` and ``<stem>.json``."""
+    results["summary"] = summarize_cells(results["cells"])
     out.mkdir(parents=True, exist_ok=True)
-    md_path, json_path = out / "quality.md", out / "quality.json"
+    md_path, json_path = out / f"{stem}.md", out / f"{stem}.json"
     json_path.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-    md_path.write_text(summary_md(results))
+    md_path.write_text(markdown(results))
     return md_path, json_path
