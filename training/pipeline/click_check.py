@@ -22,7 +22,6 @@ from training.inference.predictor import ImageEmbedding, Predictor
 from training.labelstudio.task_cache import TaskCache
 from training.learn.clicks import (
     DEFAULT_MIN_AREA,
-    DEFAULT_REPORT_CLICKS,
     ObjectTrace,
     compare,
     decoder_for,
@@ -31,9 +30,13 @@ from training.learn.clicks import (
 )
 from training.model.adapter import SamAdapter
 
-__all__ = ["ClickObject", "click_objects", "gate_clicks"]
+__all__ = ["ClickObject", "click_objects", "gate_clicks", "unchecked_clicks"]
 
 EmbeddingOf = Callable[[int], ImageEmbedding]
+
+# The verdict needs NoC@90 and, for ties, IoU after one click: an object's clicks stop once it reaches 0.90
+# (more would only fill in a report), which is what makes a good decoder's check cheap.
+GATE_REPORT_CLICKS = (1,)
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,7 @@ def click_objects(cache: TaskCache, holdout: Sequence[int], max_objects: int) ->
 
 def _trace(predictor: Predictor, embedding: ImageEmbedding, truth: np.ndarray, class_name: str | None,
            max_clicks: int) -> ObjectTrace:
-    return simulate_object(decoder_for(predictor, embedding, class_name), truth, max_clicks, DEFAULT_REPORT_CLICKS)
+    return simulate_object(decoder_for(predictor, embedding, class_name), truth, max_clicks, GATE_REPORT_CLICKS)
 
 
 def _base_trace(cached: dict, obj: ClickObject) -> ObjectTrace | None:
@@ -110,13 +113,22 @@ def gate_clicks(model: SamAdapter, cache: TaskCache, objects: Sequence[ClickObje
     return _verdict(candidate_traces, base_list if base is not None else None, max_clicks, computed), kept
 
 
+def unchecked_clicks(model: SamAdapter, reason: str, base_traces: dict) -> tuple[dict, dict]:
+    """The verdict of a run that does not click (its candidate is not promoted, so it serves no clicks): SAM's
+    decoder answers them should an admin activate it (an adapter with its own encoder has only its own), and
+    SAM's traces are carried on unchanged."""
+    decoder = "base" if model.base_mask_decoder is not None else "adapter"
+    return ({"decoder": decoder, "reason": reason, "candidate": None, "base": None, "computed_base": 0},
+            base_traces)
+
+
 def _verdict(candidate_traces: list[ObjectTrace], base_traces: list[ObjectTrace] | None, max_clicks: int,
              computed: int) -> dict:
-    candidate = {**summarize(candidate_traces, DEFAULT_REPORT_CLICKS), "max_clicks": max_clicks}
+    candidate = {**summarize(candidate_traces, GATE_REPORT_CLICKS), "max_clicks": max_clicks}
     if base_traces is None:
         return {"decoder": "adapter", "reason": "the adapter has its own encoder: its decoder answers clicks",
                 "candidate": candidate, "base": None, "computed_base": 0}
-    base = {**summarize(base_traces, DEFAULT_REPORT_CLICKS), "max_clicks": max_clicks}
+    base = {**summarize(base_traces, GATE_REPORT_CLICKS), "max_clicks": max_clicks}
     better = candidate["objects"] > 0 and compare(candidate, base)
     reason = (f"simulated clicks on {candidate['objects']} held-out objects: NoC@90 {candidate['noc90']} "
               f"(adapter) vs {base['noc90']} (SAM)")

@@ -33,7 +33,7 @@ from training.learn.config import TrainConfig
 from training.learn.embeddings import TrainingEmbeddings
 from training.learn.trainer import TrainResult, train_adapter
 from training.model.weights import resolve_checkpoint
-from training.pipeline.click_check import click_objects, gate_clicks
+from training.pipeline.click_check import click_objects, gate_clicks, unchecked_clicks
 from training.pipeline.history import History
 from training.pipeline.holdout import HoldoutPolicy, Split, assign_holdout
 from training.pipeline.models import BaseModels
@@ -55,8 +55,9 @@ __all__ = ["RunServices", "run_project"]
 
 log = logging.getLogger(__name__)
 
-# Prepared samples a run keeps in memory (a 1024 px embedding is 4 MB): bounds the worker's size.
-PREPARED_SAMPLES = 128
+# Prepared samples a run keeps in memory (a 1024 px embedding is 4 MB): bounds the worker's size. A small
+# project's tasks all fit; a large one's are read from the embedding store again, a few ms each.
+PREPARED_SAMPLES = 32
 
 
 @dataclass
@@ -245,10 +246,7 @@ def _judge_and_publish(run: _Run, model, start: tuple[bool, str], active_version
     source = embedding_source(run.cache, embeddings, model, settings.precision)
     candidate = score_tasks(model, run.cache, scored, source, settings.precision)
     masks = _mask_verdict(candidate, active_scores, holdout, classes, settings, active_version)
-    progress.stage("evaluating", f"clicking up to {settings.click_objects} held-out objects")
-    objects = click_objects(run.cache, holdout, settings.click_objects)
-    clicks, base_traces = gate_clicks(model, run.cache, objects, source, settings.precision,
-                                      settings.click_max_clicks, run.history.base_traces)
+    clicks, base_traces = _click_verdict(run, model, masks["promote"], source)
     log.info("clicks: %s decoder (%s)", clicks["decoder"], clicks["reason"])
     metadata = {
         "project": run.project, "trained_at": time.time(), "job_id": run.services.job_id,
@@ -268,6 +266,18 @@ def _judge_and_publish(run: _Run, model, start: tuple[bool, str], active_version
         "promoted": masks["promote"], "decision": masks["decision"],
     }
     return _publish(run, model, metadata)
+
+
+def _click_verdict(run: _Run, model, promoted: bool, source) -> tuple[dict, dict]:
+    """The click gate on a bounded sample of held-out objects; a candidate that is not promoted serves no
+    clicks, so it is not clicked (that would only delay the run's end)."""
+    settings = run.settings
+    if not promoted:
+        return unchecked_clicks(model, "not promoted: clicks not checked", run.history.base_traces)
+    run.services.progress.stage("evaluating", f"clicking up to {settings.click_objects} held-out objects")
+    objects = click_objects(run.cache, run.split.holdout, settings.click_objects)
+    return gate_clicks(model, run.cache, objects, source, settings.precision, settings.click_max_clicks,
+                       run.history.base_traces)
 
 
 def _mask_verdict(candidate: dict[int, TaskScore], active: dict[int, TaskScore] | None, holdout: list[int],

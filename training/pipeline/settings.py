@@ -47,6 +47,7 @@ ENV_NAMES = {
     "TRAIN_NEW_SHARE": "new_share",
     "TRAIN_HOLDOUT_CAP": "holdout_cap",
     "TRAIN_CLICK_OBJECTS": "click_objects",
+    "TRAIN_CLICK_MAX_CLICKS": "click_max_clicks",
 }
 
 
@@ -93,13 +94,15 @@ class JobSettings:
     adapter_kind: str = "decoder"
     adapter_options: dict[str, Any] = field(default_factory=dict)
     embedding_store_mb: int = 4096
-    click_max_clicks: int = 20
-    click_objects: int = 6
+    # The gate's budget: 4 objects of at most 10 clicks (NoC@90 capped at 10) keep a run's click check to a few
+    # seconds where random weights never reach 0.90; a decoder that clicks well stops after 1-5 clicks.
+    click_max_clicks: int = 10
+    click_objects: int = 4
     promote_tolerance: float = 0.01
     holdout_every: int = 5
     holdout_min: int = 5
     holdout_cap: int = 32
-    incremental_steps: int = 24
+    incremental_steps: int = 16
     new_share: float = 0.5
     min_annotations: int = 1
     export_max_side: int = 2048

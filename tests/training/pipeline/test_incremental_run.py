@@ -143,7 +143,7 @@ def test_nothing_new_is_up_to_date_and_a_full_retrain_trains_anyway(make_ls, tmp
 
 def test_a_second_run_reuses_base_models_and_sams_click_traces(make_ls, tmp_path):
     ls = make_ls(6)
-    settings = settings_for(ls, tmp_path)
+    settings = settings_for(ls, tmp_path, promote_tolerance=1.0)  # promoted, so its clicks are checked
     train_project(PROJECT, settings)
     built = _MODELS.built
     annotate_again(ls, 3, seed=60)
@@ -151,6 +151,22 @@ def test_a_second_run_reuses_base_models_and_sams_click_traces(make_ls, tmp_path
     assert _MODELS.built == built  # the base model stayed in memory between runs
     clicks = outcome["metrics"]["clicks"]
     assert clicks["base"]["objects"] == 2 and clicks["computed_base"] == 0  # SAM's traces carried over
+
+
+def test_a_candidate_that_is_not_promoted_is_not_clicked_and_sams_traces_carry_on(make_ls, tmp_path):
+    ls = make_ls(6)
+    train_project(PROJECT, settings_for(ls, tmp_path))
+    registry = open_registry(str(tmp_path / "adapters"))
+    first = registry.load(PROJECT, 1)[0].metadata
+    assert first["metrics"]["clicks"]["base"]["objects"] == 2  # the first version was promoted and clicked
+    annotate_again(ls, 3, seed=61)
+    # A negative tolerance demands a held-out gain of 1.0 IoU: impossible, so the candidate stays inactive.
+    outcome = train_project(PROJECT, settings_for(ls, tmp_path, promote_tolerance=-1.0))
+    assert outcome["status"] == "not_promoted"
+    clicks = outcome["metrics"]["clicks"]
+    assert clicks["decoder"] == "base" and clicks["candidate"] is None and "not checked" in clicks["reason"]
+    meta = registry.load(PROJECT, outcome["version"])[0].metadata
+    assert meta["clicks_base_traces"] == first["clicks_base_traces"]
 
 
 def test_a_task_whose_image_is_gone_is_skipped_and_the_run_goes_on(make_ls, tmp_path):
