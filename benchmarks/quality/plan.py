@@ -11,7 +11,7 @@ from typing import Any
 from training.inference.devices import check_device
 
 # Bump when a method's training or scoring changes: cells of older code are then recomputed.
-CELL_VERSION = 1
+CELL_VERSION = 2  # 2: the RITM / SimpleClick clicker with mask feedback (training.learn.clicks)
 METHOD_NAMES = ("decoder", "encoder", "full", "promptless")
 DEFAULT_CACHE = Path.home() / ".cache" / "samloop"
 

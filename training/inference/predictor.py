@@ -62,7 +62,7 @@ class ClassPrediction:
 class PromptPrediction:
     mask: np.ndarray  # H x W bool, original resolution
     score: float  # the decoder's predicted IoU
-    # 1 x 4G x 4G logits of the chosen mask: the mask prompt of the next click (families that feed it back)
+    # 1 x 4G x 4G logits of the chosen mask: the next click's mask prompt (simulated clicks; SAM 2 always)
     low_res: torch.Tensor | None = None
 
 
@@ -206,16 +206,19 @@ class Predictor:
             class_name: conditions the mask on that class's learned prompt when the adapter has it.
             decoder: ``adapter`` (the adapter's decoder) or ``base`` (SAM's own, without class tokens);
                 None: the predictor's ``clicks`` setting.
-            mask_input: the previous prediction's ``low_res`` on this image, fed back as a mask prompt where
-                the family does so (SAM 2); ignored otherwise. None: the mask this predictor gave for the
-                same prompts without the last point, if it answered them recently (``ClickMemory``).
+            mask_input: a previous prediction's ``low_res`` on this image (1 x 4G x 4G logits), fed back as the
+                decoder's mask prompt (every family; the simulated clicker passes it from its second click on).
+                None: no mask prompt, except in families that feed the previous mask back (SAM 2), which then
+                take the mask this predictor gave for the same prompts without the last point, if it answered
+                them recently (``ClickMemory``).
         """
         decoder = decoder or self.clicks
         if decoder not in CLICK_DECODERS:
             raise ValueError(f"decoder must be one of {', '.join(CLICK_DECODERS)}, got {decoder!r}")
         with self._threads():
             if self.click_memory is None:
-                return self._predict_prompt(image, points, point_labels, box, class_name, decoder == "base", None)
+                return self._predict_prompt(image, points, point_labels, box, class_name, decoder == "base",
+                                            mask_input)
             points = None if points is None else np.asarray(points, dtype=np.float32).reshape(-1, 2)
             extra = (class_name, decoder)
             if mask_input is None:

@@ -1,18 +1,35 @@
-"""Simulated interactive clicks and their metrics (NoC@85/90, IoU after k clicks).
+"""Simulated interactive clicks and their metrics (NoC@85/90, NoF@90, IoU after k clicks).
 
-The clicker is the one of the interactive-segmentation literature (RITM, SimpleClick), with one
-documented difference below:
+This is the standard clicker and NoC protocol of the interactive-segmentation literature: RITM's
+(``isegm/inference/clicker.py`` and ``evaluation.py``), which SimpleClick reuses unchanged.
 
-- First click: positive, at the object's interior point farthest from its border (Euclidean distance
-  transform of the mask padded by one zero pixel, so the image edge counts as border).
-- Each next click: at the centre (the point farthest from its border, same rule) of the largest
-  connected error region (8-connectivity) of the current prediction against the truth: positive when
-  that region is missed foreground (false negative), negative when it is false positive. RITM picks
-  between the two error maps by their largest distance value; here the larger region (in pixels)
-  wins, as the issue asks. Ties: the larger region, then false negatives before false positives, then
-  OpenCV's component order; among equally distant centre points the one nearest their mean, then
-  the first in row-major order. The same masks always give the same click.
-- The model sees all clicks so far each round, as an annotator's clicks reach Label Studio's /predict.
+- Error masks: the missed object pixels (false negatives, truth & ~prediction) and the wrongly included
+  ones (false positives, prediction & ~truth), each as a whole, not split into connected regions.
+- Distance: each error mask's exact Euclidean distance transform (OpenCV's ``DIST_L2`` with
+  ``DIST_MASK_PRECISE``, as RITM calls it), on the mask padded by one zero pixel so the image edge counts
+  as boundary, then cropped back. Pixels clicked before get distance 0: no pixel is clicked twice.
+- Click: at the farthest pixel of the error mask with the larger maximum distance; positive in the missed
+  pixels only when their maximum is strictly larger, so a tie goes negative. Among equal maxima, the first
+  in row-major order (RITM takes ``np.where(...)[0]``).
+- First click: the same rule against an empty prediction: positive at the object's most interior pixel.
+- The model sees all clicks so far each round, and from the second click on the previous answer's
+  low-resolution logits as its mask prompt (SAM's ``mask_input``; ``decoder_for``).
+- At most 20 clicks (``DEFAULT_MAX_CLICKS``). NoC@t: the first click count with IoU >= t, 20 when never
+  reached. NoF@90: the objects that never reach IoU 0.90 within the 20 clicks.
+
+What differs from RITM's evaluation code; none of it changes NoC@85, NoC@90 or NoF@90:
+
+- Stopping: RITM stops at IoU >= 0.90 (its default target); here clicking goes on up to the largest
+  report click (IoU after 1, 3, 5 clicks is measured exactly) and past it stops at IoU >= 0.90. Later
+  IoUs are the last one carried forward. NoC@85, NoC@90 and NoF@90 read IoUs only up to the first one
+  >= 0.90, which is measured (and 0.85 is reached no later), so the stop leaves them as RITM's.
+- When every error pixel has been clicked (or there is none), clicking stops and the IoU is carried
+  forward; RITM would then click a negative at pixel (0, 0). A prediction equal to the truth has IoU 1
+  already; otherwise this takes an object whose whole error was clicked pixel by pixel.
+- NoF@90 counts objects that never reach 0.90, the papers' definition; RITM's table column (NoC == 20)
+  also counts one that first reaches it at click 20.
+- No ignore label: the masks here have no "ignore" pixels. The mask is the decoder's own (SAM: logits
+  > 0), where RITM thresholds its probabilities at 0.49.
 
 Coordinates: clicks are (x, y) integer pixels of the original image (column, row), the convention of
 ``Predictor.predict_prompt``. Masks are H x W bool.
@@ -23,9 +40,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import cv2
 import numpy as np
+import torch
 
 from training.data.dataset import SegmentationDataset
 from training.inference.predictor import ImageEmbedding, Predictor
@@ -38,6 +57,8 @@ STOP_IOU = max(NOC_THRESHOLDS)
 DEFAULT_MAX_CLICKS = 20
 DEFAULT_REPORT_CLICKS = (1, 3, 5)
 DEFAULT_MIN_AREA = 16
+# Names the click rule in stored traces: traces from another rule (an older clicker) are not comparable.
+CLICK_PROTOCOL = "ritm"
 
 
 @dataclass(frozen=True)
@@ -63,6 +84,10 @@ class ObjectTrace:
     def noc(self, threshold: float) -> int:
         return number_of_clicks(self.ious, threshold)
 
+    def failed(self, threshold: float = STOP_IOU) -> bool:
+        """Whether the object never reached ``threshold`` within the budget (counts towards NoF)."""
+        return not any(iou >= threshold for iou in self.ious)
+
 
 def _check_mask(mask: np.ndarray, what: str) -> np.ndarray:
     mask = np.asarray(mask)
@@ -71,55 +96,47 @@ def _check_mask(mask: np.ndarray, what: str) -> np.ndarray:
     return mask.astype(bool, copy=False)
 
 
-def interior_point(region: np.ndarray) -> tuple[int, int]:
-    """(x, y) of the pixel of ``region`` (H x W bool, non-empty) farthest from its border.
+def _distance(error: np.ndarray) -> np.ndarray:
+    """H x W float32: each pixel's exact Euclidean distance to the nearest pixel outside ``error`` (H x W
+    bool), the image edge counting as outside; 0 outside ``error``."""
+    padded = np.pad(error, 1).astype(np.uint8)
+    # DIST_MASK_PRECISE with DIST_L2 is OpenCV's exact transform (Felzenszwalb-Huttenlocher); the others approximate.
+    return cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
 
-    The region is padded by one background pixel first, so pixels on the image edge are at distance 1.
-    Ties: the maximum nearest the mean of all maxima, then the first in row-major order.
+
+def next_click(truth: np.ndarray, prediction: np.ndarray, clicked: Sequence[Click] = ()) -> Click | None:
+    """RITM's correction click for ``prediction`` against ``truth`` (both H x W bool), see the module doc.
+
+    ``clicked``: the clicks given so far; their pixels are never chosen again. None when no error pixel is
+    left that was not clicked.
     """
-    region = _check_mask(region, "region")
-    if not region.any():
-        raise ValueError("interior_point needs a non-empty region")
-    padded = np.pad(region, 1).astype(np.uint8)
-    distance = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
-    ys, xs = np.nonzero(distance == distance.max())
-    if len(ys) > 1:
-        offsets = (ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2
-        best = int(np.argmin(offsets))  # argmin returns the first of equal values: row-major order
-    else:
-        best = 0
-    return int(xs[best]), int(ys[best])
-
-
-def first_click(truth: np.ndarray) -> Click:
-    """The positive click at the object's most interior point."""
-    x, y = interior_point(truth)
-    return Click(x, y, True)
-
-
-def _largest_component(error: np.ndarray) -> tuple[int, np.ndarray | None]:
-    """(area, H x W bool) of the largest 8-connected component of ``error``; (0, None) when empty."""
-    if not error.any():
-        return 0, None
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(error.astype(np.uint8), connectivity=8)
-    areas = stats[1:count, cv2.CC_STAT_AREA]
-    label = 1 + int(np.argmax(areas))  # first of equal areas: OpenCV's (deterministic) label order
-    return int(areas[label - 1]), labels == label
-
-
-def next_click(truth: np.ndarray, prediction: np.ndarray) -> Click | None:
-    """The correction click for ``prediction`` against ``truth`` (both H x W bool); None when they agree."""
     truth = _check_mask(truth, "truth")
     prediction = _check_mask(prediction, "prediction")
     if truth.shape != prediction.shape:
         raise ValueError(f"prediction is {prediction.shape}, truth is {truth.shape}")
-    fn_area, fn_region = _largest_component(truth & ~prediction)
-    fp_area, fp_region = _largest_component(prediction & ~truth)
-    if fn_region is None and fp_region is None:
+    missed, extra = _distance(truth & ~prediction), _distance(prediction & ~truth)
+    height, width = truth.shape
+    for click in clicked:
+        if not (0 <= click.x < width and 0 <= click.y < height):
+            raise ValueError(f"{click} is outside the {width} x {height} image")
+        missed[click.y, click.x] = extra[click.y, click.x] = 0.0
+    missed_max, extra_max = float(missed.max()), float(extra.max())
+    if missed_max == extra_max == 0.0:
         return None
-    positive = fn_area >= fp_area  # equal areas: the missed foreground first
-    x, y = interior_point(fn_region if positive else fp_region)
-    return Click(x, y, positive)
+    positive = missed_max > extra_max  # a tie goes negative, as in RITM
+    distance = missed if positive else extra
+    # argmax takes the first of equal maxima in row-major order, as RITM's np.where(...)[0] does.
+    y, x = np.unravel_index(int(np.argmax(distance)), distance.shape)
+    return Click(int(x), int(y), positive)
+
+
+def first_click(truth: np.ndarray) -> Click:
+    """The first click: ``next_click`` against an empty prediction, positive at the most interior pixel."""
+    truth = _check_mask(truth, "truth")
+    if not truth.any():
+        raise ValueError("first_click needs a non-empty truth mask")
+    # Nothing is wrongly included in an empty prediction, and a missed pixel is at distance >= 1: positive.
+    return cast(Click, next_click(truth, np.zeros_like(truth)))
 
 
 def _iou(prediction: np.ndarray, truth: np.ndarray) -> float:
@@ -164,11 +181,11 @@ def simulate_object(predict: PredictFn, truth: np.ndarray, max_clicks: int = DEF
         max_clicks: the click budget; NoC of an object that never reaches a threshold is this number.
         report_clicks: click counts whose IoU is reported; they bound the stopping rule.
 
-    Stopping: clicks continue up to ``max(report_clicks)`` so those IoUs are measured, and past it only
-    while IoU < 0.90 (an annotator stops once the mask is good; NoC@85/90 need nothing more). A
-    prediction equal to the truth also stops (no error region is left to click). Later entries of
-    ``ious`` carry the last measured IoU forward. So ``ious`` is exact at every report click and up to
-    the NoC@90 click, and ``number_of_clicks(ious, 0.85/0.90)`` is exact.
+    Clicks follow ``next_click`` (RITM's rule). Stopping: clicks continue up to ``max(report_clicks)`` so
+    those IoUs are measured, and past it only while IoU < 0.90 (an annotator stops once the mask is good;
+    NoC@85/90 and NoF@90 need nothing more). No error pixel left to click also stops. Later entries of
+    ``ious`` carry the last measured IoU forward. So ``ious`` is exact at every report click and up to the
+    NoC@90 click, and ``number_of_clicks(ious, 0.85/0.90)`` and ``failed(0.90)`` are exact.
     """
     report = _check_clicks(max_clicks, report_clicks)
     truth = _check_mask(truth, "truth")
@@ -183,7 +200,7 @@ def simulate_object(predict: PredictFn, truth: np.ndarray, max_clicks: int = DEF
             raise ValueError(f"predict returned a {prediction.shape} mask for a {truth.shape} object")
         ious.append(_iou(prediction, truth))
         done = len(clicks) >= max_clicks or (len(clicks) >= must_reach and ious[-1] >= STOP_IOU)
-        click = None if done else next_click(truth, prediction)
+        click = None if done else next_click(truth, prediction, clicks)
         if click is None:
             break
         clicks.append(click)
@@ -192,14 +209,25 @@ def simulate_object(predict: PredictFn, truth: np.ndarray, max_clicks: int = DEF
 
 
 def decoder_for(predictor: Predictor, embedding: ImageEmbedding, class_name: str | None = None) -> PredictFn:
-    """``predict(points, labels)`` through ``predictor.predict_prompt`` on one embedded image.
+    """``predict(points, labels)`` through ``predictor.predict_prompt`` on one embedded image, for ONE object.
 
     ``class_name`` conditions the masks on that class's learned prompt when the predictor's adapter has
     it, as the backend does for an annotator's clicks; None asks SAM's decoder with the clicks alone.
+
+    The decoder remembers its last answer: each call with more than one point passes the previous call's
+    low-resolution logits (``PromptPrediction.low_res``, 1 x 4G x 4G) as ``mask_input``, the protocol's mask
+    feedback. A call with one point is a first click and starts without a mask prompt. Build a fresh decoder
+    for each object, so one object's mask never prompts another's.
     """
+    previous: torch.Tensor | None = None
 
     def predict(points: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        return predictor.predict_prompt(embedding, points, labels, box=None, class_name=class_name).mask
+        nonlocal previous
+        mask_input = previous if len(points) > 1 else None
+        answer = predictor.predict_prompt(embedding, points, labels, box=None, class_name=class_name,
+                                          mask_input=mask_input)
+        previous = answer.low_res
+        return answer.mask
 
     return predict
 
@@ -230,15 +258,17 @@ def object_masks(masks: np.ndarray, class_names: Sequence[str], instances: bool 
 
 
 def summarize(traces: list[ObjectTrace], report: Sequence[int]) -> dict:
-    """Means over objects: ``{"objects", "iou_at": {"k": IoU after k clicks}, "noc85", "noc90"}``."""
+    """``{"objects", "iou_at": {"k": mean IoU after k clicks}, "noc85", "noc90", "nof90"}``: means over
+    objects (None without objects), and ``nof90`` the number of objects that never reached IoU 0.90."""
     if not traces:
-        return {"objects": 0, "iou_at": {str(k): None for k in report}, "noc85": None, "noc90": None}
+        return {"objects": 0, "iou_at": {str(k): None for k in report}, "noc85": None, "noc90": None, "nof90": 0}
     ious = np.array([t.ious for t in traces], np.float64)
     return {
         "objects": len(traces),
         "iou_at": {str(k): float(ious[:, k - 1].mean()) for k in report},
         "noc85": float(np.mean([t.noc(0.85) for t in traces])),
         "noc90": float(np.mean([t.noc(0.90) for t in traces])),
+        "nof90": sum(t.failed(0.90) for t in traces),
     }
 
 
@@ -263,9 +293,10 @@ def evaluate_clicks(predictor: Predictor, dataset: SegmentationDataset, max_clic
 
     Returns:
         JSON-safe ``{"objects": n, "images": number of images with an object, "max_clicks": m,
-        "iou_at": {"k": mean IoU after k clicks}, "noc85": mean NoC@85, "noc90": mean NoC@90,
-        "per_class": {name: {"objects", "iou_at", "noc85", "noc90"}}}``; means over objects, an object
-        that never reaches a threshold counts as ``max_clicks``; None means when there is no object.
+        "iou_at": {"k": mean IoU after k clicks}, "noc85": mean NoC@85, "noc90": mean NoC@90, "nof90":
+        objects that never reach IoU 0.90, "per_class": {name: {"objects", "iou_at", "noc85", "noc90",
+        "nof90"}}}``; means over objects, an object that never reaches a threshold counts as
+        ``max_clicks``; None means when there is no object.
     """
     report = _check_clicks(max_clicks, report_clicks)
     if embeddings is not None and len(embeddings) != len(dataset):

@@ -7,7 +7,8 @@ same objects are clicked run after run while the held-out set holds them.
 
 SAM's own decoder never changes, so its trace of an object is computed once and carried from version to
 version in the metadata (``base_traces``), keyed by task and class and valid while the task's annotation
-stamp, the base model and the click budget are the same. Only the candidate's decoder is clicked every run.
+stamp, the base model, the click budget and the click rule (``CLICK_PROTOCOL``) are the same. Only the
+candidate's decoder is clicked every run.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 from training.inference.predictor import ImageEmbedding, Predictor
 from training.labelstudio.task_cache import TaskCache
 from training.learn.clicks import (
+    CLICK_PROTOCOL,
     DEFAULT_MIN_AREA,
     ObjectTrace,
     compare,
@@ -81,13 +83,13 @@ def gate_clicks(model: SamAdapter, cache: TaskCache, objects: Sequence[ClickObje
                 precision: str, max_clicks: int, base_traces: dict) -> tuple[dict, dict]:
     """Choose the decoder for clicks. Returns (verdict as ``training.learn.click_gate``, base traces to keep).
 
-    ``base_traces``: ``{"base": base model id, "max_clicks": m, "objects": {key: {"stamp", "ious"}}}`` from
-    the previous version, reused where it fits.
+    ``base_traces``: ``{"base": base model id, "max_clicks": m, "protocol": click rule, "objects": {key:
+    {"stamp", "ious"}}}`` from the previous version, reused where it fits.
     """
     base_id = model.base.to_dict()
-    reusable = (base_traces.get("objects", {}) if base_traces.get("base") == base_id
-                and base_traces.get("max_clicks") == max_clicks else {})
-    kept = {"base": base_id, "max_clicks": max_clicks, "objects": {}}
+    kept = {"base": base_id, "max_clicks": max_clicks, "protocol": CLICK_PROTOCOL}
+    reusable = base_traces.get("objects", {}) if all(base_traces.get(k) == v for k, v in kept.items()) else {}
+    kept["objects"] = {}
     if model.base_mask_decoder is not None and not objects:
         return ({"decoder": "base", "reason": "no held-out objects to compare clicks on: SAM's decoder keeps them",
                  "candidate": None, "base": None, "computed_base": 0}, kept)
