@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import payloads
-from benchmarks.hotspots import median_ms, speckled_mask
+from benchmarks.hotspots import answer_json_ms, median_ms, run_count, speckled_mask
 from benchmarks.scenes import CLASSES, make_scene
 
 
@@ -77,10 +77,10 @@ def _rle_stages(mask: np.ndarray, repeats: int) -> dict[str, Any]:
     compact = make_scene(1, height, width).masks["a"]
     out = {}
     for name, m in (("model_mask", mask), ("speckled", speckled_mask(height, width)), ("compact", compact)):
-        runs = int(np.count_nonzero(np.diff(m.reshape(-1).astype(np.int8)))) + 1
         rle = encode_brush(m)
-        out[name] = {"runs": runs, "encode_brush_ms": median_ms(lambda m=m: encode_brush(m), repeats),
-                     "rle_bytes": len(rle), "json_dumps_ms": median_ms(lambda r=rle: json.dumps({"rle": r}), repeats)}
+        out[name] = {"runs": run_count(m), "encode_brush_ms": median_ms(lambda m=m: encode_brush(m), repeats),
+                     "rle_bytes": len(rle), "json_dumps_ms": median_ms(lambda r=rle: json.dumps({"rle": r}), repeats),
+                     "answer_json_ms": answer_json_ms(rle, repeats)}
     return out
 
 

@@ -2,10 +2,10 @@
 
 - RLE: Label Studio SDK's ``mask2rle`` (pure Python, per run) vs ``backend.regions.encode_brush``
   (vectorised numpy, byte-identical output), on a speckled mask (what a random or uncertain model
-  gives) and a compact one.
+  gives), a compact one and an empty one, at 1024 x 1024 in the full run.
 - Precision and layout: encoder (NCHW and channels-last), one click and the 4-class decode under
   bf16 autocast vs fp32, the decoder also with one intra-op thread.
-- JSON: bytes and serialisation time of a click's answer.
+- JSON: bytes and serialisation time of a click's answer (stdlib ``json`` and the backend's pydantic).
 """
 
 from __future__ import annotations
@@ -40,12 +40,32 @@ def speckled_mask(height: int, width: int, seed: int = 0) -> np.ndarray:
     return blob ^ noise
 
 
+def run_count(mask: np.ndarray) -> int:
+    """Runs of equal pixels in row-major order: what the brush RLE's cost and size follow."""
+    flat = mask.reshape(-1)
+    return int(np.count_nonzero(flat[1:] != flat[:-1])) + 1
+
+
+def answer_json_ms(rle: list[int], repeats: int) -> float:
+    """Serialising ``{"rle": rle}`` as /predict does (pydantic, as FastAPI serialises a ``dict``)."""
+    from pydantic import TypeAdapter
+
+    answer = TypeAdapter(dict)
+    return median_ms(lambda: answer.dump_json({"rle": rle}), repeats)
+
+
 def rle_encoders(height: int, width: int, repeats: int) -> dict[str, Any]:
+    """Label Studio SDK's ``mask2rle`` vs ``encode_brush`` and the answer's JSON, per mask kind.
+
+    Speckled (a random or unsure model), compact (a trained model) and empty: the encoder's cost
+    follows the number of runs, so ``runs`` is recorded beside each time.
+    """
     from label_studio_sdk.converter.brush import mask2rle
 
     from backend.regions import encode_brush
 
-    masks = {"speckled": speckled_mask(height, width), "compact": make_scene(1, height, width).masks["a"]}
+    masks = {"speckled": speckled_mask(height, width), "compact": make_scene(1, height, width).masks["a"],
+             "empty": np.zeros((height, width), bool)}
     out: dict[str, Any] = {"image": f"{width}x{height}"}
     for name, mask in masks.items():
         alpha = np.where(mask, np.uint8(255), np.uint8(0))
@@ -54,10 +74,12 @@ def rle_encoders(height: int, width: int, repeats: int) -> dict[str, Any]:
         sdk_ms = median_ms(lambda a=alpha: mask2rle(a), repeats)
         ours_ms = median_ms(lambda m=mask: encode_brush(m), repeats)
         json_text = json.dumps({"rle": ours})
-        out[name] = {"sdk_mask2rle_ms": sdk_ms, "encode_brush_ms": ours_ms,
+        out[name] = {"runs": run_count(mask),
+                     "sdk_mask2rle_ms": sdk_ms, "encode_brush_ms": ours_ms,
                      "speedup": round(sdk_ms / max(ours_ms, 1e-3), 1), "identical": sdk == ours,
                      "rle_bytes": len(ours), "json_bytes": len(json_text),
-                     "json_dumps_ms": median_ms(lambda r=ours: json.dumps({"rle": r}), repeats)}
+                     "json_dumps_ms": median_ms(lambda r=ours: json.dumps({"rle": r}), repeats),
+                     "answer_json_ms": answer_json_ms(ours, repeats)}
     return out
 
 

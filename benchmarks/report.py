@@ -25,6 +25,8 @@ TARGETS = [
     ("first click on a new image p50", "cold_first_click", "p50", 1500.0, "ms"),
     ("automatic prediction of one image, 4 classes (p50)", "open", "p50", 2000.0, "ms"),
     ("backend resident memory (peak)", "memory", "backend", 1536.0, "MB"),
+    # Issue 25: the ~0.3 MB of drafted regions Label Studio sends with every click must stay cheap.
+    ("click with 100 drafted regions / the same click without (p50)", "drafted_ratio", "p50", 1.1, "×"),
 ]
 
 
@@ -68,6 +70,10 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             value = None
         elif kind == "memory":
             value = backend_peak_mb(run)
+        elif kind == "drafted_ratio":
+            latency = run["interactive"]["latency_ms"]
+            value = _ratio(latency.get("drafted_context_click", {}).get(stat),
+                           latency.get("plain_context_click", {}).get(stat))
         else:
             value = run["interactive"]["latency_ms"].get(kind, {}).get(stat)
         out.append({"target": title, "limit": limit, "unit": unit, "measured": value,
@@ -132,7 +138,9 @@ def _targets_md(results: dict[str, Any]) -> list[str]:
              "|---|---:|---:|:---:|"]
     for t in results["targets"]:
         met = "–" if t["met"] is None else ("yes" if t["met"] else "**no**")
-        lines.append(f"| {t['target']} | {t['limit']:.0f} {t['unit']} | {_fmt(t['measured'])} {t['unit']} | {met} |")
+        digits = 2 if t["unit"] == "×" else 0
+        lines.append(f"| {t['target']} | {t['limit']:.{digits}f} {t['unit']} | {_fmt(t['measured'], digits)} "
+                     f"{t['unit']} | {met} |")
     return [*lines, ""]
 
 
@@ -255,14 +263,17 @@ def _hotspots_md(results: dict[str, Any]) -> list[str]:
         return []
     rle = hot["rle"]
     lines = ["## Hot spots (micro-benchmarks in the benchmark process, median ms)", "",
-             f"Brush RLE of one {rle['image']} mask: Label Studio SDK `mask2rle` vs `backend.regions.encode_brush`",
-             "", "| mask | SDK ms | ours ms | speedup | identical bytes | RLE KB | JSON KB |",
-             "|---|---:|---:|---:|:---:|---:|---:|"]
-    for name in ("speckled", "compact"):
-        r = rle[name]
-        lines.append(f"| {name} | {r['sdk_mask2rle_ms']:.1f} | {r['encode_brush_ms']:.1f} | {r['speedup']:.1f}× | "
-                     f"{'yes' if r['identical'] else '**no**'} | {r['rle_bytes'] / 1024:.0f} | "
-                     f"{r['json_bytes'] / 1024:.0f} |")
+             f"Brush RLE of one {rle['image']} mask: Label Studio SDK `mask2rle` vs `backend.regions.encode_brush`, "
+             "and the answer's JSON as /predict serialises it (pydantic)",
+             "", "| mask | runs | SDK ms | ours ms | speedup | identical bytes | RLE KB | JSON KB | JSON ms |",
+             "|---|---:|---:|---:|---:|:---:|---:|---:|---:|"]
+    for name in ("speckled", "compact", "empty"):
+        r = rle.get(name)
+        if r is None:  # results recorded before the empty mask was measured
+            continue
+        lines.append(f"| {name} | {_fmt(r.get('runs'))} | {r['sdk_mask2rle_ms']:.1f} | {r['encode_brush_ms']:.1f} | "
+                     f"{r['speedup']:.1f}× | {'yes' if r['identical'] else '**no**'} | {r['rle_bytes'] / 1024:.0f} | "
+                     f"{r['json_bytes'] / 1024:.0f} | {_fmt(r.get('answer_json_ms'), 1)} |")
     p = hot["precision"]
     lines += ["", f"Precision, layout and threads, {p['model']} at {p['image_size']} px, {p['image']} image "
                   f"({p.get('threads', '?')} torch threads unless said):", "",

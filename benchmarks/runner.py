@@ -75,6 +75,7 @@ class RunPlan:
     mode: str
     variants: list[VariantPlan]
     image_hw: tuple[int, int] = (960, 1280)
+    rle_hw: tuple[int, int] = (1024, 1024)  # the brush RLE micro-benchmark's masks
     train_max_seconds: float = 30.0
     micro_size: int = 1024
     micro_repeats: int = 7
@@ -128,9 +129,8 @@ def compare_plan() -> RunPlan:
 def quick_plan() -> RunPlan:
     trace = TracePlan(new_images=2, clicks=2, cold_images=1, revisits=2, revisit_clicks=1, context_images=1)
     variant = VariantPlan("vit_t", 128, trace, [2], [3], [], clicks_during_training=3, renice_worker=False)
-    return RunPlan("quick", [variant], image_hw=(120, 160), train_max_seconds=1.0, micro_size=128, micro_repeats=2,
-                   micro_encoder_repeats=1,
-                   training_timeout=120.0)
+    return RunPlan("quick", [variant], image_hw=(120, 160), rle_hw=(120, 160), train_max_seconds=1.0, micro_size=128,
+                   micro_repeats=2, micro_encoder_repeats=1, training_timeout=120.0)
 
 
 def embedding_mb(image_size: int) -> int:
@@ -382,7 +382,7 @@ def run(plan: RunPlan, work_dir: Path | None = None, keep_work: bool = False, on
         if micro:
             log.info("hot-spot micro-benchmarks")
             results["hotspots"] = {
-                "rle": hotspots.rle_encoders(*plan.image_hw, repeats=plan.micro_repeats),
+                "rle": hotspots.rle_encoders(*plan.rle_hw, repeats=plan.micro_repeats),
                 "precision": hotspots.precision("vit_t", plan.micro_size, plan.micro_repeats,
                                                 plan.micro_encoder_repeats, plan.image_hw),
             }

@@ -65,7 +65,7 @@ def test_comparisons_targets_and_hotspots(quick_results):
     assert any(c["metric"] == "later_click p50 ms" and c["ratio"] for c in results["comparisons"])
     assert [t["target"] for t in results["targets"]][0] == "warm click p50"
     rle = results["hotspots"]["rle"]
-    assert rle["speckled"]["identical"] and rle["compact"]["identical"]
+    assert rle["speckled"]["identical"] and rle["compact"]["identical"] and rle["empty"]["identical"]
     assert {"fp32", "bf16"} <= set(results["hotspots"]["precision"])
     for heading in ("## Targets", "## Interactive", "## Automatic pre-annotation", "## Training", "## Memory",
                     "## Hot spots"):

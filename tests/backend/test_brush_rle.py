@@ -45,6 +45,43 @@ def test_matches_the_sdk_on_long_runs_with_single_pixel_breaks():
     assert encode_brush(mask) == sdk(mask)
 
 
+def blob(height: int, width: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:height, 0:width]
+    return (yy - height / 2) ** 2 / (height / 3 + 1) ** 2 + (xx - width / 3) ** 2 / (width / 4 + 1) ** 2 < 1
+
+
+def speckled(height: int, width: int, density: float = 0.1) -> np.ndarray:
+    return blob(height, width) ^ (np.random.default_rng(height * width).random((height, width)) < density)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 13), (1023, 1025)], ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("kind", ["speckled", "noise", "blob", "empty", "full"])
+def test_matches_the_sdk_on_masks_of_odd_sizes(kind, shape):
+    masks = {"speckled": lambda: speckled(*shape), "noise": lambda: speckled(*shape, density=0.5),
+             "blob": lambda: blob(*shape), "empty": lambda: np.zeros(shape, bool), "full": lambda: np.ones(shape, bool)}
+    mask = masks[kind]()
+    assert encode_brush(mask) == sdk(mask)
+
+
+# The SDK cuts a run into 2**16-byte pieces (2**14 pixels) and writes every piece with the 16-bit field, the
+# short last one too: runs of 2**14 * k + r pixels with r <= 64 once came out with a narrower last field.
+@pytest.mark.parametrize("pieces", [1, 2, 3])
+@pytest.mark.parametrize("remainder", [0, 1, 2, 3, 4, 5, 16, 17, 63, 64, 65, 1000])
+@pytest.mark.parametrize("fill", [False, True])
+def test_matches_the_sdk_on_runs_just_over_2_to_16_bytes(pieces, remainder, fill):
+    mask = np.full((2**14 * pieces + remainder, 1), fill)
+    mask[-1] = not fill  # a short run after the long one
+    assert encode_brush(mask) == sdk(mask)
+    assert encode_brush(mask[:-1]) == sdk(mask[:-1])
+
+
+def test_long_runs_between_speckle_match_the_sdk():
+    mask = speckled(600, 700)
+    mask[100:130] = False  # a 21000-pixel run: split, then short runs again
+    mask[400:424, :] = True
+    assert encode_brush(mask) == sdk(mask)
+
+
 def test_accepts_uint8_masks_as_bool():
     mask = (np.arange(64).reshape(8, 8) % 3 == 0).astype(np.uint8) * 7
     assert encode_brush(mask) == sdk(mask > 0)

@@ -198,6 +198,8 @@ def test_interactive_keypoints_give_one_mask_with_the_chosen_label(backend, proj
                           keypoint(80, 80, label="dog", positive=False)]}
     response = backend.client.post("/predict", json=predict_body(project, [brush_task(1, url)], context=context))
     assert response.status_code == 200
+    # Serialised in the request's thread (backend.app._predict), still as JSON.
+    assert response.headers["content-type"] == "application/json"
     (result,) = response.json()["results"]
     assert result["model_version"] == UNTRAINED
     assert len(result["result"]) == 1

@@ -1,0 +1,35 @@
+"""Parts of the benchmark that run in milliseconds: the brush RLE micro-benchmark and the targets table.
+
+No wall-clock assertions: only the shape of what ``make bench`` reports.
+"""
+
+from __future__ import annotations
+
+from benchmarks import hotspots, report
+
+
+def test_rle_micro_benchmark_measures_speckled_compact_and_empty_masks():
+    rle = hotspots.rle_encoders(24, 32, repeats=1)
+    assert rle["image"] == "32x24"
+    for name in ("speckled", "compact", "empty"):
+        assert rle[name]["identical"], name
+        assert rle[name]["encode_brush_ms"] >= 0 and rle[name]["answer_json_ms"] >= 0
+    assert rle["speckled"]["runs"] > rle["compact"]["runs"] > rle["empty"]["runs"] == 1
+
+
+def _run(latency_ms: dict[str, dict]) -> dict:
+    return {"variant": report.TARGET_VARIANT, "kind": "optimized", "interactive": {"latency_ms": latency_ms}}
+
+
+def test_the_drafted_regions_target_is_the_p50_ratio_to_the_same_clicks_without_them():
+    latency = {"plain_context_click": {"p50": 80.0}, "drafted_context_click": {"p50": 84.0}}
+    (drafted,) = [t for t in report.targets({"runs": [_run(latency)]}) if "drafted" in t["target"]]
+    assert drafted["measured"] == 1.05 and drafted["limit"] == 1.1 and drafted["met"] is True
+    latency["drafted_context_click"]["p50"] = 96.0
+    (drafted,) = [t for t in report.targets({"runs": [_run(latency)]}) if "drafted" in t["target"]]
+    assert drafted["met"] is False
+
+
+def test_the_drafted_regions_target_is_open_without_those_clicks():
+    (drafted,) = [t for t in report.targets({"runs": [_run({})]}) if "drafted" in t["target"]]
+    assert drafted["measured"] is None and drafted["met"] is None
