@@ -20,9 +20,10 @@ from training.model.config import AdapterConfig
 
 __all__ = ["DEFAULT_DEBOUNCE_SECONDS", "ENV_NAMES", "JobSettings", "step_budget"]
 
-# A burst's last event starts the run this many seconds later (annotators submit every few seconds at
-# most: a shorter wait would start a run that the next submission makes stale at once).
-DEFAULT_DEBOUNCE_SECONDS = 2.0
+# A burst's last event starts the run this many seconds later. Annotators submit every few seconds at
+# most, so a run rarely waits on one person; what the wait gathers is a bulk import or a script's burst,
+# whose events come within milliseconds. Events during a run make exactly one follow-up either way.
+DEFAULT_DEBOUNCE_SECONDS = 1.0
 
 # Environment variable -> JobSettings field (names shared with backend/settings.py).
 ENV_NAMES = {
