@@ -33,6 +33,7 @@ from training.inference.priority import RequestsFirst
 from training.inference.runtime import autocast_dtype, resolve_device
 from training.model.adapter import SamAdapter
 from training.model.artifact import AdapterMismatchError, Artifact, read_artifact
+from training.model.base_models import base_model
 from training.model.config import AdapterConfig
 from training.model.loading import base_identity, model_label
 from training.model.weights import load_base_model, resolve_checkpoint
@@ -149,7 +150,11 @@ class ModelService:
         self.encoded_ahead = 0  # of those, encoded in the background before anyone asked
         self.encoded_on_request = 0  # the others: a request waited for them
         # Clicks: the compiled mask decoder once warm (in the background), the eager one until then.
-        self.compiled = CompiledDecoder(settings.COMPILE_DECODER, settings.inductor_cache_dir)
+        # Only families whose decoder the compiled path knows are compiled; /health says so for the others.
+        compilable = base_model(settings.SAM_MODEL).family.compilable
+        self.compiled = CompiledDecoder(settings.COMPILE_DECODER and compilable, settings.inductor_cache_dir,
+                                        off_reason="COMPILE_DECODER=false" if compilable
+                                        else f"{settings.SAM_MODEL}'s decoder is not compiled: its clicks run eagerly")
         with self._lock:
             self.compiled.start(self._live_model(AdapterConfig()).predictor.warm_compiled_clicks)
 

@@ -162,6 +162,22 @@ class Settings(BaseSettings):
         return level
 
     @model_validator(mode="after")
+    def _model_and_size(self) -> Settings:
+        # Here rather than at the model's build: a SAM 2.1 size that is a multiple of 16 but not of 32 is
+        # refused before anything starts, with both variables named.
+        from training.model.base_models import check_image_size, check_model_type
+
+        try:
+            check_model_type(self.SAM_MODEL)
+        except ValueError as exc:
+            raise ValueError(f"SAM_MODEL: {exc}") from exc
+        try:
+            check_image_size(self.SAM_IMAGE_SIZE, self.SAM_MODEL)
+        except ValueError as exc:
+            raise ValueError(f"SAM_IMAGE_SIZE: {exc}") from exc
+        return self
+
+    @model_validator(mode="after")
     def _auth_pair(self) -> Settings:
         if bool(self.BASIC_AUTH_USER) != bool(self.BASIC_AUTH_PASS):
             raise ValueError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")

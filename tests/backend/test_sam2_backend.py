@@ -23,7 +23,9 @@ SAM2 = "sam2.1_hiera_t"
 
 @pytest.fixture(scope="module")
 def sam2_backend(tmp_path_factory, module_redis_prefix):
-    app, stop = start_backend(tmp_path_factory.mktemp("sam2"), module_redis_prefix, SAM_MODEL=SAM2)
+    # COMPILE_DECODER on, as by default: SAM 2's decoder is still not compiled, and /health must say so.
+    app, stop = start_backend(tmp_path_factory.mktemp("sam2"), module_redis_prefix, SAM_MODEL=SAM2,
+                              COMPILE_DECODER=True)
     yield app
     stop()
 
@@ -34,6 +36,12 @@ def _mask(region: dict, height: int, width: int) -> np.ndarray:
 
 def test_the_backend_runs_sam2(sam2_backend):
     assert sam2_backend.services.models.base.model_type == SAM2
+
+
+def test_health_says_sam2_clicks_run_eagerly(sam2_backend):
+    health = sam2_backend.client.get("/health").json()["click_decoder"]
+    assert health["path"] == "eager" and health["compiles"] == 0
+    assert health["reason"] == f"{SAM2}'s decoder is not compiled: its clicks run eagerly"
 
 
 def test_a_click_on_an_exif_turned_image_comes_out_upright(sam2_backend, project, shared_server):

@@ -79,6 +79,8 @@ def test_a_checkpoint_that_does_not_load_is_one_line(tmp_path):
 
 @pytest.mark.parametrize(("overrides", "expected"), [
     ({"SAM_IMAGE_SIZE": "1000"}, "error: SAM_IMAGE_SIZE must be a multiple of 16 and at least 64, got 1000"),
+    ({"SAM_MODEL": "sam2.1_hiera_t", "SAM_IMAGE_SIZE": "1040"},
+     "error: SAM_IMAGE_SIZE: image size for sam2.1_hiera_t must be a multiple of 32 and at least 64, got 1040"),
     ({"SAMLOOP_WORKER_NICE": "25"},
      "error: SAMLOOP_WORKER_NICE: Input should be less than or equal to 19 (got '25')"),
     ({"REDIS_URL": "localhost:6379"}, "error: REDIS_URL must start with one of redis://"),

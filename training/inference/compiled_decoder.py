@@ -75,13 +75,14 @@ class CompiledDecoder:
     handed to the backend: each is a compile (a recompile on the request path shows up there).
     """
 
-    def __init__(self, enabled: bool = True, cache_dir: Path | None = None, backend: str = "inductor") -> None:
+    def __init__(self, enabled: bool = True, cache_dir: Path | None = None, backend: str = "inductor",
+                 off_reason: str = "COMPILE_DECODER=false") -> None:
         self.enabled = enabled
         self.cache_dir = cache_dir
         self.backend = backend
         self.compiles = 0
         self.warm_seconds: float | None = None
-        self.reason = "warming up" if enabled else "COMPILE_DECODER=false"
+        self.reason = "warming up" if enabled else off_reason
         self._ready = threading.Event()
         self._failed = False
         self._lock = threading.Lock()
