@@ -39,7 +39,8 @@ def test_an_explicit_encoder_batch_size_applies_on_every_device(monkeypatch):
     ("values", "words"),
     [
         ({"SAM_IMAGE_SIZE": 1000}, "multiple of 16"),
-        ({"SAM_MODEL": "sam2.1_hiera_t", "SAM_IMAGE_SIZE": 1040}, "SAM_IMAGE_SIZE: image size for sam2.1_hiera_t must be a multiple of 32"),
+        ({"SAM_MODEL": "sam2.1_hiera_t", "SAM_IMAGE_SIZE": 1040},
+         "SAM_IMAGE_SIZE: image size for sam2.1_hiera_t must be a multiple of 32"),
         ({"SAM_MODEL": "vit_q"}, "SAM_MODEL"),
         ({"LABEL_STUDIO_URL": "ls:8080"}, "http:// or https://"),
         ({"BASIC_AUTH_USER": "admin"}, "both BASIC_AUTH_USER and BASIC_AUTH_PASS"),
