@@ -21,6 +21,7 @@ from training.data.dataset import DatasetError, SegmentationDataset
 from training.data.images import IMAGE_SUFFIXES, ImageError, load_image
 from training.data.mask_folder import load_mask_folder
 from training.data.synthetic import synthetic_dataset
+from training.drawing import DEFAULT_OPACITY, check_opacity, overlay
 from training.inference.predictor import Predictor
 from training.learn.evaluation import evaluate
 from training.model.artifact import AdapterMismatchError, read_artifact
@@ -29,10 +30,6 @@ from training.model.loading import load_adapter_model
 from training.model.weights import CheckpointError, resolve_checkpoint
 from training.registry import RegistryError, open_registry
 from training.train_command import TRAIN_DESCRIPTION, add_train_options, train_settings, train_through_pipeline
-
-# Overlay colours per class id (RGB); class ids beyond the table cycle through it.
-PALETTE = np.array([[230, 25, 75], [60, 180, 75], [0, 130, 200], [255, 225, 25], [145, 30, 180],
-                    [70, 240, 240], [240, 50, 230], [245, 130, 48]], np.uint8)
 
 
 class CliError(Exception):
@@ -72,6 +69,19 @@ def _add_adapter_source(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--version", type=int, help="registry version (default: the active one)")
 
 
+def _opacity(text: str) -> float:
+    try:
+        return check_opacity(float(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}") from exc
+
+
+def _add_opacity(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--opacity", type=_opacity, default=DEFAULT_OPACITY,
+                        help=f"share of the class colour in a masked pixel of a picture, 0 to 1 "
+                             f"(default {DEFAULT_OPACITY})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log details")
@@ -94,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--input", type=Path, required=True, help="folder of images")
     pr.add_argument("--output", type=Path, required=True,
                     help="folder for <name>_mask.png (class ids) and <name>_overlay.png (original | prediction)")
+    _add_opacity(pr)
 
     ve = sub.add_parser("versions", help="list a project's adapter versions; optionally activate one")
     ve.add_argument("--registry", required=True, help="registry directory or redis:// URL")
@@ -165,10 +176,8 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
     return evaluate(model, dataset)
 
 
-def _overlay(image: np.ndarray, label_map: np.ndarray) -> np.ndarray:
-    colours = PALETTE[(label_map.astype(np.int64) - 1) % len(PALETTE)]
-    blended = np.where(label_map[..., None] > 0, (0.45 * image + 0.55 * colours).astype(np.uint8), image)
-    return np.concatenate([image, blended], axis=1)
+def _side_by_side(image: np.ndarray, label_map: np.ndarray, opacity: float) -> np.ndarray:
+    return np.concatenate([image, overlay(image, label_map, opacity)], axis=1)
 
 
 def cmd_predict(args: argparse.Namespace) -> dict:
@@ -189,7 +198,7 @@ def cmd_predict(args: argparse.Namespace) -> dict:
         prediction = predictor.predict_classes(predictor.embed([image])[0])
         cv2.imwrite(str(args.output / f"{path.stem}_mask.png"), prediction.label_map)
         cv2.imwrite(str(args.output / f"{path.stem}_overlay.png"),
-                    cv2.cvtColor(_overlay(image, prediction.label_map), cv2.COLOR_RGB2BGR))
+                    cv2.cvtColor(_side_by_side(image, prediction.label_map, args.opacity), cv2.COLOR_RGB2BGR))
         written.append({"image": path.name, "scores": prediction.scores})
     return {"classes": {i + 1: n for i, n in enumerate(model.class_names)}, "predicted": written, "failed": failed}
 
