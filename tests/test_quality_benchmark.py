@@ -23,11 +23,13 @@ from benchmarks.quality.data import draw_order, load_data, split_user_data
 from benchmarks.quality.plan import QualityPlan, quick_plan
 from benchmarks.quality.plots import write_plots
 from benchmarks.quality.report import write
-from benchmarks.quality.runner import run_plan
+from benchmarks.quality.runner import benchmark_data, run_plan
 from testkit.ls_annotations import brush_region, polygon_region
 from testkit.standin import target_dataset
 from training.data.dataset import DatasetError
+from training.drawing import DEFAULT_OPACITY, PALETTE, PANEL_GAP, POSITIVE_CLICK, label_height, tint
 from training.inference.predictor import Predictor
+from training.learn.clicks import first_click
 from training.learn.evaluation import evaluate
 from training.model.loading import new_adapter_model
 from training.model.weights import resolve_checkpoint
@@ -53,7 +55,7 @@ def _tiny_plan(cache: Path) -> QualityPlan:
 def smoke(tmp_path_factory):
     work = tmp_path_factory.mktemp("quality")
     plan = _tiny_plan(work / "cache")
-    results = run_plan(plan, work / "out" / "cells", progress=False)
+    results = run_plan(plan, work / "out" / "cells", progress=False, comparisons=work / "out" / "comparisons")
     md_path, json_path = write(results, work / "out")
     plots = write_plots(results, work / "out")
     return work, plan, results, md_path.read_text(), json.loads(json_path.read_text()), plots
@@ -80,6 +82,30 @@ def test_every_cell_is_measured_with_numbers_in_range(smoke):
     # Nested draws: the 2 labeled images of a repeat include its 1.
     assert cells[("decoder", 1, 0)]["images"][0] == cells[("decoder", 2, 0)]["images"][0]
     assert saved["machine"]["torch_threads"] == 1 and saved["base"]["kind"] == "standin"
+
+
+def test_the_largest_count_draws_click_pictures_of_a_few_held_out_tasks(smoke):
+    work, plan, results, *_ = smoke
+    folder = work / "out" / "comparisons"
+    assert sorted(p.name for p in folder.iterdir()) == ["decoder-n002-r0", "encoder-n002-r0", "full-n002-r0"]
+    held_out = benchmark_data(plan).held_out
+    cells = {(c["method"], c["labeled"]): c for c in results["cells"]}
+    assert "pictures" not in cells[("decoder", 1)] and "pictures" not in cells[("promptless", 2)]
+    for method in ("decoder", "encoder", "full"):
+        names = cells[(method, 2)]["pictures"]
+        assert len(names) == 2 and sorted(names) == sorted(p.name for p in (folder / f"{method}-n002-r0").iterdir())
+        for name in names:
+            picture = cv2.cvtColor(cv2.imread(str(folder / f"{method}-n002-r0" / name)), cv2.COLOR_BGR2RGB)
+            assert picture.shape == (label_height(64) + 64, 4 * 64 + 3 * PANEL_GAP, 3)
+            task, class_name, clicks = name.removesuffix(".png").rsplit("-", 2)
+            assert clicks == "3clicks"
+            sample = next(s for s in held_out.samples if s.name == task)
+            index = held_out.class_names.index(class_name)
+            panels = [picture[label_height(64):, k * (64 + PANEL_GAP) :][:, :64] for k in range(4)]
+            truth = sample.masks[index]
+            assert np.array_equal(panels[1], tint(sample.image, truth, PALETTE[index], DEFAULT_OPACITY))
+            start = first_click(truth)  # both decoders get the same first click
+            assert all(tuple(p[start.y, start.x]) == POSITIVE_CLICK for p in panels[2:])
 
 
 def test_the_summary_averages_the_cells(smoke):

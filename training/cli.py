@@ -21,18 +21,24 @@ from training.data.dataset import DatasetError, SegmentationDataset
 from training.data.images import IMAGE_SUFFIXES, ImageError, load_image
 from training.data.mask_folder import load_mask_folder
 from training.data.synthetic import synthetic_dataset
+from training.drawing import DEFAULT_OPACITY, check_opacity, overlay
 from training.inference.predictor import Predictor
+from training.learn.comparisons import (
+    DEFAULT_PICTURE_CLICKS,
+    DEFAULT_PICTURE_TASKS,
+    Comparison,
+    model_decoders,
+    picture_tasks,
+    write_comparisons,
+)
 from training.learn.evaluation import evaluate
+from training.model.adapter import SamAdapter
 from training.model.artifact import AdapterMismatchError, read_artifact
 from training.model.base_models import BASE_MODELS
 from training.model.loading import load_adapter_model
 from training.model.weights import CheckpointError, resolve_checkpoint
 from training.registry import RegistryError, open_registry
 from training.train_command import TRAIN_DESCRIPTION, add_train_options, train_settings, train_through_pipeline
-
-# Overlay colours per class id (RGB); class ids beyond the table cycle through it.
-PALETTE = np.array([[230, 25, 75], [60, 180, 75], [0, 130, 200], [255, 225, 25], [145, 30, 180],
-                    [70, 240, 240], [240, 50, 230], [245, 130, 48]], np.uint8)
 
 
 class CliError(Exception):
@@ -72,6 +78,36 @@ def _add_adapter_source(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--version", type=int, help="registry version (default: the active one)")
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def _opacity(text: str) -> float:
+    try:
+        return check_opacity(float(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}") from exc
+
+
+def _add_opacity(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--opacity", type=_opacity, default=DEFAULT_OPACITY,
+                        help=f"share of the class colour in a masked pixel of a picture, 0 to 1 "
+                             f"(default {DEFAULT_OPACITY})")
+
+
+def _add_comparisons(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("click pictures: [image | truth | SAM's decoder | the adapter]")
+    group.add_argument("--comparisons", type=Path, metavar="DIR",
+                       help="write a picture of simulated clicks on one object per task into DIR (default: none)")
+    group.add_argument("--comparison-tasks", type=_positive_int, default=DEFAULT_PICTURE_TASKS, metavar="N",
+                       help=f"how many tasks (the first ones with an object) get a picture "
+                            f"(default {DEFAULT_PICTURE_TASKS})")
+    group.add_argument("--comparison-clicks", type=_positive_int, default=DEFAULT_PICTURE_CLICKS, metavar="K",
+                       help=f"each decoder's mask after K simulated clicks (default {DEFAULT_PICTURE_CLICKS})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log details")
@@ -87,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_base_model(ev)
     _add_dataset(ev, split=False)
     _add_adapter_source(ev)
+    _add_comparisons(ev)
+    _add_opacity(ev)
 
     pr = sub.add_parser("predict", help="predict masks for a folder of images")
     _add_base_model(pr)
@@ -94,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--input", type=Path, required=True, help="folder of images")
     pr.add_argument("--output", type=Path, required=True,
                     help="folder for <name>_mask.png (class ids) and <name>_overlay.png (original | prediction)")
+    _add_opacity(pr)
 
     ve = sub.add_parser("versions", help="list a project's adapter versions; optionally activate one")
     ve.add_argument("--registry", required=True, help="registry directory or redis:// URL")
@@ -132,7 +171,7 @@ def _adapter_bytes(args: argparse.Namespace) -> bytes:
     raise CliError("give an adapter: --adapter FILE, or --registry and --project [--version]")
 
 
-def _load_model(args: argparse.Namespace):
+def _load_model(args: argparse.Namespace) -> SamAdapter:
     data = _adapter_bytes(args)
     base = read_artifact(data).header.base
     # The adapter says what it was trained on; command-line defaults should not contradict it silently.
@@ -162,13 +201,27 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
     missing = [n for n in dataset.class_names if n not in model.class_names]
     if missing:
         logging.getLogger(__name__).warning("classes %s are not in the adapter; not evaluated", missing)
-    return evaluate(model, dataset)
+    result = evaluate(model, dataset)
+    if args.comparisons is not None:
+        result["comparisons"] = [c.to_dict() for c in _write_comparisons(args, model, dataset)]
+    return result
 
 
-def _overlay(image: np.ndarray, label_map: np.ndarray) -> np.ndarray:
-    colours = PALETTE[(label_map.astype(np.int64) - 1) % len(PALETTE)]
-    blended = np.where(label_map[..., None] > 0, (0.45 * image + 0.55 * colours).astype(np.uint8), image)
-    return np.concatenate([image, blended], axis=1)
+def _write_comparisons(args: argparse.Namespace, model: SamAdapter, dataset: SegmentationDataset
+                       ) -> list[Comparison]:
+    """``--comparisons``: click pictures of the first ``--comparison-tasks`` tasks with an object."""
+    chosen = dataset.subset(picture_tasks(dataset, args.comparison_tasks))
+    # Only the pictured images are encoded again; SAM's decoder and the adapter's share them.
+    embeddings = Predictor(model).embed([s.image for s in chosen.samples], batch_size=1)
+    adapter, sam = model_decoders(model, embeddings)
+    try:
+        return write_comparisons(chosen, adapter, sam, args.comparisons, args.comparison_clicks, args.opacity)
+    except OSError as exc:
+        raise CliError(f"cannot write pictures to {args.comparisons}: {exc}") from exc
+
+
+def _side_by_side(image: np.ndarray, label_map: np.ndarray, opacity: float) -> np.ndarray:
+    return np.concatenate([image, overlay(image, label_map, opacity)], axis=1)
 
 
 def cmd_predict(args: argparse.Namespace) -> dict:
@@ -189,7 +242,7 @@ def cmd_predict(args: argparse.Namespace) -> dict:
         prediction = predictor.predict_classes(predictor.embed([image])[0])
         cv2.imwrite(str(args.output / f"{path.stem}_mask.png"), prediction.label_map)
         cv2.imwrite(str(args.output / f"{path.stem}_overlay.png"),
-                    cv2.cvtColor(_overlay(image, prediction.label_map), cv2.COLOR_RGB2BGR))
+                    cv2.cvtColor(_side_by_side(image, prediction.label_map, args.opacity), cv2.COLOR_RGB2BGR))
         written.append({"image": path.name, "scores": prediction.scores})
     return {"classes": {i + 1: n for i, n in enumerate(model.class_names)}, "predicted": written, "failed": failed}
 

@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.report_only:
             results = json.loads((out / "quality.json").read_text())
         else:
-            results = run_plan(plan, out / "cells", progress=not args.no_progress)
+            results = run_plan(plan, out / "cells", progress=not args.no_progress, comparisons=out / "comparisons")
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

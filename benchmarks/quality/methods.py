@@ -9,6 +9,11 @@ All train through ``train_adapter`` (the baseline through its own loop over the 
 are scored by ``evaluate`` (promptless masks) and ``evaluate_clicks`` (simulated clicks, each object
 asked with its class, as the backend asks an adapter). SAM's own decoder, asked with clicks alone,
 is the click reference (the ``sam`` cell). Frozen-encoder methods share one set of embeddings.
+
+Pictures: each adapter method's cell at the largest labeled count, first repeat, draws its first
+``PICTURE_TASKS`` held-out tasks as [image | truth | SAM's decoder | the adapter] after
+``DEFAULT_PICTURE_CLICKS`` simulated clicks (``training.learn.comparisons``) into
+``<comparisons>/<cell>/``, when the cell is computed (a reused cell draws nothing).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,6 +35,7 @@ from training.data.dataset import SegmentationDataset
 from training.inference.predictor import ImageEmbedding, Predictor
 from training.inference.runtime import resolve_device
 from training.learn.clicks import evaluate_clicks
+from training.learn.comparisons import DEFAULT_PICTURE_CLICKS, ClickDecoder, picture_tasks, write_comparisons
 from training.learn.config import TrainConfig
 from training.learn.embeddings import TrainingEmbeddings
 from training.learn.evaluation import evaluate
@@ -47,6 +54,8 @@ METHOD_LABELS = {
     "promptless": "promptless baseline (frozen encoder + upsampling head, no prompts)",
     "sam": "SAM's own decoder (clicks only, no training)",
 }
+# Held-out tasks pictured per pictured cell: a few, so a committed run stays small.
+PICTURE_TASKS = 2
 
 
 def adapter_config(method: str) -> AdapterConfig:
@@ -66,9 +75,11 @@ class BenchmarkContext:
     train_embeddings: TrainingEmbeddings
     held_out_embeddings: list[ImageEmbedding]
     encode_seconds_per_image: float
+    comparisons: Path | None = None  # where cells draw their pictures; None: no pictures
 
     @classmethod
-    def create(cls, plan: QualityPlan, data: BenchmarkData, weights: BaseWeights) -> BenchmarkContext:
+    def create(cls, plan: QualityPlan, data: BenchmarkData, weights: BaseWeights,
+               comparisons: Path | None = None) -> BenchmarkContext:
         classes = list(data.pool.class_names)
         base = new_adapter_model(weights, plan.image_size, classes, adapter_config("decoder"))
         base.to(resolve_device(plan.device))
@@ -77,7 +88,7 @@ class BenchmarkContext:
         held_out = predictor.embed([s.image for s in data.held_out.samples], batch_size=1)
         seconds = (time.monotonic() - start) / max(1, len(held_out))
         train_embeddings = TrainingEmbeddings(base, None, plan.precision)
-        return cls(plan, data, weights, base, train_embeddings, held_out, seconds)
+        return cls(plan, data, weights, base, train_embeddings, held_out, seconds, comparisons)
 
     def train_set(self, labeled: int, repeat: int) -> SegmentationDataset:
         return self.data.pool.subset(draw_order(len(self.data.pool), repeat, self.plan.seed)[:labeled])
@@ -89,6 +100,27 @@ class BenchmarkContext:
         return TrainConfig(max_steps=plan.steps, max_seconds=plan.budget_seconds, batch_size=plan.batch_size,
                            patience=plan.steps, precision=plan.precision, seed=plan.seed + repeat,
                            warmup_steps=min(10, plan.steps))
+
+    def picture_folder(self, key: CellKey) -> Path | None:
+        """Where ``key``'s cell draws its pictures: adapter methods at the largest labeled count the pool
+        allows, first repeat (the best-trained adapter of a curve); None for every other cell."""
+        usable = [n for n in self.plan.labeled if n <= len(self.data.pool)]
+        if self.comparisons is None or key.method in ("sam", "promptless") or key.repeat != 0:
+            return None
+        return self.comparisons / key.name if usable and key.labeled == max(usable) else None
+
+    def write_pictures(self, model: SamAdapter, embeddings: list[ImageEmbedding], folder: Path) -> list[str]:
+        """[image | truth | SAM's decoder | ``model``'s] for the first held-out tasks; the files' names.
+
+        SAM's panel is always the base model's own decoder on the base embeddings, whatever the method's
+        encoder, so every method's pictures face the same reference as the ``sam`` cell."""
+        tasks = picture_tasks(self.data.held_out, PICTURE_TASKS)
+        precision = self.plan.precision
+        sam = ClickDecoder("SAM", Predictor(self.base, precision=precision, clicks="base"),
+                           [self.held_out_embeddings[i] for i in tasks], False)
+        adapter = ClickDecoder("adapter", Predictor(model, precision=precision), [embeddings[i] for i in tasks], True)
+        written = write_comparisons(self.data.held_out.subset(tasks), adapter, sam, folder, DEFAULT_PICTURE_CLICKS)
+        return [c.path.name for c in written]
 
 
 def _clicks(ctx: BenchmarkContext, model: SamAdapter, decoder: str, embeddings: list[ImageEmbedding]) -> dict:
@@ -103,8 +135,8 @@ def sam_cell(ctx: BenchmarkContext) -> dict[str, Any]:
             "clicks": _clicks(ctx, ctx.base, "base", ctx.held_out_embeddings)}
 
 
-def _adapter_cell(ctx: BenchmarkContext, method: str, train_set: SegmentationDataset, config: TrainConfig
-                  ) -> dict[str, Any]:
+def _adapter_cell(ctx: BenchmarkContext, method: str, train_set: SegmentationDataset, config: TrainConfig,
+                  pictures: Path | None = None) -> dict[str, Any]:
     plan = ctx.plan
     model = new_adapter_model(ctx.weights, plan.image_size, list(train_set.class_names), adapter_config(method))
     model.to(ctx.base.device)
@@ -116,10 +148,13 @@ def _adapter_cell(ctx: BenchmarkContext, method: str, train_set: SegmentationDat
     else:
         embeddings = Predictor(model, precision=plan.precision).embed([s.image for s in ctx.data.held_out.samples],
                                                                       batch_size=1)
-    return {"train": result.to_dict(), "memory": memory.to_dict(),
+    cell = {"train": result.to_dict(), "memory": memory.to_dict(),
             "trainable_parameters": model.trainable_parameter_count(),
             "masks": evaluate(model, ctx.data.held_out, plan.precision, embeddings=embeddings),
             "clicks": _clicks(ctx, model, "adapter", embeddings)}
+    if pictures is not None:
+        cell["pictures"] = ctx.write_pictures(model, embeddings, pictures)
+    return cell
 
 
 def _promptless_cell(ctx: BenchmarkContext, train_set: SegmentationDataset, config: TrainConfig) -> dict[str, Any]:
@@ -149,7 +184,7 @@ def run_cell(ctx: BenchmarkContext, key: CellKey) -> dict[str, Any]:
     if key.method == "promptless":
         cell = _promptless_cell(ctx, train_set, config)
     else:
-        cell = _adapter_cell(ctx, key.method, train_set, config)
+        cell = _adapter_cell(ctx, key.method, train_set, config, ctx.picture_folder(key))
     frozen = key.method in ("decoder", "promptless")
     # Frozen-encoder methods train on stored embeddings: each new image (and its mirror) is encoded
     # once, outside the training loop; count that cost here so the methods compare fairly.

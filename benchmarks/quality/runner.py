@@ -54,8 +54,12 @@ def plan_cells(plan: QualityPlan, pool_size: int) -> tuple[list[CellKey], list[i
     return keys, [n for n in plan.labeled if n > pool_size]
 
 
-def run_plan(plan: QualityPlan, cells_dir: Path, progress: bool = True) -> dict[str, Any]:
-    """Every cell of ``plan`` (finished ones loaded from ``cells_dir``) and the run's description."""
+def run_plan(plan: QualityPlan, cells_dir: Path, progress: bool = True, comparisons: Path | None = None
+             ) -> dict[str, Any]:
+    """Every cell of ``plan`` (finished ones loaded from ``cells_dir``) and the run's description.
+
+    ``comparisons``: the folder for the click pictures the largest-count cells draw when computed
+    (``BenchmarkContext.picture_folder``); None draws none."""
     plan.check()
     machine = describe()
     weights, base = base_weights(plan)
@@ -74,7 +78,7 @@ def run_plan(plan: QualityPlan, cells_dir: Path, progress: bool = True) -> dict[
             reused += 1
         else:
             # Embeddings and models only when something is left to compute: a finished run reloads fast.
-            context = context or BenchmarkContext.create(plan, data, weights)
+            context = context or BenchmarkContext.create(plan, data, weights, comparisons)
             cell = store.save(key, run_cell(context, key))
         cells.append(cell)
     return {"plan": plan.to_dict(), "machine": machine, "base": base, "data": data.describe(),

@@ -4,9 +4,14 @@ import sys
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 
 from training.cli import main
+from training.data.synthetic import SYNTHETIC_CLASSES
+from training.drawing import PANEL_GAP, label_height, overlay
+from training.model.config import AdapterConfig
+from training.model.loading import new_adapter_model
 from training.pipeline.local_dataset import dataset_task_id
 from training.registry import open_registry
 
@@ -92,6 +97,40 @@ def test_coco_training(tmp_path, capsys, dataset):
                              "--coco-val", path, "--out", tmp_path / "a.safetensors", "--data-dir", tmp_path / "d")
     assert code == 0, err
     assert summary["status"] == "promoted" and summary["validation"]["images"] == 3
+
+
+@pytest.mark.parametrize("kind", ["decoder", "encoder"])
+def test_evaluate_draws_click_pictures_and_predict_takes_the_same_opacity(tmp_path, capsys, random_vit_t, kind):
+    data = tmp_path / "synth"
+    assert main(["synth", "--out", str(data), "--count", "3", "--size", "64"]) == 0
+    capsys.readouterr()
+    adapter = tmp_path / "adapter.safetensors"
+    model = new_adapter_model(random_vit_t, 64, SYNTHETIC_CLASSES, AdapterConfig.for_kind(kind))
+    adapter.write_bytes(model.to_bytes())
+    base = ["--checkpoint", "random", "--image-size", "64", "--model", "vit_t", "--adapter", adapter]
+    dataset = ["--images", data / "images", "--masks", data / "masks", "--labels", data / "labels.txt"]
+    code, metrics, err = run(capsys, "evaluate", *base, *dataset, "--comparisons", tmp_path / "pictures",
+                             "--comparison-tasks", "2", "--comparison-clicks", "2", "--opacity", "0.3")
+    assert code == 0, err
+    assert metrics["images"] == 3 and len(metrics["comparisons"]) == 2
+    for entry in metrics["comparisons"]:
+        assert Path(entry["picture"]).parent == tmp_path / "pictures" and entry["picture"].endswith("-2clicks.png")
+        assert cv2.imread(entry["picture"]).shape == (label_height(64) + 64, 4 * 64 + 3 * PANEL_GAP, 3)
+        assert entry["decoders"]["adapter"]["clicks"] <= 2
+        # Only the decoder kind keeps SAM's decoder beside its own; the encoder kind's panel says it has none.
+        assert (entry["decoders"]["SAM"] is None) == (kind == "encoder")
+
+    code, result, err = run(capsys, "predict", *base, "--input", data / "images", "--output", tmp_path / "pred",
+                            "--opacity", "0.3")
+    assert code == 0, err
+    name = result["predicted"][0]["image"].rsplit(".", 1)[0]
+    image = cv2.cvtColor(cv2.imread(str(data / "images" / f"{name}.png")), cv2.COLOR_BGR2RGB)
+    label_map = cv2.imread(str(tmp_path / "pred" / f"{name}_mask.png"), cv2.IMREAD_UNCHANGED)
+    side_by_side = cv2.cvtColor(cv2.imread(str(tmp_path / "pred" / f"{name}_overlay.png")), cv2.COLOR_BGR2RGB)
+    assert np.array_equal(side_by_side, np.concatenate([image, overlay(image, label_map, 0.3)], axis=1))
+    with pytest.raises(SystemExit):
+        main(["evaluate", *map(str, base), *map(str, dataset), "--opacity", "1.5"])
+    assert "from 0 to 1" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("argv", "message"), [

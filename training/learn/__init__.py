@@ -9,6 +9,7 @@
 - ``evaluation``: per-class IoU/Dice of promptless predictions on a dataset.
 - ``clicks``: simulated interactive clicks (largest-error-centre clicker), IoU@k and NoC@85/90 per object
   and dataset, and the rule that says when a decoder is better on clicks.
+- ``comparisons``: pictures of those clicks, [image | truth | SAM's decoder | the adapter] after k clicks.
 
 Imports ``training.model``, ``training.inference`` and ``training.data``.
 """
