@@ -7,7 +7,7 @@
   a frozen-encoder adapter trains on stored embeddings and never runs the encoder in its loop.
 - ``windows``: the window of an image's features (and targets) one training step decodes.
 - ``evaluation``: per-class IoU/Dice of promptless predictions on a dataset.
-- ``clicks``: simulated interactive clicks (largest-error-centre clicker), IoU@k and NoC@85/90 per object
+- ``clicks``: simulated interactive clicks (the RITM / SimpleClick protocol), IoU@k, NoC@85/90 and NoF per object
   and dataset, and the rule that says when a decoder is better on clicks.
 - ``comparisons``: pictures of those clicks, [image | truth | SAM's decoder | the adapter] after k clicks.
 
