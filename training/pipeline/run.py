@@ -171,8 +171,10 @@ def _train_and_publish(run: _Run) -> dict[str, Any]:
     progress.stage("loading", f"{len(run.split.train)} training and {len(run.split.holdout)} held-out tasks "
                    f"({len(run.synced.skipped)} skipped); loading the {settings.model_type} model",
                    tasks=len(run.cache.tasks), skipped_tasks=run.synced.skipped)
+    started = time.monotonic()
     version, active, note = load_active(services.registry, run.project, weights, settings.image_size, services.models)
-    log.info("project %s: %s", run.project, note)
+    log.info("project %s: %s (%.2f s, %d base models built in this process)", run.project, note,
+             time.monotonic() - started, services.models.built)
     model, warm, why = initial_model(active, version, weights, settings, run.cache.class_names, services.models,
                                      services.full)
     model.to(device)
