@@ -7,5 +7,6 @@
 - ``locks``: ``file_lock``, for fixtures that build something once for several processes (a venv, a model).
 - ``standin``: a pretrained stand-in for the official vit_t checkpoint (built once, cached) and two
   synthetic scene families, for learning tests and benchmarks on the path of a frozen encoder.
+- ``standin_clicks``: the stand-in's optional clicks stage (SAM's simulated click sessions; off by default).
 - ``waiting``: ``wait_for``, polling until a condition holds.
 """

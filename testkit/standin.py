@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from testkit.locks import file_lock
+from testkit.standin_clicks import CLICK_OPTIONS, clicks_stage
 from training.data.dataset import Sample, SegmentationDataset
 from training.learn.config import TrainConfig
 from training.learn.evaluation import evaluate
@@ -265,12 +266,14 @@ def base_state_dict(model: SamAdapter) -> dict[str, torch.Tensor]:
 
 
 def _recipe(image_size: int, encoder_steps: int, decoder_steps: int, seed: int, images: int,
-            batch_size: int) -> dict:
+            batch_size: int, click_steps: int = 0) -> dict:
     decoder = TrainConfig(max_steps=decoder_steps, batch_size=batch_size, decoder_lr=1e-3, prompt_lr=1e-2,
                           warmup_steps=min(10, decoder_steps), patience=decoder_steps, precision="fp32", seed=seed)
     return {"version": RECIPE_VERSION, "model_type": MODEL_TYPE, "image_size": image_size, "images": images,
             "seed": seed, "encoder_steps": encoder_steps, "encoder_lr": 1e-3, "batch_size": batch_size,
-            "decoder": decoder.to_dict(), "torch": torch.__version__.split("+")[0]}
+            "decoder": decoder.to_dict(), "torch": torch.__version__.split("+")[0],
+            # Only with the stage: a build without it keeps the recipe, hence the cache key, it always had.
+            **({"clicks": {**CLICK_OPTIONS, "steps": click_steps}} if click_steps else {})}
 
 
 def _lr_factor(step: int, steps: int, warmup: int = 10) -> float:
@@ -320,7 +323,8 @@ def _pretrain_encoder(model: SamAdapter, dataset: SegmentationDataset, recipe: d
 
 def _train_standin(recipe: dict) -> tuple[dict[str, torch.Tensor], dict]:
     """Stage 1 (encoder, see ``_pretrain_encoder``), then stage 2: the decoder and class prompts on the
-    frozen encoder with ``train_adapter``. Returns (base state dict, report)."""
+    frozen encoder with ``train_adapter``, then stage 3 when the recipe has ``clicks``. Returns (base
+    state dict, report)."""
     size, seed = recipe["image_size"], recipe["seed"]
     train_set = pretrain_dataset(recipe["images"], size, seed=seed)
     held_out = pretrain_dataset(16, size, seed=10_000 + seed)
@@ -337,28 +341,33 @@ def _train_standin(recipe: dict) -> tuple[dict[str, torch.Tensor], dict]:
     result = train_adapter(model, train_set, TrainConfig.from_dict(recipe["decoder"]))
     report = {
         "recipe": recipe,
-        "seconds": round(time.monotonic() - start, 1),
         "encoder_seconds": round(encoder_seconds, 1),
         "encoder_losses": encoder_losses,
         "decoder": {**result.to_dict(), "losses": [round(v, 4) for v in result.losses]},
-        "held_out_mean_iou": evaluate(model, held_out, precision="fp32")["mean_iou"],
         "threads": torch.get_num_threads(),
     }
+    if "clicks" in recipe:  # stage 3, the clicks stage (``testkit.standin_clicks``)
+        target = target_dataset(16, size, seed=2000 + seed)  # target_split's held-out scenes
+        report["clicks"] = clicks_stage(model, train_set, held_out, target, recipe["clicks"], seed)
+    report["held_out_mean_iou"] = evaluate(model, held_out, precision="fp32")["mean_iou"]
+    report["seconds"] = round(time.monotonic() - start, 1)
     return base_state_dict(model), report
 
 
 def build_standin(cache_dir: str | Path, image_size: int = 256, encoder_steps: int = 60, decoder_steps: int = 250,
-                  seed: int = 0, images: int = 24, batch_size: int = 4) -> Path:
+                  seed: int = 0, images: int = 24, batch_size: int = 4, click_steps: int = 0) -> Path:
     """Path of the stand-in checkpoint (a ``vit_t`` SAM state dict), building it once per argument set.
 
     The build starts from the seeded random ``vit_t`` and trains everything on ``images``
     pretrain-family scenes at ``image_size`` px, ``batch_size`` images a step: ``encoder_steps`` for the
     encoder and its BatchNorm statistics (dense per-pixel loss), then ``decoder_steps`` for the mask
-    decoder on the frozen encoder (``train_adapter``). The file is named by a hash of the arguments and
+    decoder on the frozen encoder (``train_adapter``), then, with ``click_steps`` > 0, as many steps of
+    simulated click sessions (``testkit.standin_clicks``; off by default: it falls short of clicking
+    well within the build's time). The file is named by a hash of the arguments and
     the recipe (``RECIPE_VERSION``, options, torch version): a second call returns at once. A ``.json``
     sidecar holds the build report (``standin_report``); concurrent callers wait for one builder.
     """
-    recipe = _recipe(image_size, encoder_steps, decoder_steps, seed, images, batch_size)
+    recipe = _recipe(image_size, encoder_steps, decoder_steps, seed, images, batch_size, click_steps)
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
     folder = Path(cache_dir)
     folder.mkdir(parents=True, exist_ok=True)
