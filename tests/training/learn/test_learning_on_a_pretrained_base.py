@@ -4,8 +4,8 @@ The base is the pretrained stand-in of ``testkit.standin`` (a vit_t trained on o
 scenes, built once per test session, about 3.5 minutes here). Adapters of the default ("decoder") kind
 learn a different family with its own classes from 8 images and are measured on 16 held-out images
 through save -> load -> predict. Bars set from measurements (one seed, 256 px, 2026-12-01): untrained
-held-out mIoU 0.05-0.07 (0.154 on a native-bf16 box, 2026-12-07); decoder LoRA + prompts after 200 steps 0.41-0.49; the whole decoder 0.38 (it
-overfits).
+held-out mIoU 0.05-0.07 (0.154 on a native-bf16 box, 2026-12-07); decoder LoRA + prompts after 200 steps
+0.41-0.49; the whole decoder 0.38 (it overfits).
 A step budget, not a time budget: the outcome must not depend on how busy the machine is.
 """
 
