@@ -7,13 +7,16 @@ uploads as Label Studio 1.23 does); the end-to-end suite repeats this against a 
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
 import pytest
 from prometheus_client import REGISTRY
 
+from backend.preencode import PREENCODE_NICENESS
 from testkit.fake_label_studio import FakeLabelStudio
+from testkit.waiting import wait_for
 from tests.backend.conftest import BRUSH_CONFIG, brush_task, encode, keypoint, noise_image, predict_body
 from tests.backend.test_protocol import setup_body
 
@@ -165,6 +168,14 @@ def test_batches_waiting_for_the_encoder_are_merged_not_replaced(make_backend, f
         preencoder.submit(str(NUMBER), [(3, urls[2])], "test")
     wait_idle(backend)
     assert models.encoded_ahead == 3
+
+
+def test_the_encoding_thread_runs_below_requests_and_training_jobs(make_backend, label_studio):
+    backend = connected(make_backend, label_studio)
+    thread = backend.services.preencoder._thread
+    wait_for(lambda: thread.native_id is not None and os.getpriority(os.PRIO_PROCESS, thread.native_id) > 0)
+    assert os.getpriority(os.PRIO_PROCESS, thread.native_id) == PREENCODE_NICENESS
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == 0  # the requests' threads keep theirs
 
 
 def test_closing_waits_for_the_encoding_thread(make_backend, label_studio):

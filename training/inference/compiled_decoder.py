@@ -32,6 +32,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from training.inference.priority import lower_this_threads_priority
+
 log = logging.getLogger(__name__)
 
 __all__ = ["CompiledDecoder", "call_decoder"]
@@ -162,7 +164,7 @@ class CompiledDecoder:
 
         started = time.perf_counter()
         try:
-            _lower_this_threads_priority()
+            lower_this_threads_priority(WARM_NICENESS)  # Inductor's compile subprocesses inherit it
             self._prepare()
             with _warming_here():
                 warm()
@@ -211,8 +213,3 @@ def _warming_here() -> Iterator[None]:
     finally:
         _warming.reset(token)
 
-
-def _lower_this_threads_priority() -> None:
-    # Linux niceness is per thread; Inductor's compile subprocesses forked from here inherit it.
-    with contextlib.suppress(AttributeError, OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WARM_NICENESS)

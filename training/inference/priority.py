@@ -9,13 +9,25 @@ Hooks only ever pause the thread marked as background; a request's own encoding 
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from torch import nn
 
-__all__ = ["RequestsFirst"]
+__all__ = ["RequestsFirst", "lower_this_threads_priority"]
+
+
+def lower_this_threads_priority(niceness: int) -> None:
+    """Give the calling thread ``niceness`` (Linux niceness is per thread; elsewhere nothing happens).
+
+    For background threads of a process that also answers requests: the kernel then prefers the requests'
+    threads, and other processes of higher priority (a training job), whenever the cores are busy.
+    """
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
 
 
 class RequestsFirst:
