@@ -116,16 +116,20 @@ class PredictionService:
         regions = mask_regions(prediction.mask, label, prediction.score, setup) if label else []
         return _result(regions, prediction.score if regions else 0.0, version)
 
+    def known_digest(self, url: object, project: str | None) -> str | None:
+        """The content digest of the image last fetched from ``url`` for ``project``, if remembered."""
+        if not isinstance(url, str):
+            return None
+        with self._index_lock:
+            return self._url_index.get((project, url))
+
     def _embedding_for(self, prepared: PreparedAdapter, url: object, task_id: int | None,
                        project: str | None) -> ImageEmbedding:
-        key = (project, url) if isinstance(url, str) else None
-        if key is not None:
-            with self._index_lock:
-                digest = self._url_index.get(key)
-            if digest is not None:
-                cached = self.models.lookup(prepared, digest)
-                if cached is not None:
-                    return cached
+        digest = self.known_digest(url, project)
+        if digest is not None:
+            cached = self.models.lookup(prepared, digest)
+            if cached is not None:
+                return cached
         fetched = self._fetch(url, task_id, project)
         if fetched.error is not None:
             raise ImageFetchError(fetched.error)

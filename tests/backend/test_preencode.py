@@ -178,6 +178,23 @@ def test_the_encoding_thread_runs_below_requests_and_training_jobs(make_backend,
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == 0  # the requests' threads keep theirs
 
 
+def test_a_relisting_fetches_only_the_images_it_has_not_encoded(make_backend, label_studio):
+    """A re-listing (every PREENCODE_RELIST_SECONDS, an import) of a project whose images are encoded costs no
+    download and no decode: 1,000 of them took 10 s of CPU beside a training job."""
+    add_tasks(label_studio, 3)
+    backend = connected(make_backend, label_studio)
+    assert backend.client.post("/setup", json=setup_body(str(NUMBER))).status_code == 200
+    assert wait_idle(backend)["newly_encoded"] == 3
+    predictions, fetched = backend.services.predictions, []
+    real_fetch = predictions.fetch_image
+    predictions.fetch_image = lambda url, task, project: fetched.append(url) or real_fetch(url, task, project)
+    ((_, new_url),) = add_tasks(label_studio, 1, first_seed=10)
+    assert backend.services.preencoder.request(str(NUMBER), "test")
+    progress = wait_idle(backend)
+    assert (progress["total"], progress["encoded"], progress["newly_encoded"]) == (4, 4, 1)
+    assert fetched == [new_url]
+
+
 def test_closing_waits_for_the_encoding_thread(make_backend, label_studio):
     add_tasks(label_studio, 3)
     backend = connected(make_backend, label_studio)
