@@ -146,8 +146,7 @@ class PreEncoder:
     # ----- the background thread --------------------------------------------------------------------
     def _run(self) -> None:
         # The most deferrable work here: below requests and below training jobs (SAMLOOP_WORKER_NICE, 10 by
-        # default). Re-listing a project of 1,000 encoded tasks otherwise took a burst's training step from
-        # 0.5 to 7.5 s.
+        # default), which a re-listing of a large project otherwise slowed twofold.
         lower_this_threads_priority(PREENCODE_NICENESS)
         while True:
             with self._wake:
