@@ -9,6 +9,7 @@ reuses every finished cell. What the curves look like is the committed full run'
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -120,8 +121,13 @@ def test_the_summary_averages_the_cells(smoke):
 
 def test_the_table_has_a_row_per_method_and_count(smoke):
     _, _, results, md, _, _ = smoke
-    rows = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| method")]
+    methods = ("| sam |", "| decoder |", "| encoder |", "| full |", "| promptless |")
+    rows = [line for line in md.splitlines() if line.startswith(methods)]
     assert len(rows) == 1 + 4 * 2
+    # The clicks-saved table: one row per labeled count of the decoder kind.
+    saved = [line for line in md.splitlines() if re.match(r"\| \d+ \| -?\d+\.\d\d", line)]
+    assert [line.split(" | ")[0] for line in saved] == [f"| {n}" for n in sorted(results["clicks_saved"], key=int)]
+    assert len(saved) == len(results["summary"]["decoder"])
     decoder_one = next(r for r in rows if r.startswith("| decoder | 1 |"))
     miou = results["summary"]["decoder"]["1"]["miou"]["mean"]
     assert f"{miou:.3f}" in decoder_one
