@@ -109,7 +109,8 @@ class Predictor:
         self.compiled = compiled if model.family.compilable else None
         projections = model.family.image_only_projections
         # The compiled path runs SAM's decoder from a copy without the projection reuse below (see plain_copy).
-        self._base_twin = (plain_copy(model.base_mask_decoder, projections)
+        # SAM's own decoder never changes: compiled with its weights folded in (CompiledDecoder.fixed).
+        self._base_twin = (self.compiled.fixed(plain_copy(model.base_mask_decoder, projections))
                            if self.compiled is not None and model.base_mask_decoder is not None else None)
         if model.base_mask_decoder is not None:
             # Clicks answered by SAM's own decoder reuse its image-only first-block projections.

@@ -3,6 +3,7 @@ warm-up (not for other prompts, image sizes or adapter versions), and eager answ
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 
@@ -113,6 +114,44 @@ def test_a_new_adapter_version_runs_without_compiling_again(compiled_setup, rand
     assert _iou(before, want) < MIN_IOU  # the new weights change the mask ...
     assert _iou(want, got) >= MIN_IOU  # ... and the compiled decoder runs them
     assert compiled.compiles == warmed
+
+
+def test_another_copy_of_sams_decoder_shares_its_graph(compiled_setup, random_vit_t):
+    # Another adapter kind's live model brings its own copy of SAM's decoder: same weights, no new compile.
+    _, _, eager, fast, compiled = compiled_setup
+    warmed = compiled.compiles
+    other = new_adapter_model(random_vit_t, SIZE, ["cat"], AdapterConfig.for_kind("decoder"))
+    second = Predictor(other, precision="fp32", threads=THREADS, compiled=compiled)
+    assert second._base_twin is fast._base_twin
+    embedding = _embeddings(eager, seed=4)[1]
+    points = np.array([[20.0, 30.0], [60.0, 50.0]])
+    want = eager.predict_prompt(embedding, points=points, decoder="base").mask
+    assert _iou(want, second.predict_prompt(embedding, points=points, decoder="base").mask) >= MIN_IOU
+    assert compiled.compiles == warmed
+
+
+def test_a_fixed_decoder_runs_with_its_weights_folded_in(random_vit_t, tmp_path):
+    """The weights of a ``fixed`` decoder are constants of its graph (what makes it faster): changing
+    them afterwards reaches the eager decoder, not the compiled one. A decoder passed as an argument (the
+    adapter's) takes new weights: ``test_a_new_adapter_version_runs_without_compiling_again``."""
+    model = new_adapter_model(random_vit_t, SIZE, ["cat"], AdapterConfig.for_kind("decoder"))
+    encoder, compiled = model.sam.prompt_encoder, CompiledDecoder(cache_dir=tmp_path / "inductor")
+    decoder = compiled.fixed(copy.deepcopy(model.base_mask_decoder))
+    generator = torch.Generator().manual_seed(8)
+    embedding = torch.randn(1, 256, *encoder.image_embedding_size, generator=generator)
+    with runtime.intra_op_threads(THREADS), torch.inference_mode():
+        points = (torch.tensor([[[40.0, 50.0]]]), torch.tensor([[1]]))
+        sparse, dense = encoder(points=points, boxes=None, masks=None)
+        args = (embedding, encoder.get_dense_pe(), sparse, dense, False)
+        assert compiled.warm(lambda: compiled(decoder, *args)) and compiled.compiles == 1
+        before, _ = compiled(decoder, *args)
+        assert torch.allclose(before, call_decoder(decoder, *args)[0], atol=1e-4)
+        decoder.output_hypernetworks_mlps[0].layers[-1].weight.mul_(-1.0)
+        flipped, _ = call_decoder(decoder, *args)
+        after, _ = compiled(decoder, *args)
+    assert _iou((before > 0).numpy(), (flipped > 0).numpy()) < 0.5  # the eager decoder sees the new weights
+    assert torch.equal(after, before)  # the compiled graph holds the weights it was compiled with
+    assert compiled.fixed(copy.deepcopy(model.base_mask_decoder)) is not decoder  # other weights: a graph of its own
 
 
 def test_without_a_cpp_compiler_clicks_stay_eager_and_say_why(monkeypatch, random_vit_t, tmp_path, caplog):
