@@ -6,6 +6,8 @@ from typing import Any
 
 # The variant the speed targets and the summary are about.
 TARGET_VARIANT = "vit_t-1024"
+# The same with the pretrained stand-in's compact masks (``runner.trained_masks_variant``).
+STANDIN_VARIANT = "vit_t-1024-standin"
 
 
 def _pair(results: dict[str, Any]) -> dict[str, dict[str, dict]]:

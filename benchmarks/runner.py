@@ -38,6 +38,8 @@ TRACE_PROJECT = 1
 # worker reniced to 0, the priority of the backend, to show what the lower priority buys.
 CONCURRENT_PROJECTS = 200
 RENICED_PROJECTS = 300
+# Where the stand-in checkpoint of ``checkpoint="standin"`` variants is built once and kept.
+STANDIN_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "samloop" / "standin"
 COMPARED_NICENESS = 0
 PHOTO_HW = (3024, 4032)
 EMBED_CHANNELS = 256
@@ -60,10 +62,14 @@ class VariantPlan:
     # ... and once more with the worker at the backend's CPU priority.
     renice_worker: bool = True
     note: str = ""
+    # ``random``, or ``standin``: the tests' pretrained stand-in (``testkit.standin``), whose masks are
+    # compact like a real checkpoint's, so answers are a few KB instead of a random model's ~0.6 MB.
+    checkpoint: str = "random"
 
     @property
     def name(self) -> str:
-        return f"{self.model}-{self.image_size}"
+        suffix = "" if self.checkpoint == "random" else f"-{self.checkpoint}"
+        return f"{self.model}-{self.image_size}{suffix}"
 
     @property
     def images_needed(self) -> int:
@@ -101,10 +107,20 @@ class RunPlan:
         return sorted({v.clicks_during_training for v in self.variants if v.clicks_during_training})
 
 
+STANDIN_NOTE = ("The pretrained stand-in (a vit_t trained on synthetic scenes at 256 px, built once and cached): "
+                "its masks are compact, as a real checkpoint's are, so answers are KB, not a random model's ~1 MB.")
+
+
+def trained_masks_variant(trace: TracePlan) -> VariantPlan:
+    """vit_t-1024 with compact masks: the clicks an annotator with the official checkpoint waits for."""
+    return VariantPlan("vit_t", 1024, trace, [8], checkpoint="standin", note=STANDIN_NOTE)
+
+
 def full_plan() -> RunPlan:
     trace = TracePlan(new_images=20, clicks=5, cold_images=5, revisits=10, revisit_clicks=2, photos=2, context_images=4)
     return RunPlan("full", [
         VariantPlan("vit_t", 1024, trace, [1, 8, 32], [5, 10, 25], [10], clicks_during_training=10),
+        trained_masks_variant(TracePlan(new_images=20, clicks=5, cold_images=5, revisits=10, revisit_clicks=2)),
         VariantPlan("vit_t", 512, trace, [1, 8, 32], [10], [10]),
         VariantPlan("vit_b", 1024, TracePlan(new_images=3, clicks=5, cold_images=2, revisits=3, revisit_clicks=2),
                     [4], [], [], note="vit_b is slow on 2 CPU cores: 5 images in the trace and a batch of 4. Not "
@@ -117,7 +133,8 @@ def full_plan() -> RunPlan:
 def clicks_plan() -> RunPlan:
     """The click parts of the full vit_t-1024 run: the trace, clicks with drafted regions, clicks while 10 train."""
     trace = TracePlan(new_images=20, clicks=5, cold_images=5, revisits=10, revisit_clicks=2, context_images=4)
-    return RunPlan("clicks", [VariantPlan("vit_t", 1024, trace, [8], clicks_during_training=10, renice_worker=False)])
+    return RunPlan("clicks", [VariantPlan("vit_t", 1024, trace, [8], clicks_during_training=10, renice_worker=False),
+                              trained_masks_variant(trace)])
 
 
 def compare_plan() -> RunPlan:
@@ -142,7 +159,8 @@ def embedding_mb(image_size: int) -> int:
 def backend_env(plan: RunPlan, variant: VariantPlan, kind: str, data_dir: Path, ls_url: str, ls_token: str,
                 worker: bool) -> dict[str, str]:
     env = {
-        "SAM_MODEL": variant.model, "SAM_CHECKPOINT": "random", "SAM_IMAGE_SIZE": str(variant.image_size),
+        "SAM_MODEL": variant.model, "SAM_CHECKPOINT": checkpoint_value(variant.checkpoint),
+        "SAM_IMAGE_SIZE": str(variant.image_size),
         "SAMLOOP_DATA_DIR": str(data_dir), "SAMLOOP_ADAPTER_STORE": "local", "REDIS_URL": "",
         "SAMLOOP_EMBEDDED_WORKER": "true" if worker else "false",
         "LABEL_STUDIO_URL": ls_url, "LABEL_STUDIO_API_KEY": ls_token,
@@ -157,13 +175,24 @@ def backend_env(plan: RunPlan, variant: VariantPlan, kind: str, data_dir: Path, 
     return env | plan.extra_env
 
 
-def publish_adapter(data_dir: Path, model: str, image_size: int, project: int) -> str:
+def checkpoint_value(checkpoint: str) -> str:
+    """``SAM_CHECKPOINT`` for a variant: ``random``, or the stand-in's file (built on first use, ~2 min)."""
+    if checkpoint == "random":
+        return checkpoint
+    if checkpoint != "standin":
+        raise ValueError(f"checkpoint must be 'random' or 'standin', got {checkpoint!r}")
+    from testkit.standin import build_standin
+
+    return str(build_standin(STANDIN_CACHE))
+
+
+def publish_adapter(data_dir: Path, model: str, image_size: int, project: int, checkpoint: str = "random") -> str:
     """A 4-class adapter (random prompts, LoRA B = 0) published as the project's active version."""
     from training.model.loading import new_adapter_model
     from training.model.weights import resolve_checkpoint
     from training.registry import LocalRegistry
 
-    weights = resolve_checkpoint(model, "random", None)
+    weights = resolve_checkpoint(model, checkpoint_value(checkpoint), None)
     adapter = new_adapter_model(weights, image_size, list(CLASSES))
     registry = LocalRegistry(data_dir / "adapters")
     info = registry.publish(str(project), adapter.to_bytes({"benchmark": True}), {"benchmark": True}, activate=True)
@@ -218,7 +247,7 @@ def run_variant(plan: RunPlan, variant: VariantPlan, kind: str, work: Path, ls: 
     sizes = variant.training_sizes if kind == "optimized" else variant.baseline_training_sizes
     data_dir = work / f"{variant.name}-{kind}"
     data_dir.mkdir(parents=True, exist_ok=True)
-    adapter_version = publish_adapter(data_dir, variant.model, variant.image_size, TRACE_PROJECT)
+    adapter_version = publish_adapter(data_dir, variant.model, variant.image_size, TRACE_PROJECT, variant.checkpoint)
     trains = bool(sizes) or (kind == "optimized" and bool(variant.clicks_during_training))
     env = backend_env(plan, variant, kind, data_dir, ls.url, ls.legacy_token, worker=trains)
     out: dict[str, Any] = {"variant": variant.name, "model": variant.model, "image_size": variant.image_size,
@@ -364,7 +393,8 @@ def run(plan: RunPlan, work_dir: Path | None = None, keep_work: bool = False, on
     if not variants:
         raise ValueError(f"no variant matches {only}; variants: {[v.name for v in plan.variants]}")
     plan = RunPlan(**{**plan.__dict__, "variants": variants})
-    results: dict[str, Any] = {"schema": 1, "mode": plan.mode, "machine": machine, "random_weights": True,
+    results: dict[str, Any] = {"schema": 1, "mode": plan.mode, "machine": machine,
+                               "random_weights": all(v.checkpoint == "random" for v in variants),
                                "plan": {"image": f"{plan.image_hw[1]}x{plan.image_hw[0]} JPEG",
                                         "train_max_seconds": plan.train_max_seconds, "extra_env": plan.extra_env,
                                         "variants": [asdict(v) | {"name": v.name} for v in variants]},
