@@ -19,6 +19,7 @@ from benchmarks.report_format import (
 )
 from benchmarks.report_summary import summary_md
 from benchmarks.scenarios import KIND_ORDER, KIND_TITLES
+from training.pipeline.settings import JobSettings
 
 # Speed targets on 2 CPU cores (issues 3 and 25): (title, variant, what, statistic, limit, unit).
 TARGETS = [
@@ -223,10 +224,13 @@ def _batch_md(results: dict[str, Any]) -> list[str]:
 
 def _training_md(results: dict[str, Any]) -> list[str]:
     budget = results["plan"]["train_max_seconds"]
+    job = JobSettings()  # the defaults the benchmark's backend runs with
     lines = ["## Training: ANNOTATION_CREATED webhook → new active version", "",
-             f"Real path: webhook → rq scheduler (5 s debounce) → the backend's embedded worker → export from the "
-             f"LS stand-in → train → evaluate → registry → backend. Budget TRAIN_MAX_SECONDS={budget:g} (the default "
-             "is 600), default step budget (8 steps per image, 40..400), batch 4.", "",
+             f"Real path: webhook → rq scheduler ({job.debounce_seconds:g} s debounce) → the backend's embedded worker "
+             f"→ export from the LS stand-in → train → evaluate → registry → backend. Budget "
+             f"TRAIN_MAX_SECONDS={budget:g} (the default is 600); a project's first run takes {job.steps_per_image} "
+             f"steps per image ({job.min_steps}..{job.max_steps}), a later one {job.incremental_steps}; "
+             f"batch {job.batch_size}.", "",
              "Stages: *pickup* = webhook → the job's first log line (rq fork + imports); *debounce* = waiting for "
              "the burst of events to settle; *load* = building the model (and the active adapter).", "",
              "| variant | kind | labeled images | s to active | steps | s/step | pickup | debounce | export | load | "

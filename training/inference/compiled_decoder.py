@@ -182,6 +182,8 @@ class CompiledDecoder:
         compiled once it returns. Does nothing when disabled."""
         if not self.enabled:
             return None
+        if self.backend == "inductor":
+            _trace_inductors_placeholder()
         thread = threading.Thread(target=self.warm, args=(warm,), name="decoder-compile", daemon=True)
         thread.start()
         return thread
@@ -242,6 +244,20 @@ def _same_weights(a: nn.Module, b: nn.Module) -> bool:
     first, second = a.state_dict(), b.state_dict()
     return first.keys() == second.keys() and all(
         first[k].shape == second[k].shape and torch.equal(first[k], second[k]) for k in first)
+
+
+def _trace_inductors_placeholder() -> None:
+    """Inductor's first lowering runs ``torch.fx.symbolic_trace`` once per process (a placeholder graph,
+    ``loop_body.InterpreterShim``), which swaps ``nn.Module.__call__`` for every thread while it traces:
+    an image encoded in another thread at that moment failed with "module is not installed as a
+    submodule" (a pre-encoding run in the benchmark, 2026-12-07). Done here, before the warm-up thread
+    and while the caller starts the service, it cannot meet a concurrent model call (~1 s: the import)."""
+    try:
+        from torch._inductor.loop_body import InterpreterShim
+
+        InterpreterShim._dummy_gm()
+    except (ImportError, AttributeError) as exc:  # another torch: the warm-up still works, the race may not be closed
+        log.warning("could not trace Inductor's placeholder graph ahead (%s)", exc)
 
 
 def _uniform(tensor: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import copy
 import logging
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,6 +31,7 @@ PROMPTS = {
 }
 IMAGE_SIZES = [(100, 120), (128, 128), (90, 60)]
 MIN_IOU = 0.999
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _perturb_lora(model, seed: int) -> None:
@@ -228,3 +232,19 @@ def test_warming_up_beside_bf16_encoding_does_not_deadlock(random_vit_t):
     encoder.join(60)
     assert not warm.is_alive() and not encoder.is_alive()
     assert compiled.path == "compiled"
+
+
+def test_inductors_placeholder_trace_happens_before_the_warm_up_thread_starts():
+    # That trace swaps nn.Module.__call__ process-wide for a moment; an image encoded meanwhile in another
+    # thread failed. start() does it in the caller, before any other thread runs the model. A fresh process:
+    # in this one an earlier test may have traced it already.
+    script = (
+        "from torch._inductor.loop_body import InterpreterShim\n"
+        "from training.inference.compiled_decoder import CompiledDecoder\n"
+        "before = InterpreterShim._dummy_gm.cache_info().currsize\n"
+        "CompiledDecoder().start(lambda: None).join(60)\n"
+        "print(before, InterpreterShim._dummy_gm.cache_info().currsize)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["0", "1"]
