@@ -38,7 +38,7 @@ __all__ = ["CLICK_OPTIONS", "train_clicks", "click_scores", "clicked_standin", "
 
 # The clicks stage's options but ``steps`` (see ``train_clicks``), from benchmarks/results/experiments/
 # standin-clicks-2026-12-07-*.json: short sessions on more images a step beat long ones at the same cost;
-# lr 2e-3 and ``corrupt`` 0.5 gave the best runs but also collapses (2 of 5 and 3 of 4 runs: a blob
+# lr 2e-3 and ``corrupt`` 0.5 gave the best runs but also collapses (2 of 5 and 4 of 5 runs: a blob
 # several times too large around the click, IoU@1 0.25), lr 4e-3 collapsed: 1e-3 without them never did.
 CLICK_OPTIONS = {"lr": 1e-3, "batch_size": 3, "clicks": 4, "graded": 1, "box_fraction": 0.25, "interior": 0.5,
                  "class_weight": 0.5, "best_only": False, "corrupt": 0.0}

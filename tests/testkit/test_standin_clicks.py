@@ -60,7 +60,7 @@ def test_a_corrupted_mask_is_a_near_miss_of_its_object():
         earlier = _corrupted(truth, np.random.default_rng(seed))
         assert earlier.shape == truth.shape and earlier.dtype == bool
         overlap = (earlier & truth).sum((1, 2)) / (earlier | truth).sum((1, 2))
-        assert np.all(overlap > 0.2) and np.any(earlier != truth)
+        assert np.all(overlap > 0.1) and np.any(earlier != truth)  # a near miss: neither the object nor nothing
 
 
 def test_a_build_with_the_clicks_stage_goes_on_from_the_cached_stand_in(tmp_path):
