@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from testkit.locks import file_lock
-from testkit.standin_clicks import CLICK_OPTIONS, clicks_stage
+from testkit.standin_clicks import CLICK_OPTIONS, clicked_standin, lr_factor
 from training.data.dataset import Sample, SegmentationDataset
 from training.learn.config import TrainConfig
 from training.learn.evaluation import evaluate
@@ -276,13 +276,6 @@ def _recipe(image_size: int, encoder_steps: int, decoder_steps: int, seed: int, 
             **({"clicks": {**CLICK_OPTIONS, "steps": click_steps}} if click_steps else {})}
 
 
-def _lr_factor(step: int, steps: int, warmup: int = 10) -> float:
-    """Linear warm-up, then cosine decay to a tenth (the trainer's schedule)."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * (step - warmup) / max(1, steps - warmup)))
-
-
 def _pretrain_encoder(model: SamAdapter, dataset: SegmentationDataset, recipe: dict) -> list[float]:
     """Stage 1: the encoder (BatchNorm statistics included) with a linear per-pixel class head.
 
@@ -305,7 +298,7 @@ def _pretrain_encoder(model: SamAdapter, dataset: SegmentationDataset, recipe: d
     model.train()
     for step in range(steps):
         for group in optimizer.param_groups:
-            group["lr"] = recipe["encoder_lr"] * _lr_factor(step, steps)
+            group["lr"] = recipe["encoder_lr"] * lr_factor(step, steps)
         chosen = rng.choice(len(prepared), min(recipe["batch_size"], len(prepared)), replace=False)
         images = torch.stack([prepared[i][0] for i in chosen])
         targets = torch.stack([prepared[i][1] for i in chosen])
@@ -321,10 +314,9 @@ def _pretrain_encoder(model: SamAdapter, dataset: SegmentationDataset, recipe: d
     return losses
 
 
-def _train_standin(recipe: dict) -> tuple[dict[str, torch.Tensor], dict]:
+def _train_standin(recipe: dict) -> tuple[dict[str, torch.Tensor], dict, torch.Tensor]:
     """Stage 1 (encoder, see ``_pretrain_encoder``), then stage 2: the decoder and class prompts on the
-    frozen encoder with ``train_adapter``, then stage 3 when the recipe has ``clicks``. Returns (base
-    state dict, report)."""
+    frozen encoder with ``train_adapter``. Returns (base state dict, report, the learned class prompts)."""
     size, seed = recipe["image_size"], recipe["seed"]
     train_set = pretrain_dataset(recipe["images"], size, seed=seed)
     held_out = pretrain_dataset(16, size, seed=10_000 + seed)
@@ -345,41 +337,51 @@ def _train_standin(recipe: dict) -> tuple[dict[str, torch.Tensor], dict]:
         "encoder_losses": encoder_losses,
         "decoder": {**result.to_dict(), "losses": [round(v, 4) for v in result.losses]},
         "threads": torch.get_num_threads(),
+        "held_out_mean_iou": evaluate(model, held_out, precision="fp32")["mean_iou"],
+        "seconds": round(time.monotonic() - start, 1),
     }
-    if "clicks" in recipe:  # stage 3, the clicks stage (``testkit.standin_clicks``)
-        target = target_dataset(16, size, seed=2000 + seed)  # target_split's held-out scenes
-        report["clicks"] = clicks_stage(model, train_set, held_out, target, recipe["clicks"], seed)
-    report["held_out_mean_iou"] = evaluate(model, held_out, precision="fp32")["mean_iou"]
-    report["seconds"] = round(time.monotonic() - start, 1)
-    return base_state_dict(model), report
+    return base_state_dict(model), report, model.class_prompts.detach().clone()
+
+
+def prompts_path(standin: str | Path) -> Path:
+    """The class prompts the stand-in's decoder was trained with (the clicks stage goes on from them)."""
+    return Path(standin).with_suffix(".prompts.pt")
 
 
 def build_standin(cache_dir: str | Path, image_size: int = 256, encoder_steps: int = 60, decoder_steps: int = 250,
                   seed: int = 0, images: int = 24, batch_size: int = 4, click_steps: int = 0) -> Path:
     """Path of the stand-in checkpoint (a ``vit_t`` SAM state dict), building it once per argument set.
 
-    The build starts from the seeded random ``vit_t`` and trains everything on ``images``
-    pretrain-family scenes at ``image_size`` px, ``batch_size`` images a step: ``encoder_steps`` for the
-    encoder and its BatchNorm statistics (dense per-pixel loss), then ``decoder_steps`` for the mask
-    decoder on the frozen encoder (``train_adapter``), then, with ``click_steps`` > 0, as many steps of
-    simulated click sessions (``testkit.standin_clicks``; off by default: it falls short of clicking
-    well within the build's time). The file is named by a hash of the arguments and
-    the recipe (``RECIPE_VERSION``, options, torch version): a second call returns at once. A ``.json``
-    sidecar holds the build report (``standin_report``); concurrent callers wait for one builder.
+    From the seeded random ``vit_t``, on ``images`` pretrain-family scenes at ``image_size`` px, ``batch_size``
+    a step: ``encoder_steps`` for the encoder and its BatchNorm statistics (dense per-pixel loss), then
+    ``decoder_steps`` for the mask decoder on the frozen encoder (``train_adapter``). With ``click_steps`` > 0
+    that stand-in is built (or found in the cache) first and goes on with as many steps of simulated click
+    sessions (``testkit.standin_clicks``). The file is named by a hash of the recipe (``RECIPE_VERSION``,
+    options, torch version): a second call returns at once. A ``.json`` sidecar holds the build report
+    (``standin_report``; ``seconds``: the whole build); concurrent callers wait for one builder.
     """
     recipe = _recipe(image_size, encoder_steps, decoder_steps, seed, images, batch_size, click_steps)
+    return _build(Path(cache_dir), recipe, need_prompts=False)
+
+
+def _build(folder: Path, recipe: dict, need_prompts: bool) -> Path:
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
-    folder = Path(cache_dir)
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"standin-{MODEL_TYPE}-{key}.pt"
     with file_lock(folder / f"{target.name}.lock"):
-        if target.is_file() and target.with_suffix(".json").is_file():
+        # Stand-ins cached before the prompts were kept have none: one a clicks stage goes on from is rebuilt.
+        if target.is_file() and target.with_suffix(".json").is_file() and (
+                prompts_path(target).is_file() or not need_prompts):
             return target
-        log.info("building the pretrained stand-in %s (%d + %d steps at %d px)", target.name, encoder_steps,
-                 decoder_steps, image_size)
-        state, report = _train_standin(recipe)
+        log.info("building the pretrained stand-in %s", target.name)
+        if "clicks" in recipe:
+            base = _build(folder, {k: v for k, v in recipe.items() if k != "clicks"}, need_prompts=True)
+            state, report, prompts = clicked_standin(base, recipe)
+        else:
+            state, report, prompts = _train_standin(recipe)
         partial = target.with_name(f"{target.name}.{os.getpid()}.part")
         torch.save(state, partial)
+        torch.save(prompts, prompts_path(target))
         os.replace(partial, target)
         target.with_suffix(".json").write_text(json.dumps(report, indent=2))
     return target

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -26,15 +27,21 @@ import torch
 from training.data.dataset import SegmentationDataset
 from training.inference.predictor import Predictor
 from training.learn.clicks import evaluate_clicks
+from training.learn.evaluation import evaluate
 from training.learn.losses import dice_loss, focal_loss, mask_iou, mask_loss
 from training.learn.trainer import prepare_sample
 from training.model.adapter import SamAdapter
+from training.model.config import AdapterConfig
+from training.model.loading import new_adapter_model
 
-__all__ = ["CLICK_OPTIONS", "train_clicks", "click_scores", "clicks_stage"]
+__all__ = ["CLICK_OPTIONS", "train_clicks", "click_scores", "clicked_standin", "lr_factor"]
 
-# The clicks stage's options but ``steps`` (see ``train_clicks``); the best measured in a few tries.
-CLICK_OPTIONS = {"lr": 1e-3, "batch_size": 2, "clicks": 6, "graded": 2, "box_fraction": 0.25, "interior": 0.5,
-                 "class_weight": 0.5, "best_only": False}
+# The clicks stage's options but ``steps`` (see ``train_clicks``), from benchmarks/results/experiments/
+# standin-clicks-2026-12-07-*.json: short sessions on more images a step beat long ones at the same cost;
+# lr 2e-3 and ``corrupt`` 0.5 gave the best runs but also collapses (2 of 5 and 4 of 5 runs: a blob
+# several times too large around the click, IoU@1 0.25), lr 4e-3 collapsed: 1e-3 without them never did.
+CLICK_OPTIONS = {"lr": 1e-3, "batch_size": 3, "clicks": 4, "graded": 1, "box_fraction": 0.25, "interior": 0.5,
+                 "class_weight": 0.5, "best_only": False, "corrupt": 0.0}
 
 _PIXELS_PER_MASK_PIXEL = 4  # the decoder's masks are the input frame / 4
 # SAM's box noise: each coordinate moves by N(0, 10 % of the box side), at most 20 px.
@@ -101,6 +108,34 @@ def _noisy_boxes(truth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.stack(boxes).astype(np.float32)
 
 
+def _corrupted(truth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """K x L x L bool: each object (K x L x L bool) with a plausible earlier prediction's error: its edge moved
+    in or out by 1-3 pixels, or shifted, then a disc cut out of it or added beside it."""
+    out = []
+    for plane in truth.astype(np.uint8):
+        kind, size = rng.integers(3), int(rng.integers(1, 4))
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * size + 1, 2 * size + 1))
+        if kind == 0:
+            plane = cv2.dilate(plane, kernel)
+        elif kind == 1:
+            plane = cv2.erode(plane, kernel)
+        else:
+            plane = np.roll(plane, tuple(rng.integers(-size, size + 1, 2)), axis=(0, 1))
+        rows, cols = np.nonzero(truth[len(out)])
+        pick = rng.integers(len(rows))
+        disc = np.zeros_like(plane)
+        cv2.circle(disc, (int(cols[pick] + rng.integers(-6, 7)), int(rows[pick] + rng.integers(-6, 7))),
+                   int(rng.integers(2, 7)), 1, -1)
+        out.append(np.where(disc > 0, rng.random() < 0.5, plane > 0))
+    return np.stack(out)
+
+
+def _as_logits(masks: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+    """K x 1 x L x L logits of K bool masks, blurred and scaled like a decoder's own (its scale varies)."""
+    soft = np.stack([cv2.GaussianBlur(m.astype(np.float32), (3, 3), 0) for m in masks])
+    return torch.from_numpy((soft * 2 - 1) * float(rng.uniform(4, 16)))[:, None]
+
+
 def _next_points(prediction: np.ndarray, truth: np.ndarray, rng: np.random.Generator, interior: float
                  ) -> tuple[np.ndarray, np.ndarray]:
     """One correction per object: K x 1 x 2 points in the error of K predictions (K x L x L bool) and their
@@ -139,20 +174,28 @@ def _prompt_loss(logits: torch.Tensor, iou: torch.Tensor, truth: torch.Tensor, v
 def _session_loss(model: SamAdapter, task: _Task, rng: np.random.Generator, options: dict) -> torch.Tensor:
     """Mean loss over one simulated session of ``options["clicks"]`` prompts on every object of ``task``."""
     truth = (task.objects > 0.5).numpy()
-    boxes = coords = labels = None
-    if rng.random() < options["box_fraction"]:
+    boxes = coords = labels = mask_input = None
+    if rng.random() < options["corrupt"]:
+        # A session that starts later: a near-miss mask fed back and a correction of it. The decoder's own
+        # feedback is too poor early in training for it to learn to keep what the mask says and fix where clicked.
+        coords, labels = _first_points(truth, rng, options["interior"])
+        earlier = _corrupted(truth, rng)
+        extra, extra_labels = _next_points(earlier, truth, rng, options["interior"])
+        coords, labels = np.concatenate([coords, extra], 1), np.concatenate([labels, extra_labels], 1)
+        mask_input = _as_logits(earlier, rng)
+    elif rng.random() < options["box_fraction"]:
         boxes = torch.from_numpy(_noisy_boxes(truth, rng))
     else:
         coords, labels = _first_points(truth, rng, options["interior"])
     # Gradients stop between clicks, so a correction that is not trained needs only a forward pass: the
     # first prompt and ``graded`` random corrections are trained, which halves a step's cost.
     graded = {0, *rng.choice(np.arange(1, options["clicks"]), options["graded"], replace=False).tolist()}
-    mask_input, total = None, torch.zeros(())
+    total = torch.zeros(())
     for click in range(options["clicks"]):
         points, kinds = (None, None) if coords is None else (torch.from_numpy(coords), torch.from_numpy(labels))
         with torch.set_grad_enabled(click in graded):
             logits, iou = model.prompt_logits(task.embedding, points, kinds, boxes, mask_input=mask_input,
-                                              multimask=boxes is None and click == 0)
+                                              multimask=boxes is None and coords.shape[1] == 1)
             loss, chosen = _prompt_loss(logits, iou, task.objects, task.valid, options["best_only"])
         if click in graded:
             total = total + loss
@@ -168,6 +211,13 @@ def _class_loss(model: SamAdapter, task: _Task) -> torch.Tensor:
     """The promptless class-mask loss of ``train_adapter`` (its default weights), on the whole image."""
     logits, iou = model.class_logits(task.embedding)
     return mask_loss(logits[:, 0], iou[:, 0], task.classes, task.valid, 2.0, 1.0, 1.0)
+
+
+def lr_factor(step: int, steps: int, warmup: int = 10) -> float:
+    """Linear warm-up, then cosine decay to a tenth (the trainer's schedule; every stage of the build)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * (step - warmup) / max(1, steps - warmup)))
 
 
 def _parameters(model: SamAdapter) -> list[dict]:
@@ -186,10 +236,9 @@ def train_clicks(model: SamAdapter, dataset: SegmentationDataset, options: dict,
     first point or box and its corrections), ``box_fraction`` (sessions that start from a box),
     ``interior`` (how often a point is the clicker's most interior pixel rather than a uniform one) and
     ``class_weight`` (the promptless class-mask loss's weight), ``graded`` (corrections a session trains
-    besides its first prompt), ``best_only`` (``_prompt_loss``). The encoder is not touched.
+    besides its first prompt), ``best_only`` (``_prompt_loss``), ``corrupt`` (sessions that start from a
+    near miss of the object fed back as the mask, ``_corrupted``). The encoder is not touched.
     """
-    from testkit.standin import _lr_factor  # the other stages' schedule; imported late: standin imports us
-
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     tasks = _tasks(model, dataset)
@@ -200,7 +249,7 @@ def train_clicks(model: SamAdapter, dataset: SegmentationDataset, options: dict,
     try:
         for step in range(options["steps"]):
             for group in optimizer.param_groups:
-                group["lr"] = options["lr"] * group["lr_scale"] * _lr_factor(step, options["steps"])
+                group["lr"] = options["lr"] * group["lr_scale"] * lr_factor(step, options["steps"])
             chosen = rng.choice(len(tasks), min(options["batch_size"], len(tasks)), replace=False)
             loss = sum(_session_loss(model, tasks[i], rng, options)
                        + options["class_weight"] * _class_loss(model, tasks[i]) for i in chosen) / len(chosen)
@@ -224,12 +273,25 @@ def click_scores(model: SamAdapter, dataset: SegmentationDataset, max_clicks: in
     return {key: result[key] for key in ("objects", "iou_at", "noc85", "noc90", "nof90")}
 
 
-def clicks_stage(model: SamAdapter, train_set: SegmentationDataset, own: SegmentationDataset,
-                 target: SegmentationDataset, options: dict, seed: int) -> dict:
-    """Run ``train_clicks`` and score the clicks on held-out scenes of the stand-in's own family and of
-    the target family; the build report's ``clicks`` section."""
-    start = time.monotonic()
-    losses = train_clicks(model, train_set, options, seed)
+def clicked_standin(base: Path, recipe: dict) -> tuple[dict[str, torch.Tensor], dict, torch.Tensor]:
+    """The stand-in ``base`` (built without clicks) trained by ``train_clicks`` with ``recipe["clicks"]``, and
+    its clicks scored on held-out scenes of its own family and of the target family. Returns (state dict,
+    report: the base's with ``clicks`` added and ``seconds`` the whole build's, class prompts)."""
+    from testkit import standin  # imported late: standin imports this module
+
+    start, size, seed = time.monotonic(), recipe["image_size"], recipe["seed"]
+    model = new_adapter_model(standin.standin_weights(base), size, list(standin.PRETRAIN_CLASSES),
+                              AdapterConfig(encoder="frozen", decoder="train", norm_statistics="frozen"))
+    with torch.no_grad():
+        model.class_prompts.copy_(torch.load(standin.prompts_path(base)))
+    losses = train_clicks(model, standin.pretrain_dataset(recipe["images"], size, seed=seed), recipe["clicks"], seed)
     seconds = time.monotonic() - start
-    return {"seconds": round(seconds, 1), "losses": losses, "own": click_scores(model, own),
-            "target": click_scores(model, target), "score_seconds": round(time.monotonic() - start - seconds, 1)}
+    own = standin.pretrain_dataset(16, size, seed=10_000 + seed)  # the build's held-out scenes
+    clicks = {"seconds": round(seconds, 1), "losses": losses, "own": click_scores(model, own),
+              # target_split's held-out scenes: the family adapters learn, a domain shift for the stand-in
+              "target": click_scores(model, standin.target_dataset(16, size, seed=2000 + seed))}
+    clicks["score_seconds"] = round(time.monotonic() - start - seconds, 1)
+    report = {**standin.standin_report(base), "recipe": recipe, "clicks": clicks, "base": base.name,
+              "held_out_mean_iou": evaluate(model, own, precision="fp32")["mean_iou"]}
+    report["seconds"] = round(report["seconds"] + time.monotonic() - start, 1)
+    return standin.base_state_dict(model), report, model.class_prompts.detach().clone()

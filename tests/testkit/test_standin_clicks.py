@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from testkit.standin import _recipe, build_standin, standin_report
-from testkit.standin_clicks import _first_points, _next_points, _noisy_boxes
+from testkit.standin import _recipe, build_standin, prompts_path, standin_report
+from testkit.standin_clicks import _corrupted, _first_points, _next_points, _noisy_boxes
 
 TINY = {"image_size": 64, "encoder_steps": 2, "decoder_steps": 2, "images": 2, "batch_size": 2}
 
@@ -54,8 +54,21 @@ def test_noisy_boxes_stay_near_the_objects_box():
     assert boxes.shape == (1, 4) and np.abs(boxes[0] - exact).max() <= 20.0
 
 
-def test_a_build_with_the_clicks_stage_reports_its_clicks_on_both_families(tmp_path):
-    report = standin_report(build_standin(tmp_path, **TINY, click_steps=2))
+def test_a_corrupted_mask_is_a_near_miss_of_its_object():
+    truth = np.stack([_disc(radius=8), _disc(centre=(20, 20), radius=6)])
+    for seed in range(20):
+        earlier = _corrupted(truth, np.random.default_rng(seed))
+        assert earlier.shape == truth.shape and earlier.dtype == bool
+        overlap = (earlier & truth).sum((1, 2)) / (earlier | truth).sum((1, 2))
+        assert np.all(overlap > 0.1) and np.any(earlier != truth)  # a near miss: neither the object nor nothing
+
+
+def test_a_build_with_the_clicks_stage_goes_on_from_the_cached_stand_in(tmp_path):
+    clicked = build_standin(tmp_path, **TINY, click_steps=2)
+    base = build_standin(tmp_path, **TINY)  # built on the way, found in the cache now
+    report, base_report = standin_report(clicked), standin_report(base)
+    assert report["base"] == base.name and prompts_path(base).is_file() and prompts_path(clicked).is_file()
+    assert report["seconds"] > base_report["seconds"] and report["encoder_losses"] == base_report["encoder_losses"]
     clicks = report["clicks"]
     assert clicks["seconds"] > 0 and len(clicks["losses"]) == 2 and report["recipe"]["clicks"]["steps"] == 2
     for family in ("own", "target"):

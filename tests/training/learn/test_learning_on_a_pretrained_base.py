@@ -28,7 +28,8 @@ STEPS = 200
 
 @pytest.fixture(scope="session")
 def standin(tmp_path_factory):
-    return build_standin(tmp_path_factory.mktemp("standin"))
+    # The session's one stand-in folder: the gate tests' clickable stand-in goes on from this one.
+    return build_standin(tmp_path_factory.getbasetemp() / "standin")
 
 
 @pytest.fixture(scope="session")
