@@ -13,8 +13,8 @@ elementwise work between the matrix products; Inductor fuses it (about 2x faster
   from the encoder, or as plain tensors from the disk store, and dynamo guards on strides and
   dispatch keys: either would otherwise compile again on a request.
 - SAM's own decoder never changes in a running process, so it is compiled with its weights folded in
-  (Inductor's freezing: matrix weights prepacked for oneDNN; a click 30 -> 21 ms with vit_t at 1024
-  px, 2 threads, bf16). A decoder declared ``fixed`` gets such a graph of its own; a second decoder
+  (Inductor's freezing: matrix weights prepacked for oneDNN; the decoder 30 -> 21-24 ms with vit_t at
+  1024 px, 2 threads, bf16). A decoder declared ``fixed`` gets such a graph of its own; a second decoder
   with the same weights (another adapter kind's copy of SAM's) shares the first one's graph.
 - Kernels read the thread count when they run (``cpp.dynamic_threads``): the predictor caps a
   click's threads to the free cores while a training job runs, and kernels compiled for two threads

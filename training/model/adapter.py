@@ -139,7 +139,8 @@ class SamAdapter(nn.Module):
         Kept per inference mode: an inference tensor cannot be saved for backward, and a normal one would
         be copied before every compiled click (``compiled_decoder._uniform``)."""
         source = self.sam.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix
-        key = (source.device, source._version, torch.is_inference_mode_enabled())
+        version = 0 if source.is_inference() else source._version  # inference tensors keep no version
+        key = (source.device, version, torch.is_inference_mode_enabled())
         pe = self._dense_pe_cache.get(key)
         if pe is None:
             with torch.no_grad():

@@ -189,3 +189,20 @@ def test_adapters_from_before_joint_decoding_keep_decoding_each_class_alone(mode
     old = read_artifact(model.to_bytes()).header.to_json()
     del old["adapter_config"]["class_decoding"]
     assert AdapterHeader.from_json(old).config.class_decoding == "separate"
+
+
+def test_the_positional_grid_is_computed_once_and_follows_a_loaded_matrix(random_vit_t):
+    model = new_adapter_model(random_vit_t, 128, CLASSES)
+    embedding = torch.zeros(1, 256, 8, 8)
+    with torch.inference_mode():
+        first = model._dense_pe(embedding, None)
+        assert model._dense_pe(embedding, None) is first  # not rebuilt per decode
+    training_pe = model._dense_pe(embedding, None)  # outside inference mode: a tensor autograd may save
+    assert not training_pe.is_inference() and torch.equal(training_pe, first)
+    matrix = model.sam.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix
+    with torch.no_grad():
+        matrix.mul_(2.0)  # what loading other base weights in place does
+    with torch.inference_mode():
+        again = model._dense_pe(embedding, None)
+        assert torch.equal(again, model.sam.prompt_encoder.get_dense_pe())
+    assert not torch.allclose(again, first)
