@@ -63,7 +63,9 @@ def test_training_reaches_a_new_active_version_that_the_backend_serves(quick_res
 def test_comparisons_targets_and_hotspots(quick_results):
     results, markdown = quick_results
     assert any(c["metric"] == "later_click p50 ms" and c["ratio"] for c in results["comparisons"])
-    assert [t["target"] for t in results["targets"]][0] == "warm click p50"
+    first = results["targets"][0]
+    assert first["target"].startswith("warm click p50") and first["limit"] == 40.0  # issue 25's target
+    assert {t["variant"] for t in results["targets"]} == {"vit_t-1024", "vit_t-1024-standin"}
     rle = results["hotspots"]["rle"]
     assert rle["speckled"]["identical"] and rle["compact"]["identical"] and rle["empty"]["identical"]
     assert {"fp32", "bf16"} <= set(results["hotspots"]["precision"])
