@@ -31,11 +31,11 @@ import torch
 import torch.nn.functional as F
 
 from testkit.locks import file_lock
-from testkit.standin_clicks import CLICK_OPTIONS, clicked_standin, lr_factor
+from testkit.standin_clicks import CLICK_OPTIONS, WARMUP_STEPS, clicked_standin
 from training.data.dataset import Sample, SegmentationDataset
 from training.learn.config import TrainConfig
 from training.learn.evaluation import evaluate
-from training.learn.trainer import prepare_sample, train_adapter
+from training.learn.trainer import lr_factor, prepare_sample, train_adapter
 from training.model.adapter import BaseIdentity, SamAdapter
 from training.model.config import AdapterConfig
 from training.model.loading import new_adapter_model
@@ -298,7 +298,7 @@ def _pretrain_encoder(model: SamAdapter, dataset: SegmentationDataset, recipe: d
     model.train()
     for step in range(steps):
         for group in optimizer.param_groups:
-            group["lr"] = recipe["encoder_lr"] * lr_factor(step, steps)
+            group["lr"] = recipe["encoder_lr"] * lr_factor(step, steps, WARMUP_STEPS)
         chosen = rng.choice(len(prepared), min(recipe["batch_size"], len(prepared)), replace=False)
         images = torch.stack([prepared[i][0] for i in chosen])
         targets = torch.stack([prepared[i][1] for i in chosen])

@@ -29,12 +29,12 @@ from training.inference.predictor import Predictor
 from training.learn.clicks import evaluate_clicks
 from training.learn.evaluation import evaluate
 from training.learn.losses import dice_loss, focal_loss, mask_iou, mask_loss
-from training.learn.trainer import prepare_sample
+from training.learn.trainer import lr_factor, prepare_sample
 from training.model.adapter import SamAdapter
 from training.model.config import AdapterConfig
 from training.model.loading import new_adapter_model
 
-__all__ = ["CLICK_OPTIONS", "train_clicks", "click_scores", "clicked_standin", "lr_factor"]
+__all__ = ["CLICK_OPTIONS", "train_clicks", "click_scores", "clicked_standin"]
 
 # The clicks stage's options but ``steps`` (see ``train_clicks``), from benchmarks/results/experiments/
 # standin-clicks-2026-12-07-*.json: short sessions on more images a step beat long ones at the same cost;
@@ -43,6 +43,8 @@ __all__ = ["CLICK_OPTIONS", "train_clicks", "click_scores", "clicked_standin", "
 CLICK_OPTIONS = {"lr": 1e-3, "batch_size": 3, "clicks": 4, "graded": 1, "box_fraction": 0.25, "interior": 0.5,
                  "class_weight": 0.5, "best_only": False, "corrupt": 0.0}
 
+# Every stage of the stand-in's build warms its learning rate up over this many steps.
+WARMUP_STEPS = 10
 _PIXELS_PER_MASK_PIXEL = 4  # the decoder's masks are the input frame / 4
 # SAM's box noise: each coordinate moves by N(0, 10 % of the box side), at most 20 px.
 _BOX_NOISE, _BOX_NOISE_MAX = 0.1, 20.0
@@ -213,13 +215,6 @@ def _class_loss(model: SamAdapter, task: _Task) -> torch.Tensor:
     return mask_loss(logits[:, 0], iou[:, 0], task.classes, task.valid, 2.0, 1.0, 1.0)
 
 
-def lr_factor(step: int, steps: int, warmup: int = 10) -> float:
-    """Linear warm-up, then cosine decay to a tenth (the trainer's schedule; every stage of the build)."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * (step - warmup) / max(1, steps - warmup)))
-
-
 def _parameters(model: SamAdapter) -> list[dict]:
     """Optimiser groups: SAM's decoder and the prompt encoder's learned embeddings (point types, mask
     downscaling: random until now), and the class prompts, which must keep up with the changing decoder."""
@@ -249,7 +244,7 @@ def train_clicks(model: SamAdapter, dataset: SegmentationDataset, options: dict,
     try:
         for step in range(options["steps"]):
             for group in optimizer.param_groups:
-                group["lr"] = options["lr"] * group["lr_scale"] * lr_factor(step, options["steps"])
+                group["lr"] = options["lr"] * group["lr_scale"] * lr_factor(step, options["steps"], WARMUP_STEPS)
             chosen = rng.choice(len(tasks), min(options["batch_size"], len(tasks)), replace=False)
             loss = sum(_session_loss(model, tasks[i], rng, options)
                        + options["class_weight"] * _class_loss(model, tasks[i]) for i in chosen) / len(chosen)

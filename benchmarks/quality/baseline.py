@@ -10,7 +10,6 @@ step budget and schedule shape as ``train_adapter``; scored by the same pixel-su
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 
@@ -23,7 +22,7 @@ from training.data.dataset import SegmentationDataset
 from training.inference.predictor import ImageEmbedding
 from training.learn.config import TrainConfig
 from training.learn.embeddings import TrainingEmbeddings
-from training.learn.trainer import PreparedSample, SampleCache, TrainResult
+from training.learn.trainer import PreparedSample, SampleCache, TrainResult, lr_factor
 from training.model.adapter import SamAdapter
 from training.model.features import ImageFeatures
 
@@ -76,7 +75,7 @@ def train_head(base: SamAdapter, dataset: SegmentationDataset, config: TrainConf
     start, stopped = time.monotonic(), "max_steps"
     for step in range(config.max_steps):
         for group in optimizer.param_groups:
-            group["lr"] = config.decoder_lr * _lr_factor(step, config)
+            group["lr"] = config.decoder_lr * lr_factor(step, config.max_steps, config.warmup_steps)
         chosen = rng.choice(len(dataset), min(config.batch_size, len(dataset)), replace=False)
         batch = [cache.get(int(i), flip=config.augment and bool(rng.random() < 0.5)) for i in chosen]
         logits = head(torch.cat([ImageFeatures.of(p.embedding).embedding for p in batch]))
@@ -93,14 +92,6 @@ def train_head(base: SamAdapter, dataset: SegmentationDataset, config: TrainConf
     result = TrainResult(len(losses), time.monotonic() - start, float(np.mean(losses[:window])),
                          float(np.mean(losses[-window:])), stopped, losses)
     return head, result
-
-
-def _lr_factor(step: int, config: TrainConfig) -> float:
-    # The trainer's schedule (``training.learn.trainer._lr_factor``), so both train under one shape.
-    if step < config.warmup_steps:
-        return (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 @torch.inference_mode()

@@ -176,10 +176,12 @@ def _optimizer(model: SamAdapter, config: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups)
 
 
-def _lr_factor(step: int, config: TrainConfig) -> float:
-    if step < config.warmup_steps:
-        return (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps)
+def lr_factor(step: int, steps: int, warmup: int) -> float:
+    """The learning-rate schedule's factor at ``step`` of ``steps``: linear warm-up over ``warmup`` steps,
+    then cosine decay to a tenth (the stand-in's build and the quality benchmark's head use it too)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
@@ -283,7 +285,7 @@ class _Loop:
     def step(self, step: int) -> float:
         for group in self.optimizer.param_groups:
             group.setdefault("base_lr", group["lr"])
-            group["lr"] = group["base_lr"] * _lr_factor(step, self.config)
+            group["lr"] = group["base_lr"] * lr_factor(step, self.config.max_steps, self.config.warmup_steps)
         prepared = self.batch()
         embeddings = self.embed(prepared)
         loss = sum(_image_loss(self.model, embeddings.item(i), p, self.config, self.rng)
