@@ -264,3 +264,14 @@ def test_the_command_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         benchmarks_main(["quality", "--help"])
     assert "--budget-seconds" in capsys.readouterr().out
+
+
+def test_a_synthetic_family_is_named_as_data_and_stays_a_synthetic_run():
+    args = build_parser().parse_args(["--data", "synthetic:second", "--held-out", "2", "--image-size", "64"])
+    plan = plan_from_args(args)
+    assert plan.mode == "full"  # not "own data": the stand-in's scenes, only another family of them
+    data = benchmark_data(plan)
+    assert data.source == "synthetic:second" and data.pool.class_names == ["triangle", "star", "crescent"]
+    assert len(data.pool) == plan.pool_images and len(data.held_out) == 2
+    plan.data = Path("synthetic:target")
+    assert benchmark_data(plan).pool.class_names == ["ring", "bar", "cross"]

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from benchmarks.quality.data import SYNTHETIC_FAMILIES
 from benchmarks.quality.incremental import incremental_plan, run_incremental
 from benchmarks.quality.incremental_report import write as write_incremental
 from benchmarks.quality.plan import DEFAULT_CACHE, METHOD_NAMES, QualityPlan, quick_plan
@@ -44,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks quality", description=__doc__.splitlines()[0])
     data = parser.add_argument_group("data and base model (default: synthetic scenes and the pretrained stand-in)")
     data.add_argument("--data", type=Path, help="a mask folder (images/, masks/, labels.txt), a COCO JSON, "
-                                                "or a Label Studio JSON export")
+                                                "a Label Studio JSON export, or a synthetic family: "
+                                                f"{' or '.join(SYNTHETIC_FAMILIES)} (the default)")
     data.add_argument("--images", type=Path, help="image folder for a COCO file or a Label Studio export "
                                                   "(default: the file's folder)")
     data.add_argument("--label-config", type=Path, help="the project's label config XML, for a Label Studio export")
@@ -108,7 +110,7 @@ def plan_from_args(args: argparse.Namespace) -> QualityPlan:
         if value is not None:
             setattr(plan, name, value)
     plan.cache, plan.note = args.cache, args.note
-    if plan.data is not None and plan.mode == "full":
+    if plan.data is not None and str(plan.data) not in SYNTHETIC_FAMILIES and plan.mode == "full":
         plan.mode = "own data"
     return plan.check()
 

@@ -2,8 +2,10 @@
 
 Sources, through the loaders ``training`` already has:
 
-- nothing given: the stand-in's *target* scene family (``testkit.standin.target_dataset``), which the
-  stand-in never saw (rings, bars, crosses);
+- nothing given, or ``synthetic:target``: the stand-in's *target* scene family
+  (``testkit.standin.target_dataset``), which the stand-in never saw (rings, bars, crosses);
+- ``synthetic:second``: a second family no tuning has seen (``testkit.second_family``: triangles, stars,
+  crescents on clutter), the check that a change tuned on the target family holds elsewhere;
 - a mask folder (``images/``, ``masks/`` and a labels file: what ``python -m training synth`` writes),
 - a COCO instances JSON (images under ``--images`` or the JSON's folder),
 - a Label Studio JSON export (a list of tasks): each task's annotation through
@@ -33,6 +35,7 @@ from training.labelstudio.label_config import parse_label_config
 LABELS_FILES = ("labels.txt", "labels")
 SYNTHETIC_POOL_SEED = 1000
 SYNTHETIC_HELD_OUT_SEED = 2000
+SYNTHETIC_FAMILIES = ("synthetic:target", "synthetic:second")
 
 
 @dataclass
@@ -41,7 +44,7 @@ class BenchmarkData:
 
     pool: SegmentationDataset
     held_out: SegmentationDataset
-    source: str  # "synthetic:target" or the --data path
+    source: str  # a SYNTHETIC_FAMILIES name or the --data path
 
     def describe(self) -> dict[str, Any]:
         return {"source": self.source, "classes": list(self.pool.class_names), "pool_images": len(self.pool),
@@ -58,12 +61,17 @@ class BenchmarkData:
         return digest.hexdigest()[:16]
 
 
-def synthetic_data(pool_images: int, held_out_images: int, size: int) -> BenchmarkData:
-    """The stand-in's target family: a pool and a held-out set from disjoint seeds, ``size`` px."""
-    from testkit.standin import target_dataset
-
-    return BenchmarkData(target_dataset(pool_images, size, seed=SYNTHETIC_POOL_SEED),
-                         target_dataset(held_out_images, size, seed=SYNTHETIC_HELD_OUT_SEED), "synthetic:target")
+def synthetic_data(pool_images: int, held_out_images: int, size: int, family: str = "synthetic:target"
+                   ) -> BenchmarkData:
+    """A synthetic family (``SYNTHETIC_FAMILIES``): a pool and a held-out set from disjoint seeds, ``size`` px."""
+    if family == "synthetic:target":
+        from testkit.standin import target_dataset as dataset
+    elif family == "synthetic:second":
+        from testkit.second_family import second_dataset as dataset
+    else:
+        raise DatasetError(f"synthetic family {family!r} is not one of {', '.join(SYNTHETIC_FAMILIES)}")
+    return BenchmarkData(dataset(pool_images, size, seed=SYNTHETIC_POOL_SEED),
+                         dataset(held_out_images, size, seed=SYNTHETIC_HELD_OUT_SEED), family)
 
 
 def load_data(path: Path, images: Path | None = None, label_config: Path | None = None) -> SegmentationDataset:

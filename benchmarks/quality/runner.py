@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from benchmarks.machine import describe
 from benchmarks.quality.cells import CellKey, CellStore
-from benchmarks.quality.data import BenchmarkData, load_data, split_user_data, synthetic_data
+from benchmarks.quality.data import SYNTHETIC_FAMILIES, BenchmarkData, load_data, split_user_data, synthetic_data
 from benchmarks.quality.methods import METHOD_LABELS, BenchmarkContext, run_cell
 from benchmarks.quality.plan import QualityPlan
 from training.model.weights import BaseWeights, resolve_checkpoint
@@ -39,8 +39,9 @@ def base_weights(plan: QualityPlan) -> tuple[BaseWeights, dict[str, Any]]:
 
 
 def benchmark_data(plan: QualityPlan) -> BenchmarkData:
-    if plan.data is None:
-        return synthetic_data(max(plan.pool_images, max(plan.labeled)), plan.held_out, plan.image_size)
+    if plan.data is None or str(plan.data) in SYNTHETIC_FAMILIES:
+        family = str(plan.data or SYNTHETIC_FAMILIES[0])
+        return synthetic_data(max(plan.pool_images, max(plan.labeled)), plan.held_out, plan.image_size, family)
     dataset = load_data(plan.data, plan.images, plan.label_config)
     return split_user_data(dataset, plan.held_out, str(plan.data))
 
