@@ -10,7 +10,7 @@ trained on the *target* family, whose classes, shapes, hues, fills and backgroun
 - pretrain (``PRETRAIN_CLASSES``): ellipses and polygons filled with stripes, checks, dots or speckle,
   each class in its own hue family, on a smooth, weakly tinted grey field.
 - target (``TARGET_CLASSES``): flat magenta rings, finely striped cyan bars and finely checked yellow
-  crosses on a noisy colour gradient.
+  crosses on a noisy colour gradient. A third family, which no tuning sees, is ``testkit.second_family``.
 
 Everything is generated with numpy and OpenCV from a seed: same arguments, same images.
 """
