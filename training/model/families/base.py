@@ -59,10 +59,10 @@ class Family:
 
     def decode(self, decoder: nn.Module, features: ImageFeatures, image_pe: torch.Tensor, sparse: torch.Tensor,
                dense: torch.Tensor, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B x M x 4G x 4G mask logits, B x M IoU predictions); M is 3 with multimask else 1. The decoder's
-        own forward, in the two halves the compiled click decoder runs apart (``predict_masks``, ``select``)."""
-        masks, iou = self.predict_masks(decoder, features, image_pe, sparse, dense)
-        return self.select(decoder, masks, iou, multimask)
+        """(B x M x 4G x 4G mask logits, B x M IoU predictions); M is 3 with multimask else 1: the decoder's own
+        forward (its module call: hooks run). The compiled click decoder runs it as ``predict_masks`` then
+        ``select``, which must give the same; its tests compare the two."""
+        raise NotImplementedError
 
     def predict_masks(self, decoder: nn.Module, features: ImageFeatures, image_pe: torch.Tensor,
                       sparse: torch.Tensor, dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

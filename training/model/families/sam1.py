@@ -162,6 +162,11 @@ class Sam1Family(Family):
     def encode(self, model: nn.Module, batch: torch.Tensor) -> ImageFeatures:
         return ImageFeatures(model.image_encoder(batch))
 
+    def decode(self, decoder: nn.Module, features: ImageFeatures, image_pe: torch.Tensor, sparse: torch.Tensor,
+               dense: torch.Tensor, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        return decoder(image_embeddings=features.embedding, image_pe=image_pe, sparse_prompt_embeddings=sparse,
+                       dense_prompt_embeddings=dense, multimask_output=multimask)
+
     def predict_masks(self, decoder: nn.Module, features: ImageFeatures, image_pe: torch.Tensor,
                       sparse: torch.Tensor, dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return decoder.predict_masks(image_embeddings=features.embedding, image_pe=image_pe,

@@ -90,15 +90,20 @@ class Sam2Family(Family):
         points = (coords, labels) if coords is not None else None
         return model.prompt_encoder(points=points, boxes=None, masks=mask_input)
 
+    def decode(self, decoder: nn.Module, features: ImageFeatures, image_pe: torch.Tensor, sparse: torch.Tensor,
+               dense: torch.Tensor, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        masks, iou, _, _ = decoder(image_embeddings=features.embedding, image_pe=image_pe,
+                                   sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                   multimask_output=multimask, repeat_image=_repeats_image(features, sparse),
+                                   high_res_features=list(features.high_res))
+        return masks, iou
+
     def predict_masks(self, decoder: nn.Module, features: ImageFeatures, image_pe: torch.Tensor,
                       sparse: torch.Tensor, dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # One image's features serve several prompt rows (the class prompts): the decoder repeats them.
-        # Batch sizes are static in the compiled graph, so this bool is a guard, never a recompile per click.
-        one_image = features.embedding.shape[0] == 1
         # The mask tokens' outputs and object-score logits serve SAM 2's video memory only (dropped from a graph).
         masks, iou, _, _ = decoder.predict_masks(image_embeddings=features.embedding, image_pe=image_pe,
                                                  sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                                 repeat_image=one_image and sparse.shape[0] > 1,
+                                                 repeat_image=_repeats_image(features, sparse),
                                                  high_res_features=list(features.high_res))
         return masks, iou
 
@@ -120,6 +125,12 @@ class Sam2Family(Family):
         deconv1, norm1, act1, deconv2, act2 = decoder.output_upscaling
         finest, middle = features.high_res
         return act2(deconv2(act1(norm1(deconv1(src) + middle))) + finest)
+
+
+def _repeats_image(features: ImageFeatures, sparse: torch.Tensor) -> bool:
+    """Whether one image's features serve several prompt rows (the class prompts): the decoder repeats them.
+    Batch sizes are static in a compiled graph, so this is a guard there, never a recompile per click."""
+    return features.embedding.shape[0] == 1 and sparse.shape[0] > 1
 
 
 SAM2 = Sam2Family()
