@@ -1,7 +1,8 @@
 """``python -m benchmarks [--quick] [--out DIR] [--only vit_t-1024 ...]`` (``make bench``).
 
 ``python -m benchmarks quality ...`` is the quality benchmark (``benchmarks.quality.cli``);
-``python -m benchmarks clickpath`` times a warm click's stages in-process (``benchmarks.click_path``).
+``python -m benchmarks clickpath`` times a warm click's stages in-process (``benchmarks.click_path``);
+``python -m benchmarks decoder`` the mask decoder alone, eager vs compiled (``benchmarks.decoder_alone``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.click_path import main as click_path_main
 
         return click_path_main(argv[1:])
+    if argv[:1] == ["decoder"]:
+        from benchmarks.decoder_alone import main as decoder_main
+
+        return decoder_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description="samloop benchmarks (see benchmarks/)")
     parser.add_argument("--quick", action="store_true", help="smoke run: vit_t at 128 px, a few requests")
     parser.add_argument("--compare", action="store_true",

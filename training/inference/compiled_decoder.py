@@ -1,17 +1,20 @@
-"""SAM's mask decoder under ``torch.compile`` for clicks, warmed in the background, eager until then.
+"""The mask decoder under ``torch.compile`` for clicks, warmed in the background, eager until then.
 
 Why: on a 2-core CPU the eager vit_t decoder takes 60-90 ms a click, most of it memory-bound
 elementwise work between the matrix products; Inductor fuses it (about 2x faster, same masks).
 
+- What is compiled is the family's ``predict_masks`` (``training.model.families``: SAM 1's decoder takes the
+  embedding; SAM 2.1's also the two high-resolution maps kept beside it), every mask token out; the family's
+  ``select`` then picks the masks eagerly (SAM 2.1's pick depends on the masks' values).
 - One compiled function serves every decoder: the module is an argument, and dynamo (inlining
   built-in nn modules) turns its parameters into graph inputs. So a new adapter version, whose
   tensors are copied into the live decoder in place, runs the same compiled code, and so does
   another model of the same architecture. A graph is compiled per decoder architecture (SAM's
   own, the LoRA one) and per intra-op thread count (dynamo guards on it); the prompt-token count
   is a dynamic dimension, and the graph returns every mask token, so ``multimask`` is chosen after.
-- Inputs are made uniform first (contiguous inference tensors): embeddings arrive channels-last
-  from the encoder, or as plain tensors from the disk store, and dynamo guards on strides and
-  dispatch keys: either would otherwise compile again on a request.
+- Inputs are made uniform first (contiguous inference tensors): features (SAM 2.1's high-resolution
+  maps too) arrive channels-last from the encoder, or as plain tensors from the disk store, and dynamo
+  guards on strides and dispatch keys: either would otherwise compile again on a request.
 - SAM's own decoder never changes in a running process, so it is compiled with its weights folded in
   (Inductor's freezing: matrix weights prepacked for oneDNN; the decoder 30 -> 21-24 ms with vit_t at
   1024 px, 2 threads, bf16). A decoder declared ``fixed`` gets such a graph of its own; a second decoder
@@ -38,10 +41,12 @@ import torch
 from torch import nn
 
 from training.inference.priority import lower_this_threads_priority
+from training.model.families.base import Family
+from training.model.features import ImageFeatures
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CompiledDecoder", "call_decoder"]
+__all__ = ["CompiledDecoder"]
 
 # What a warm thread yields to: clicks and the encoder run at the backend's priority, the compile below them.
 WARM_NICENESS = 10
@@ -55,27 +60,15 @@ _warming: ContextVar[bool] = ContextVar("samloop_decoder_warming", default=False
 DecoderOutput = tuple[torch.Tensor, torch.Tensor]
 
 
-def call_decoder(decoder: nn.Module, embedding: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
-                 dense: torch.Tensor, multimask: bool) -> DecoderOutput:
-    """SAM's ``MaskDecoder.forward``: (B x M x 4G x 4G mask logits, B x M IoU predictions)."""
-    return _select(*_predict_masks(decoder, embedding, image_pe, sparse, dense), multimask)
-
-
-def _predict_masks(decoder: nn.Module, embedding: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
-                   dense: torch.Tensor) -> DecoderOutput:
-    # All mask tokens: the compiled graph then serves both multimask values (one graph, not two).
-    return decoder.predict_masks(image_embeddings=embedding, image_pe=image_pe, sparse_prompt_embeddings=sparse,
-                                 dense_prompt_embeddings=dense)
-
-
-def _select(masks: torch.Tensor, iou: torch.Tensor, multimask: bool) -> DecoderOutput:
-    """``MaskDecoder.forward``'s choice: the three candidate masks, or the single-mask token's."""
-    chosen = slice(1, None) if multimask else slice(0, 1)
-    return masks[:, chosen], iou[:, chosen]
+def _predict_masks(family: Family, decoder: nn.Module, image_pe: torch.Tensor, sparse: torch.Tensor,
+                   dense: torch.Tensor, *features: torch.Tensor) -> DecoderOutput:
+    # All mask tokens: the compiled graph then serves both multimask values (one graph, not two). The
+    # features travel as loose tensors: each one a graph input that dynamo guards like the others.
+    return family.predict_masks(decoder, ImageFeatures.from_tensors(list(features)), image_pe, sparse, dense)
 
 
 class CompiledDecoder:
-    """Runs ``call_decoder`` compiled once ready, eagerly before and after any failure.
+    """Runs a family's decoder call (``Family.decode``) compiled once ready, eagerly before and after any failure.
 
     ``backend``: ``inductor`` (the real thing) or any other ``torch.compile`` backend name
     (tests use ``eager`` to count graphs without compiling C++). ``compiles`` counts graphs
@@ -116,22 +109,23 @@ class CompiledDecoder:
         return self._ready.wait(timeout)
 
     # ----- calls ---------------------------------------------------------------------------------
-    def __call__(self, decoder: nn.Module, embedding: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
-                 dense: torch.Tensor, multimask: bool) -> DecoderOutput:
+    def __call__(self, family: Family, decoder: nn.Module, features: ImageFeatures, image_pe: torch.Tensor,
+                 sparse: torch.Tensor, dense: torch.Tensor, multimask: bool) -> DecoderOutput:
+        """``family.decode(decoder, features, image_pe, sparse, dense, multimask)``, compiled once warm."""
         if not (self.ready or (_warming.get() and not self._failed)):
-            return call_decoder(decoder, embedding, image_pe, sparse, dense, multimask)
+            return family.decode(decoder, features, image_pe, sparse, dense, multimask)
         sparse = _uniform(sparse)
         # Prompt counts vary per click; without this the second count would compile again.
         torch._dynamo.maybe_mark_dynamic(sparse, 1)
         try:
             fixed = self._fixed_function(decoder)
-            inputs = (_uniform(embedding), _uniform(image_pe), sparse, _uniform(dense))
+            inputs = (_uniform(image_pe), sparse, _uniform(dense), *map(_uniform, features.tensors()))
             if fixed is None:
-                masks, iou = self._function()(decoder, *inputs)
+                masks, iou = self._function()(family, decoder, *inputs)
             else:
                 with _folding_weights():
-                    masks, iou = fixed(*inputs)
-            return _select(masks, iou, multimask)
+                    masks, iou = fixed(family, *inputs)
+            return family.select(decoder, masks, iou, multimask)
         except Exception as exc:
             if _warming.get():
                 raise
@@ -139,7 +133,7 @@ class CompiledDecoder:
             self._failed = True
             self.reason = f"compiled call failed: {type(exc).__name__}"
             log.exception("clicks use the eager mask decoder from now on: %s", self.reason)
-            return call_decoder(decoder, embedding, image_pe, sparse, dense, multimask)
+            return family.decode(decoder, features, image_pe, sparse, dense, multimask)
 
     def _function(self) -> Callable[..., DecoderOutput]:
         with self._lock:
@@ -235,9 +229,9 @@ class _FixedDecoder(nn.Module):
         super().__init__()
         self.decoder = decoder
 
-    def forward(self, embedding: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
-                dense: torch.Tensor) -> DecoderOutput:
-        return _predict_masks(self.decoder, embedding, image_pe, sparse, dense)
+    def forward(self, family: Family, image_pe: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor,
+                *features: torch.Tensor) -> DecoderOutput:
+        return _predict_masks(family, self.decoder, image_pe, sparse, dense, *features)
 
 
 def _same_weights(a: nn.Module, b: nn.Module) -> bool:

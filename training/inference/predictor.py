@@ -105,7 +105,7 @@ class Predictor:
             model.sam.image_encoder.to(memory_format=torch.channels_last)
         # Families that feed the previous mask back (SAM 2) remember each click sequence's last mask.
         self.click_memory = ClickMemory() if model.family.feeds_back_mask else None
-        # Only families whose decoder call the compiled decoder knows (SAM 1) are compiled.
+        # Only families whose ``predict_masks`` traces without breaks are compiled (Family.compilable).
         self.compiled = compiled if model.family.compilable else None
         projections = model.family.image_only_projections
         # The compiled path runs SAM's decoder from a copy without the projection reuse below (see plain_copy).
@@ -266,12 +266,11 @@ class Predictor:
         return PromptPrediction(mask=(logits[0] > 0).cpu().numpy(), score=float(iou[0, best].clamp(0, 1)),
                                 low_res=chosen.cpu())
 
-
-    def _run_decoder(self, decoder: torch.nn.Module, embedding: torch.Tensor, image_pe: torch.Tensor,
+    def _run_decoder(self, decoder: torch.nn.Module, features: ImageFeatures, image_pe: torch.Tensor,
                      sparse: torch.Tensor, dense: torch.Tensor, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
         if self.compiled.ready and decoder is self.model.base_mask_decoder and self._base_twin is not None:
             decoder = self._base_twin
-        return self.compiled(decoder, embedding, image_pe, sparse, dense, multimask)
+        return self.compiled(self.model.family, decoder, features, image_pe, sparse, dense, multimask)
 
     def warm_compiled_clicks(self) -> None:
         """Compile the click decoders on a blank embedding, without the model lock (the calls read the
@@ -280,18 +279,20 @@ class Predictor:
         if self.compiled is None:
             return
         model, device = self.model, self.model.device
-        encoder = model.sam.prompt_encoder
         decoders = [d for d in (self._base_twin, model.sam.mask_decoder) if d is not None]
         counts = self.thread_counts() if device.type == "cpu" else (torch.get_num_threads(),)
         self.compiled.allow_graphs(len(decoders) * len(counts))
+        shapes = model.family.feature_shapes(model.image_size).values()
         for decoder in decoders:
             for count in sorted(counts, reverse=True):
                 with runtime.intra_op_threads(count), torch.inference_mode(), self._autocast():
-                    embedding = torch.zeros(1, encoder.embed_dim, *encoder.image_embedding_size, device=device)
+                    # fp32 features, as the encoder's (cast back after autocast) and the store's are.
+                    blank = ImageFeatures.from_tensors([torch.zeros(1, *shape, device=device) for shape in shapes])
                     coords = torch.zeros(1, 1, 2, device=device)
                     labels = torch.ones(1, 1, dtype=torch.int64, device=device)
-                    sparse, dense = encoder(points=(coords, labels), boxes=None, masks=None)
-                    self.compiled(decoder, embedding, encoder.get_dense_pe(), sparse, dense, True)
+                    sparse, dense = model.family.prompts(model.sam, coords, labels, None, None)
+                    self.compiled(model.family, decoder, blank, model.sam.prompt_encoder.get_dense_pe(), sparse,
+                                  dense, True)
 
 
 def _pixels(image: np.ndarray | ReducedImage) -> np.ndarray:

@@ -22,8 +22,8 @@ from training.model.config import AdapterConfig
 from training.model.features import ImageFeatures
 
 ADAPTER_INIT_SEED = 0
-# (decoder, embedding, image_pe, sparse, dense, multimask) -> (mask logits, IoU predictions)
-DecoderRun = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, bool],
+# (decoder, features, image_pe, sparse, dense, multimask) -> (mask logits, IoU predictions)
+DecoderRun = Callable[[nn.Module, ImageFeatures, torch.Tensor, torch.Tensor, torch.Tensor, bool],
                       tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -156,8 +156,8 @@ class SamAdapter(nn.Module):
         embedding = features.embedding
         image_pe = self._dense_pe(embedding, origin)
         dense = dense[..., : embedding.shape[-2], : embedding.shape[-1]]
-        if run is not None and self.family.compilable:
-            return run(decoder, embedding, image_pe, sparse, dense, multimask)
+        if run is not None:
+            return run(decoder, features, image_pe, sparse, dense, multimask)
         return self.family.decode(decoder, features, image_pe, sparse, dense, multimask)
 
     def _no_mask_dense(self, count: int, embedding: torch.Tensor) -> torch.Tensor:
@@ -224,8 +224,8 @@ class SamAdapter(nn.Module):
                 (None entries, or None for all, leave the prompt as SAM's own).
             base_decoder: answer with SAM's own decoder (and no class tokens) instead of the adapter's.
             origin: as in ``class_logits``; coordinates stay in the whole image's frame.
-            run: calls the chosen decoder as ``run(decoder, embedding, image_pe, sparse, dense, multimask)``
-                (a compiled one: ``training.inference.compiled_decoder``); None calls it directly.
+            run: calls the chosen decoder as ``run(decoder, features, image_pe, sparse, dense, multimask)``
+                (a compiled one: ``training.inference.compiled_decoder``); None: ``family.decode``.
             mask_input: B x 1 x 4G x 4G low-resolution logits of the previous mask, fed back as a mask
                 prompt (families with ``feeds_back_mask``), or None.
         Returns:

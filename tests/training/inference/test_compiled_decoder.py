@@ -15,9 +15,10 @@ import pytest
 import torch
 
 from training.inference import runtime
-from training.inference.compiled_decoder import CompiledDecoder, call_decoder
+from training.inference.compiled_decoder import CompiledDecoder
 from training.inference.predictor import Predictor
 from training.model.config import AdapterConfig
+from training.model.features import ImageFeatures
 from training.model.loading import new_adapter_model
 
 SIZE = 128  # model input: a 8 x 8 embedding grid keeps Inductor's compile short
@@ -97,8 +98,9 @@ def test_mask_feedback_gives_the_eager_masks(compiled_setup):
         points = (torch.tensor([[[40.0, 50.0], [90.0, 30.0]]]), torch.tensor([[1, 0]]))
         sparse, dense = encoder(points=points, boxes=None, masks=previous)
         for decoder in (twin.sam.mask_decoder, fast._base_twin):
-            want, want_iou = call_decoder(decoder, embedding, encoder.get_dense_pe(), sparse, dense, False)
-            got, got_iou = compiled(decoder, embedding, encoder.get_dense_pe(), sparse, dense, False)
+            args = (decoder, ImageFeatures(embedding), encoder.get_dense_pe(), sparse, dense, False)
+            want, want_iou = twin.family.decode(*args)
+            got, got_iou = compiled(twin.family, *args)
             assert _iou((want > 0).numpy(), (got > 0).numpy()) >= MIN_IOU
             assert torch.allclose(want_iou, got_iou, atol=1e-4)
 
@@ -146,13 +148,13 @@ def test_a_fixed_decoder_runs_with_its_weights_folded_in(random_vit_t, tmp_path)
     with runtime.intra_op_threads(THREADS), torch.inference_mode():
         points = (torch.tensor([[[40.0, 50.0]]]), torch.tensor([[1]]))
         sparse, dense = encoder(points=points, boxes=None, masks=None)
-        args = (embedding, encoder.get_dense_pe(), sparse, dense, False)
-        assert compiled.warm(lambda: compiled(decoder, *args)) and compiled.compiles == 1
-        before, _ = compiled(decoder, *args)
-        assert torch.allclose(before, call_decoder(decoder, *args)[0], atol=1e-4)
+        args = (decoder, ImageFeatures(embedding), encoder.get_dense_pe(), sparse, dense, False)
+        assert compiled.warm(lambda: compiled(model.family, *args)) and compiled.compiles == 1
+        before, _ = compiled(model.family, *args)
+        assert torch.allclose(before, model.family.decode(*args)[0], atol=1e-4)
         decoder.output_hypernetworks_mlps[0].layers[-1].weight.mul_(-1.0)
-        flipped, _ = call_decoder(decoder, *args)
-        after, _ = compiled(decoder, *args)
+        flipped, _ = model.family.decode(*args)
+        after, _ = compiled(model.family, *args)
     assert _iou((before > 0).numpy(), (flipped > 0).numpy()) < 0.5  # the eager decoder sees the new weights
     assert torch.equal(after, before)  # the compiled graph holds the weights it was compiled with
     assert compiled.fixed(copy.deepcopy(model.base_mask_decoder)) is not decoder  # other weights: a graph of its own

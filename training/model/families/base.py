@@ -38,7 +38,7 @@ class Family:
     image_multiple = 16
     # Whether clicks after the first feed the previous low-resolution logits back as a mask prompt.
     feeds_back_mask = False
-    # Whether ``training.inference.compiled_decoder`` can compile the decoder (its call signature).
+    # Whether ``training.inference.compiled_decoder`` may compile ``predict_masks`` (it traces without breaks).
     compilable = False
     # The tensors of an image's features, in ``ImageFeatures`` order (the embedding first).
     feature_maps: tuple[FeatureMap, ...] = (FeatureMap("image_embed", 256, 16),)
@@ -59,8 +59,22 @@ class Family:
 
     def decode(self, decoder: nn.Module, features: ImageFeatures, image_pe: torch.Tensor, sparse: torch.Tensor,
                dense: torch.Tensor, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B x M x 4G x 4G mask logits, B x M IoU predictions); M is 3 with multimask else 1."""
+        """(B x M x 4G x 4G mask logits, B x M IoU predictions); M is 3 with multimask else 1: the decoder's own
+        forward (its module call: hooks run). The compiled click decoder runs it as ``predict_masks`` then
+        ``select``, which must give the same; its tests compare the two."""
         raise NotImplementedError
+
+    def predict_masks(self, decoder: nn.Module, features: ImageFeatures, image_pe: torch.Tensor,
+                      sparse: torch.Tensor, dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every mask token's (B x K x 4G x 4G logits, B x K IoU predictions): what
+        ``training.inference.compiled_decoder`` compiles, so no branch on tensor values (a graph break)."""
+        raise NotImplementedError
+
+    def select(self, decoder: nn.Module, masks: torch.Tensor, iou: torch.Tensor,
+               multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoder's choice among ``predict_masks``' tokens: the three candidates, or the single mask."""
+        chosen = slice(1, None) if multimask else slice(0, 1)
+        return masks[:, chosen], iou[:, chosen]
 
     def output_tokens(self, decoder: nn.Module) -> torch.Tensor:
         """The decoder's own output tokens, in the order its transformer sees them (K x 256)."""

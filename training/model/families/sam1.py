@@ -167,5 +167,10 @@ class Sam1Family(Family):
         return decoder(image_embeddings=features.embedding, image_pe=image_pe, sparse_prompt_embeddings=sparse,
                        dense_prompt_embeddings=dense, multimask_output=multimask)
 
+    def predict_masks(self, decoder: nn.Module, features: ImageFeatures, image_pe: torch.Tensor,
+                      sparse: torch.Tensor, dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return decoder.predict_masks(image_embeddings=features.embedding, image_pe=image_pe,
+                                     sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense)
+
 
 SAM1 = Sam1Family()

@@ -66,6 +66,7 @@ class Sam2Family(Family):
     resize = "square"
     image_multiple = 32  # Hiera tiles its window position table over the stride-4 grid
     feeds_back_mask = True
+    compilable = True
     feature_maps = (FeatureMap("image_embed", 256, 16), FeatureMap("high_res_s0", 32, 4),
                     FeatureMap("high_res_s1", 64, 8))
 
@@ -91,12 +92,28 @@ class Sam2Family(Family):
 
     def decode(self, decoder: nn.Module, features: ImageFeatures, image_pe: torch.Tensor, sparse: torch.Tensor,
                dense: torch.Tensor, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        one_image = features.embedding.shape[0] == 1
         masks, iou, _, _ = decoder(image_embeddings=features.embedding, image_pe=image_pe,
                                    sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                   multimask_output=multimask, repeat_image=one_image and sparse.shape[0] > 1,
+                                   multimask_output=multimask, repeat_image=_repeats_image(features, sparse),
                                    high_res_features=list(features.high_res))
         return masks, iou
+
+    def predict_masks(self, decoder: nn.Module, features: ImageFeatures, image_pe: torch.Tensor,
+                      sparse: torch.Tensor, dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # The mask tokens' outputs and object-score logits serve SAM 2's video memory only (dropped from a graph).
+        masks, iou, _, _ = decoder.predict_masks(image_embeddings=features.embedding, image_pe=image_pe,
+                                                 sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                                 repeat_image=_repeats_image(features, sparse),
+                                                 high_res_features=list(features.high_res))
+        return masks, iou
+
+    def select(self, decoder: nn.Module, masks: torch.Tensor, iou: torch.Tensor,
+               multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        # SAM 2.1's single mask falls back to the best of the three candidates when it is unstable (the
+        # decoder's forward, in eval mode): done on the graph's outputs, a data-dependent choice.
+        if not multimask and decoder.dynamic_multimask_via_stability and not decoder.training:
+            return decoder._dynamic_multimask_via_stability(masks, iou)
+        return super().select(decoder, masks, iou, multimask)
 
     def output_tokens(self, decoder: nn.Module) -> torch.Tensor:
         own = [decoder.iou_token.weight, decoder.mask_tokens.weight]
@@ -108,6 +125,12 @@ class Sam2Family(Family):
         deconv1, norm1, act1, deconv2, act2 = decoder.output_upscaling
         finest, middle = features.high_res
         return act2(deconv2(act1(norm1(deconv1(src) + middle))) + finest)
+
+
+def _repeats_image(features: ImageFeatures, sparse: torch.Tensor) -> bool:
+    """Whether one image's features serve several prompt rows (the class prompts): the decoder repeats them.
+    Batch sizes are static in a compiled graph, so this is a guard there, never a recompile per click."""
+    return features.embedding.shape[0] == 1 and sparse.shape[0] > 1
 
 
 SAM2 = Sam2Family()
