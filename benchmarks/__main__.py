@@ -14,7 +14,8 @@ from pathlib import Path
 
 from benchmarks import report
 from benchmarks.model_plans import models_plan
-from benchmarks.runner import clicks_plan, compare_plan, full_plan, quick_plan, run
+from benchmarks.plans import clicks_plan, compare_plan, full_plan, quick_plan
+from benchmarks.runner import run
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

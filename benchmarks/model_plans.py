@@ -6,7 +6,8 @@ trace), store bytes per image, training step time and backend/worker peak RSS (a
 
 from __future__ import annotations
 
-from benchmarks.runner import RunPlan, TracePlan, VariantPlan
+from benchmarks.plans import RunPlan, VariantPlan
+from benchmarks.scenarios import TracePlan
 
 MODELS = ("vit_t", "sam2.1_hiera_t", "sam2.1_hiera_s")
 

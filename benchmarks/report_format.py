@@ -6,7 +6,7 @@ from typing import Any
 
 # The variant the speed targets and the summary are about.
 TARGET_VARIANT = "vit_t-1024"
-# The same with the pretrained stand-in's compact masks (``runner.trained_masks_variant``).
+# The same with the pretrained stand-in's compact masks (``plans.trained_masks_variant``).
 STANDIN_VARIANT = "vit_t-1024-standin"
 
 
