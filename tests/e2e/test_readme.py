@@ -81,9 +81,18 @@ def test_cli_commands_and_options_in_the_readme_exist() -> None:
         else:  # the README's own example parses: the command and every option it shows exist
             parser.parse_args(argv)
 
+def _heading_anchor(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
 @pytest.mark.parametrize("target", sorted(set(re.findall(r"\]\(((?!https?:|#)[^)]+)\)", README.read_text()))))
 def test_local_links_exist(target: str) -> None:
-    assert (ROOT / target).exists(), f"README links to {target}, which does not exist"
+    path, _, anchor = target.partition("#")
+    assert (ROOT / path).exists(), f"README links to {path}, which does not exist"
+    if anchor:
+        headings = re.findall(r"^#+ (.+)$", (ROOT / path).read_text(), flags=re.MULTILINE)
+        assert anchor in {_heading_anchor(h) for h in headings}, f"README links to {target}: no such heading"
 
 
 def test_screenshot_is_a_png() -> None:
