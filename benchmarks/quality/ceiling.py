@@ -25,7 +25,6 @@ import argparse
 import json
 import logging
 import os
-import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from benchmarks.quality.baseline import score_label_maps
 from benchmarks.quality.data import SYNTHETIC_FAMILIES
 from benchmarks.quality.methods import BenchmarkContext
 from benchmarks.quality.plan import DEFAULT_CACHE, QualityPlan
+from benchmarks.quality.report import _fmt, _stats
 from benchmarks.quality.runner import base_weights, benchmark_data
 from training.inference.predictor import ImageEmbedding, Predictor
 from training.learn.config import TrainConfig
@@ -159,11 +159,7 @@ def run_all(args: argparse.Namespace, results: dict[str, Any], out: Path) -> Non
 
 
 def _stat(values: list[float]) -> str:
-    if not values:
-        return "–"
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+    return _fmt(_stats(values)) if values else "–"
 
 
 def summary_rows(runs: list[dict[str, Any]], key: str) -> list[str]:
