@@ -155,6 +155,10 @@ def load_base_model(weights: BaseWeights, image_size: int) -> torch.nn.Module:
         raise CheckpointError(f"cannot read checkpoint {weights.path}: {exc}") from exc
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
+    if not isinstance(state, dict) or not any(isinstance(value, torch.Tensor) for value in state.values()):
+        held = f"a {type(state).__name__}" if not isinstance(state, dict) else "a dict without tensors"
+        raise CheckpointError(f"checkpoint {weights.path} holds {held}, not a state dict: give a "
+                              f"{weights.model_type} SAM checkpoint file (a dict of parameter tensors)")
     try:
         return build_sam(weights.model_type, image_size, state_dict=state)
     except RuntimeError as exc:

@@ -100,6 +100,14 @@ def test_unreadable_checkpoint_file(tmp_path):
         load_base_model(weights, 256)
 
 
+@pytest.mark.parametrize(("content", "held"), [(torch.zeros(3), "a Tensor"), ({"step": 3}, "a dict without tensors")])
+def test_a_file_that_is_not_a_state_dict_is_refused(tmp_path, content, held):
+    path = tmp_path / "prompts.pt"  # e.g. the stand-in's class prompts, beside it, given by mistake
+    torch.save(content, path)
+    with pytest.raises(CheckpointError, match=f"holds {held}, not a state dict: give a vit_t SAM checkpoint"):
+        load_base_model(resolve_checkpoint("vit_t", str(path)), 256)
+
+
 def test_checkpoint_of_another_model_is_refused(tmp_path):
     path = tmp_path / "vit_t.pt"
     torch.save(build_sam("vit_t", 256).state_dict(), path)
