@@ -136,28 +136,36 @@ def test_another_copy_of_sams_decoder_shares_its_graph(compiled_setup, random_vi
     assert compiled.compiles == warmed
 
 
-def test_a_fixed_decoder_runs_with_its_weights_folded_in(random_vit_t, tmp_path):
+def test_a_fixed_decoder_runs_with_its_weights_folded_in(compiled_setup):
     """The weights of a ``fixed`` decoder are constants of its graph (what makes it faster): changing
     them afterwards reaches the eager decoder, not the compiled one. A decoder passed as an argument (the
-    adapter's) takes new weights: ``test_a_new_adapter_version_runs_without_compiling_again``."""
-    model = new_adapter_model(random_vit_t, SIZE, ["cat"], AdapterConfig.for_kind("decoder"))
-    encoder, compiled = model.sam.prompt_encoder, CompiledDecoder(cache_dir=tmp_path / "inductor")
-    decoder = compiled.fixed(copy.deepcopy(model.base_mask_decoder))
+    adapter's) takes new weights: ``test_a_new_adapter_version_runs_without_compiling_again``. The module's
+    fixed decoder (SAM's, compiled in ``compiled_setup``) serves: its weight is flipped here and put back."""
+    _, twin, _, fast, compiled = compiled_setup
+    warmed, decoder, encoder = compiled.compiles, fast._base_twin, twin.sam.prompt_encoder
+    weight = decoder.output_hypernetworks_mlps[0].layers[-1].weight
     generator = torch.Generator().manual_seed(8)
     embedding = torch.randn(1, 256, *encoder.image_embedding_size, generator=generator)
     with runtime.intra_op_threads(THREADS), torch.inference_mode():
         points = (torch.tensor([[[40.0, 50.0]]]), torch.tensor([[1]]))
         sparse, dense = encoder(points=points, boxes=None, masks=None)
         args = (decoder, ImageFeatures(embedding), encoder.get_dense_pe(), sparse, dense, False)
-        assert compiled.warm(lambda: compiled(model.family, *args)) and compiled.compiles == 1
-        before, _ = compiled(model.family, *args)
-        assert torch.allclose(before, model.family.decode(*args)[0], atol=1e-4)
-        decoder.output_hypernetworks_mlps[0].layers[-1].weight.mul_(-1.0)
-        flipped, _ = model.family.decode(*args)
-        after, _ = compiled(model.family, *args)
+        before, _ = compiled(twin.family, *args)
+        assert torch.allclose(before, twin.family.decode(*args)[0], atol=1e-4)
+        weight.mul_(-1.0)
+        try:
+            flipped, _ = twin.family.decode(*args)
+            after, _ = compiled(twin.family, *args)
+        finally:
+            weight.mul_(-1.0)
+    other = copy.deepcopy(decoder)
+    with torch.no_grad():
+        other.output_hypernetworks_mlps[0].layers[-1].weight.mul_(-1.0)
     assert _iou((before > 0).numpy(), (flipped > 0).numpy()) < 0.5  # the eager decoder sees the new weights
     assert torch.equal(after, before)  # the compiled graph holds the weights it was compiled with
-    assert compiled.fixed(copy.deepcopy(model.base_mask_decoder)) is not decoder  # other weights: a graph of its own
+    assert compiled.compiles == warmed
+    assert compiled.fixed(copy.deepcopy(decoder)) is decoder  # equal weights share its graph ...
+    assert compiled.fixed(other) is other  # ... other weights get a graph of their own
 
 
 def test_without_a_cpp_compiler_clicks_stay_eager_and_say_why(monkeypatch, random_vit_t, tmp_path, caplog):
