@@ -34,7 +34,7 @@ from training.model.adapter import SamAdapter
 from training.model.config import AdapterConfig
 from training.model.loading import new_adapter_model
 
-__all__ = ["CLICK_OPTIONS", "train_clicks", "click_scores", "clicked_standin"]
+__all__ = ["CLICK_OPTIONS", "CLICK_STEPS", "train_clicks", "click_scores", "clicked_standin"]
 
 # The clicks stage's options but ``steps`` (see ``train_clicks``), from benchmarks/results/experiments/
 # standin-clicks-2026-12-07-*.json: short sessions on more images a step beat long ones at the same cost;
@@ -42,6 +42,10 @@ __all__ = ["CLICK_OPTIONS", "train_clicks", "click_scores", "clicked_standin"]
 # several times too large around the click, IoU@1 0.25), lr 4e-3 collapsed: 1e-3 without them never did.
 CLICK_OPTIONS = {"lr": 1e-3, "batch_size": 3, "clicks": 4, "graded": 1, "box_fraction": 0.25, "interior": 0.5,
                  "class_weight": 0.5, "best_only": False, "corrupt": 0.0}
+
+# The clicking stand-in's steps, as the gate tests and the quality benchmark build it: own-family IoU@1 0.40-0.47,
+# NoC@90 19.7 (benchmarks/results/experiments/standin-clicks-2026-12-07-build200-recipe.json); 142-145 s of build.
+CLICK_STEPS = 200
 
 # Every stage of the stand-in's build warms its learning rate up over this many steps.
 WARMUP_STEPS = 10

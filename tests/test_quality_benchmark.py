@@ -27,6 +27,7 @@ from benchmarks.quality.report import write
 from benchmarks.quality.runner import benchmark_data, run_plan
 from testkit.ls_annotations import brush_region, polygon_region
 from testkit.standin import target_dataset
+from testkit.standin_clicks import CLICK_STEPS
 from training.data.dataset import DatasetError
 from training.drawing import DEFAULT_OPACITY, PALETTE, PANEL_GAP, POSITIVE_CLICK, label_height, tint
 from training.inference.predictor import Predictor
@@ -264,6 +265,20 @@ def test_the_command_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         benchmarks_main(["quality", "--help"])
     assert "--budget-seconds" in capsys.readouterr().out
+
+
+def test_the_stand_in_clicks_by_default_and_its_build_options_are_checked(capsys):
+    default = plan_from_args(build_parser().parse_args([]))
+    assert default.standin == {"click_steps": CLICK_STEPS}
+    plain = plan_from_args(build_parser().parse_args(["--standin", "click_steps=0", "--standin", "encoder_steps=120"]))
+    assert plain.standin == {"click_steps": 0, "encoder_steps": 120}
+    assert plain.fingerprint("data", "base") != default.fingerprint("data", "base")
+    for bad, says in ((["--standin", "clicks=3"], "stand-in options ['clicks'] are not among"),
+                      (["--standin", "image_size=0"], "image_size must be an integer >= 1, got 0"),
+                      (["--standin", "seed"], "--standin wants NAME=VALUE"),
+                      (["--standin", "seed=1", "--checkpoint", "random"], "no effect with --checkpoint")):
+        assert benchmarks_main(["quality", *bad]) == 2, bad
+        assert says in capsys.readouterr().err, bad
 
 
 def test_a_synthetic_family_is_named_as_data_and_stays_a_synthetic_run():

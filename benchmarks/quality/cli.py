@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--model", default="vit_t", choices=sorted(BASE_MODELS), help="SAM variant (default vit_t)")
     data.add_argument("--image-size", type=int, help="model input size in px (default 256)")
     data.add_argument("--device", help="cpu (default), cuda, cuda:N or auto")
+    data.add_argument("--standin", action="append", default=[], metavar="NAME=VALUE",
+                      help="a build option of the pretrained stand-in (testkit.standin.build_standin), e.g. "
+                           "click_steps=0 for the one without its clicks stage (repeatable)")
     data.add_argument("--held-out", type=int, help="held-out images (default 12; at most half of --data)")
     run = parser.add_argument_group("what to measure")
     run.add_argument("--labeled", type=_int_list, help="labeled image counts (default 1,2,4,8,16)")
@@ -78,13 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def job_overrides(items: list[str]) -> dict[str, Any]:
+def job_overrides(items: list[str], option: str = "--job") -> dict[str, Any]:
     """``NAME=VALUE`` pairs as a dict; a VALUE that parses as JSON is taken as such (numbers, objects)."""
     overrides: dict[str, Any] = {}
     for item in items:
         name, sep, value = item.partition("=")
         if not sep or not name:
-            raise ValueError(f"--job wants NAME=VALUE, got {item!r}")
+            raise ValueError(f"{option} wants NAME=VALUE, got {item!r}")
         try:
             overrides[name] = json.loads(value)
         except json.JSONDecodeError:
@@ -110,6 +113,10 @@ def plan_from_args(args: argparse.Namespace) -> QualityPlan:
         if value is not None:
             setattr(plan, name, value)
     plan.cache, plan.note = args.cache, args.note
+    if args.standin:
+        if plan.checkpoint is not None:
+            raise ValueError("--standin sets how the stand-in is built; it has no effect with --checkpoint")
+        plan.standin = {**plan.standin, **job_overrides(args.standin, "--standin")}
     if plan.data is not None and str(plan.data) not in SYNTHETIC_FAMILIES and plan.mode == "full":
         plan.mode = "own data"
     return plan.check()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from testkit.standin import build_standin
+from testkit.standin_clicks import CLICK_STEPS
 from training.inference.devices import check_device
 
 # Bump when a method's training or scoring changes: cells of older code are then recomputed.
@@ -21,7 +24,8 @@ class QualityPlan:
     """A benchmark run's settings; ``check`` raises ValueError naming a bad one.
 
     ``checkpoint`` None means the pretrained stand-in of ``testkit.standin`` (built once into
-    ``cache/standin`` with ``standin`` as its build options); ``data`` None means the stand-in's
+    ``cache/standin`` with ``standin`` as its build options; by default with its clicks stage, as the gate
+    tests build it, so SAM's decoder clicks a little); ``data`` None means the stand-in's
     synthetic target family (``pool_images`` to draw from, ``held_out`` images to score on).
     ``steps`` and ``budget_seconds`` both bound each training run; whichever ends first.
     """
@@ -46,7 +50,7 @@ class QualityPlan:
     device: str = "cpu"
     seed: int = 0
     cache: Path = DEFAULT_CACHE
-    standin: dict[str, Any] = field(default_factory=dict)
+    standin: dict[str, Any] = field(default_factory=lambda: {"click_steps": CLICK_STEPS})
     note: str = ""
 
     def check(self) -> QualityPlan:
@@ -64,6 +68,7 @@ class QualityPlan:
         check_device(self.device)
         if self.checkpoint is None and self.model != "vit_t":
             raise ValueError(f"the pretrained stand-in is a vit_t; give --checkpoint for {self.model}")
+        _check_standin(self.standin)
         self.labeled = sorted(set(self.labeled))
         return self
 
@@ -78,6 +83,19 @@ class QualityPlan:
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self), default=str))
+
+
+def _check_standin(options: dict[str, Any]) -> None:
+    """The stand-in's build options must be ``build_standin``'s: integers, at least 1 (``click_steps`` and
+    ``seed`` at least 0)."""
+    known = [name for name in inspect.signature(build_standin).parameters if name != "cache_dir"]
+    unknown = [name for name in options if name not in known]
+    if unknown:
+        raise ValueError(f"stand-in options {unknown} are not among {', '.join(known)}")
+    for name, value in options.items():
+        least = 0 if name in ("click_steps", "seed") else 1
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise ValueError(f"stand-in option {name} must be an integer >= {least}, got {value!r}")
 
 
 def quick_plan(**overrides: Any) -> QualityPlan:

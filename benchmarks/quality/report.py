@@ -109,8 +109,12 @@ def _machine_line(results: dict[str, Any]) -> str:
 
 def _settings_lines(results: dict[str, Any]) -> list[str]:
     plan, base, data = results["plan"], results["base"], results["data"]
+    clicks = base.get("own_clicks")
+    clicking = (f"; SAM's decoder there: IoU@1 {clicks['iou_at']['1']:.2f}, NoC@90 {clicks['noc90']:.1f}, after its "
+                f"{base['recipe']['clicks']['steps']} steps of simulated click sessions" if clicks else "")
     base_text = {"standin": f"the pretrained stand-in `{base['checkpoint']}` (synthetic pretraining, held-out "
-                            f"mIoU {base.get('pretrain_held_out_mean_iou', float('nan')):.2f} on its own scenes)",
+                            f"mIoU {base.get('pretrain_held_out_mean_iou', float('nan')):.2f} on its own scenes"
+                            f"{clicking})",
                  "random": "RANDOM weights (numbers mean nothing about real images)"}.get(
         base["kind"], f"checkpoint `{base['checkpoint']}`")
     budget = f", at most {plan['budget_seconds']:.0f} s" if plan["budget_seconds"] else ""

@@ -35,7 +35,8 @@ def base_weights(plan: QualityPlan) -> tuple[BaseWeights, dict[str, Any]]:
     weights = resolve_checkpoint(plan.model, str(path))
     return weights, {"kind": "standin", "checkpoint": path.name, "sha256": weights.sha256,
                      "recipe": report["recipe"], "build_seconds": report["seconds"],
-                     "pretrain_held_out_mean_iou": report["held_out_mean_iou"]}
+                     "pretrain_held_out_mean_iou": report["held_out_mean_iou"],
+                     "own_clicks": report.get("clicks", {}).get("own")}
 
 
 def benchmark_data(plan: QualityPlan) -> BenchmarkData:

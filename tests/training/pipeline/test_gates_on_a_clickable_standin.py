@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from testkit.standin import TARGET_CLASSES, build_standin, standin_report, standin_weights, target_split
+from testkit.standin_clicks import CLICK_STEPS
 from training.data.dataset import Sample, SegmentationDataset
 from training.inference.predictor import Predictor
 from training.learn.clicks import compare
@@ -33,7 +34,6 @@ from training.pipeline.settings import JobSettings
 from training.pipeline.stages import score_tasks
 
 pytestmark = pytest.mark.slow
-CLICK_STEPS = 200  # measured: own-family IoU@1 0.40, NoC@85 18.9; build 253 s, of which the clicks stage 142 s
 ADAPTER_STEPS = 120
 MAX_CLICKS = 10  # a run's default budget (JobSettings.click_max_clicks); NoC is capped at it
 SIZE = 256  # the stand-in's own size
