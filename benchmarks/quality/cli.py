@@ -1,7 +1,7 @@
 """``python -m benchmarks quality [--quick] [--data PATH --checkpoint FILE] ...`` (``make bench-quality``).
 
 Without ``--data`` and ``--checkpoint`` it runs on synthetic scenes with the pretrained stand-in (built
-once, ~4 min at one thread, into ``--cache``); with them, on your images and your SAM checkpoint.
+once with its clicks stage, ~5 min on 2 cores, into ``--cache``); with them, on your images and your SAM checkpoint.
 ``--incremental`` compares incremental training runs with one full run (``benchmarks.quality.incremental``).
 """
 
