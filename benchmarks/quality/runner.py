@@ -15,6 +15,7 @@ from benchmarks.quality.cells import CellKey, CellStore
 from benchmarks.quality.data import SYNTHETIC_FAMILIES, BenchmarkData, load_data, split_user_data, synthetic_data
 from benchmarks.quality.methods import METHOD_LABELS, BenchmarkContext, run_cell
 from benchmarks.quality.plan import QualityPlan
+from testkit.standin import build_standin, standin_report
 from training.model.weights import BaseWeights, resolve_checkpoint
 
 log = logging.getLogger(__name__)
@@ -26,8 +27,6 @@ def base_weights(plan: QualityPlan) -> tuple[BaseWeights, dict[str, Any]]:
         weights = resolve_checkpoint(plan.model, plan.checkpoint)
         return weights, {"kind": "random" if weights.is_random else "checkpoint", "checkpoint": plan.checkpoint,
                          "sha256": weights.sha256}
-    from testkit.standin import build_standin, standin_report
-
     started = time.monotonic()
     path = build_standin(plan.cache / "standin", **plan.standin)
     report = standin_report(path)
